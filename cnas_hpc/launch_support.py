@@ -1,0 +1,157 @@
+"""Glue between Hydra and the library: the bootstrap callback and the search task function.
+
+Contract:
+    * :class:`BootstrapCallback` runs in the SUBMITTING process (``on_run_start`` for a single
+      run, ``on_multirun_start`` before the launcher queues anything): it validates the config,
+      the data and the launcher request, then creates or checks the study. On bad input it prints
+      one line ``error: ...`` and exits with status 2: nothing is queued, nothing is written.
+    * :func:`run_search_task` is the body of every worker (every rank of every array task): it
+      only loads the study, runs the worker loop, and on a single local run prints the best
+      trials and writes ``best_genotype.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from cnas_hpc.config import ConfigError, Settings, settings_from_config
+from cnas_hpc.data.datasets import check_available
+from cnas_hpc.dist.env import DistEnv
+from cnas_hpc.search.study import StudyError, bootstrap_study, load_study, mask_url
+from cnas_hpc.search.worker import WorkerError, run_worker
+from cnas_hpc.tracking.summary import best_trials, format_table, write_best_genotypes
+
+log = logging.getLogger("cnas_hpc")
+
+#: Errors that are the user's input, reported as one line (no traceback).
+USER_ERRORS = (ConfigError, StudyError, WorkerError, FileNotFoundError, ValueError)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: <message>`` (first line only) to stderr and exit with ``code``."""
+    first = str(message).strip().splitlines()[0] if str(message).strip() else "unknown error"
+    print(f"error: {first}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def settings_of(cfg: DictConfig) -> Settings:
+    """Resolve and validate the composed config (without the ``hydra`` node)."""
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        raise ConfigError(f"{exc.full_key} is required: set {exc.full_key}=...") from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{exc.full_key}: {exc.msg}") from None
+    assert isinstance(container, dict)
+    container.pop("hydra", None)
+    return settings_from_config(container)
+
+
+def check_launcher(launcher: DictConfig | None, settings: Settings) -> None:
+    """Refuse launcher requests that cannot work, before anything is queued.
+
+    Raises:
+        ConfigError: more GPUs per node than tasks per node (ranks are one per GPU), or a global
+            batch that the world size does not divide.
+    """
+    if launcher is None:
+        return
+    tasks = int(launcher.get("tasks_per_node") or 1)
+    nodes = int(launcher.get("nodes") or 1)
+    gpus = launcher.get("gpus_per_node")
+    if gpus is not None and not isinstance(gpus, int):
+        gpus = int(str(gpus).split(":")[-1])
+    if gpus is not None and gpus > tasks:
+        raise ConfigError(
+            f"hydra.launcher.gpus_per_node={gpus} exceeds tasks_per_node={tasks}: "
+            "one rank drives one GPU, set tasks_per_node to the number of GPUs"
+        )
+    world = tasks * nodes
+    if settings.train.batch_size % world:
+        raise ConfigError(
+            f"train.batch_size={settings.train.batch_size} is not divisible by the world size "
+            f"{world} (tasks_per_node x nodes)"
+        )
+
+
+def validate_and_bootstrap(cfg: DictConfig, launcher: DictConfig | None) -> Settings:
+    """Everything the submitting side checks, then the one-time study bootstrap."""
+    settings = settings_of(cfg)
+    check_available(settings.data)
+    check_launcher(launcher, settings)
+    result = bootstrap_study(settings)
+    log.info(
+        "study %r in %s: %s, %d/%d trials complete",
+        result.study_name,
+        mask_url(result.storage_url),
+        "created" if result.created else "resumed",
+        result.n_complete,
+        settings.search.n_trials,
+    )
+    return settings
+
+
+class BootstrapCallback(Callback):
+    """Hydra callback: validate and bootstrap once, in the submitting process."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # A single run may itself be one rank of a torchrun job: only rank 0 bootstraps.
+        if DistEnv.from_environment().global_rank != 0:
+            return
+        self._bootstrap(config, launcher=None)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        launcher = config.hydra.get("launcher")
+        self._bootstrap(config, launcher=launcher if "tasks_per_node" in launcher else None)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            print_summary(settings_of(config))
+        except Exception as exc:
+            log.warning("could not summarise the study: %s", exc)
+
+    @staticmethod
+    def _bootstrap(config: DictConfig, launcher: DictConfig | None) -> None:
+        try:
+            validate_and_bootstrap(config, launcher)
+        except USER_ERRORS as exc:
+            fail(str(exc))
+
+
+def print_summary(settings: Settings, k: int = 5) -> Path | None:
+    """Print the best trials and write ``<output_dir>/<study>/best_genotype.json``."""
+    study = load_study(settings, worker=settings.worker)
+    ranked = best_trials(study, k)
+    if not ranked:
+        log.warning("study %r has no COMPLETE trial yet", study.study_name)
+        return None
+    path = Path(settings.output_dir) / study.study_name / "best_genotype.json"
+    write_best_genotypes(ranked, path, study_name=study.study_name)
+    best = ranked[0]
+    print(f"\nBest trials of study {study.study_name!r} ({settings.search.objective}):")
+    print(format_table(ranked, settings.search.objective))
+    print(f"\nBest genotype (trial {best.number}):\n{best.genotype}")
+    print(f"Written to {path}", flush=True)
+    return path
+
+
+def run_search_task(cfg: DictConfig) -> int:
+    """Body of every worker process. Returns the number of trials this worker completed."""
+    try:
+        settings = settings_of(cfg)
+        env = DistEnv.from_environment()
+        report = run_worker(settings, env)
+        if env.is_main and HydraConfig.get().mode == RunMode.RUN:
+            print_summary(settings)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    return report.completed

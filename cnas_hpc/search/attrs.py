@@ -1,0 +1,32 @@
+"""Names of the study and trial attributes cnas-hpc records.
+
+Stable: reports, resumes and optuna-dashboard users read them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+GENOTYPE: Final = "cnas:genotype"
+ARCH_HASH: Final = "cnas:arch_hash"
+WORKER: Final = "cnas:worker"
+WORKER_INDEX: Final = "cnas:worker_index"
+HOST: Final = "cnas:host"
+WORLD_SIZE: Final = "cnas:world_size"
+ARRAY_JOB: Final = "cnas:slurm_array_job_id"
+ARRAY_TASK: Final = "cnas:slurm_array_task_id"
+FAIL_REASON: Final = "cnas:fail_reason"
+N_PARAMS: Final = "cnas:n_params"
+MACS: Final = "cnas:macs"
+WALL_S: Final = "cnas:wall_s"
+EPOCHS_DONE: Final = "cnas:epochs_done"
+TRAIN_LOSS: Final = "cnas:train_loss"
+VAL_LOSS: Final = "cnas:val_loss"
+KNN_ACCURACY: Final = "cnas:knn_accuracy"
+IMAGES_PER_S: Final = "cnas:images_per_s"
+RETRY_OF: Final = "cnas:retry_of"
+RETRY_COUNT: Final = "cnas:retry_count"
+RETRIED_FROM: Final = "cnas:retried_from"
+# Study-level: what the study was built for.
+STUDY_SPACE: Final = "cnas:space"
+STUDY_OBJECTIVE: Final = "cnas:objective"

@@ -1,0 +1,368 @@
+"""Contrastive training of one candidate network: the proxy task every trial runs.
+
+Contract:
+    * Every rank of a worker calls :func:`train_candidate` with the same genotype, settings and
+      data; model initialisation is seeded identically, so DDP starts from the same weights.
+    * The images live on the training device as one uint8 tensor; augmentation is batched there.
+    * ``train.batch_size`` is the global batch; rank ``r`` trains on its slice of each global batch.
+    * Every abort decision (non-finite loss, a stop request) is agreed across ranks before anyone
+      leaves the loop, so no rank is left waiting in a collective.
+    * The returned :class:`TrainResult` is identical on every rank (metrics are reduced).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from cnas_hpc.config import Settings, TrainConfig
+from cnas_hpc.data.splits import SearchData, epoch_batches
+from cnas_hpc.dist.collectives import (
+    all_reduce_mean,
+    get_rank,
+    get_world_size,
+    is_distributed,
+)
+from cnas_hpc.models.networks import ProxyNetwork, build_proxy
+from cnas_hpc.space.genotype import Genotype
+from cnas_hpc.ssl.augment import BatchAugment
+from cnas_hpc.ssl.losses import MemoryBankNCE, nt_xent_loss
+
+log = logging.getLogger(__name__)
+
+# Fixed seed of the validation views: every trial of a study is scored on the same pairs.
+_VAL_VIEW_SEED = 20_240_611
+
+
+class TrialAbortedError(RuntimeError):
+    """Training of a candidate stopped early for a reason that is not a bug of the worker.
+
+    Attributes:
+        reason: short machine-readable reason (``non_finite_loss``, ``stopped``).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class EpochMetrics:
+    """Metrics of one finished epoch (identical on every rank)."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float | None
+    knn_accuracy: float | None
+    images_per_s: float
+    lr: float
+
+
+@dataclass
+class TrainResult:
+    """Outcome of a finished candidate; ``objective(name)`` picks the value told to the study."""
+
+    train_loss: float
+    val_loss: float | None
+    knn_accuracy: float | None
+    epochs_done: int
+    steps: int
+    wall_s: float
+    images_per_s: float
+    history: list[EpochMetrics] = field(default_factory=list)
+
+    def objective(self, name: str) -> float:
+        """The value of objective ``name`` (see :mod:`cnas_hpc.search.objective`)."""
+        value = {
+            "train_contrastive_loss": self.train_loss,
+            "val_contrastive_loss": self.val_loss,
+            "knn_accuracy": self.knn_accuracy,
+        }[name]
+        if value is None:
+            raise ValueError(f"objective {name} was not computed for this trial")
+        return value
+
+
+StepCallback = Callable[[int, dict[str, float]], None]
+EpochCallback = Callable[[EpochMetrics], None]
+StopCheck = Callable[[], bool]
+
+
+def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> list[float]:
+    """Per-iteration learning rates: linear warm-up then cosine decay to 0 (DINO style)."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    rates = []
+    for it in range(total):
+        if it < warmup:
+            rates.append(cfg.lr * (it + 1) / warmup)
+        else:
+            progress = (it - warmup) / max(1, total - warmup)
+            rates.append(0.5 * cfg.lr * (1.0 + math.cos(math.pi * progress)))
+    return rates
+
+
+def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if cfg.amp == "none" or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+
+
+def _steps_per_epoch(n_train: int, cfg: TrainConfig) -> int:
+    full = n_train // cfg.batch_size
+    if full < 1:
+        raise ValueError(
+            f"the search split has {n_train} images, fewer than one batch "
+            f"(train.batch_size={cfg.batch_size}): raise data.fraction or lower the batch size"
+        )
+    return full if cfg.max_steps_per_epoch is None else min(full, cfg.max_steps_per_epoch)
+
+
+def build_candidate(genotype: Genotype, settings: Settings, device: torch.device) -> ProxyNetwork:
+    """The proxy network for ``genotype``, seeded identically on every rank, on ``device``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        model = build_proxy(genotype, settings.model)
+    return model.to(device)
+
+
+def train_candidate(
+    model: ProxyNetwork,
+    data: SearchData,
+    settings: Settings,
+    device: torch.device,
+    *,
+    on_step: StepCallback | None = None,
+    on_epoch: EpochCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> TrainResult:
+    """Train ``model`` contrastively on ``data.train`` and score it.
+
+    Args:
+        model: the candidate, already on ``device`` (not yet wrapped in DDP).
+        data: search splits on the CPU (uint8 images); moved to ``device`` here once.
+        settings: validated settings; ``settings.train`` drives the loop.
+        device: training device of this rank.
+        on_step: called on every rank every ``train.log_every_steps`` steps with local metrics.
+        on_epoch: called on every rank after each epoch with reduced metrics.
+        should_stop: polled once per step on every rank; if it returns True on ANY rank, all ranks
+            stop together and :class:`TrialAbortedError` (reason ``stopped``) is raised.
+
+    Returns:
+        The reduced result, identical on every rank.
+
+    Raises:
+        TrialAbortedError: non-finite loss (on any rank) or a stop request.
+    """
+    cfg = settings.train
+    rank, world = get_rank(), get_world_size()
+    if cfg.batch_size % world:
+        raise ValueError(
+            f"train.batch_size={cfg.batch_size} is not divisible by the world size {world}"
+        )
+    train_images = data.train.images.to(device, non_blocking=True)
+    n_train = train_images.shape[0]
+    steps_per_epoch = _steps_per_epoch(n_train, cfg)
+    augment = BatchAugment(settings.augment, settings.data.image_size)
+    generator = torch.Generator(device=device)
+    # Different views per rank (each rank augments its own slice), reproducible per trial.
+    generator.manual_seed(settings.seed * 1_000_003 + rank)
+
+    membank: MemoryBankNCE | None = None
+    if cfg.loss == "membank_nce":
+        membank = MemoryBankNCE(
+            n_train,
+            model.proj_dim,
+            temperature=cfg.temperature,
+            num_negatives=cfg.membank_negatives,
+            momentum=cfg.membank_momentum,
+            seed=settings.seed,
+        ).to(device)
+
+    net: nn.Module = DistributedDataParallel(model) if is_distributed() else model
+    optimizer = _make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(enabled=cfg.amp == "fp16" and device.type == "cuda")
+    rates = lr_schedule(cfg, steps_per_epoch)
+
+    history: list[EpochMetrics] = []
+    step = 0
+    started = time.perf_counter()
+    images_seen = 0
+    for epoch in range(cfg.epochs):
+        net.train()
+        epoch_start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        batches = epoch_batches(
+            n_train, cfg.batch_size, epoch=epoch, seed=settings.seed, rank=rank, world_size=world
+        )[:steps_per_epoch]
+        for index in batches:
+            for group in optimizer.param_groups:
+                group["lr"] = rates[step]
+            index = index.to(device)
+            images = train_images[index]
+            view1, view2 = augment.two_views(images, generator)
+            with _autocast(cfg, device):
+                z1 = net(view1)
+                z2 = net(view2)
+                if membank is not None:
+                    loss = membank(z1.float(), z2.float(), index)
+                else:
+                    loss = nt_xent_loss(z1.float(), z2.float(), cfg.temperature)
+            bad, stop = _agree(
+                not math.isfinite(loss.item()),
+                should_stop() if should_stop is not None else False,
+                device,
+            )
+            if bad:
+                raise TrialAbortedError(
+                    "non_finite_loss",
+                    f"non-finite contrastive loss at epoch {epoch}, step {step}: "
+                    "the candidate diverged",
+                )
+            if stop:
+                raise TrialAbortedError(
+                    "stopped", f"training stopped at epoch {epoch}, step {step}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.detach()
+            step += 1
+            images_seen += cfg.batch_size
+            if on_step is not None and step % cfg.log_every_steps == 0:
+                on_step(step, {"loss": loss.item(), "lr": rates[step - 1]})
+        epoch_time = time.perf_counter() - epoch_start
+        train_loss = float(all_reduce_mean(loss_sum / len(batches)).item())
+        metrics = EpochMetrics(
+            epoch=epoch + 1,
+            train_loss=train_loss,
+            val_loss=validation_loss(model, data, settings, device),
+            knn_accuracy=knn_accuracy(model, data, settings, device),
+            images_per_s=len(batches) * cfg.batch_size / max(epoch_time, 1e-9),
+            lr=rates[step - 1],
+        )
+        history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics)
+    wall = time.perf_counter() - started
+    last = history[-1]
+    return TrainResult(
+        train_loss=last.train_loss,
+        val_loss=last.val_loss,
+        knn_accuracy=last.knn_accuracy,
+        epochs_done=len(history),
+        steps=step,
+        wall_s=wall,
+        images_per_s=images_seen / max(wall, 1e-9),
+        history=history,
+    )
+
+
+def _agree(bad: bool, stop: bool, device: torch.device) -> tuple[bool, bool]:
+    """OR both flags over all ranks in ONE collective, so every rank takes the same branch."""
+    if not is_distributed():
+        return bad, stop
+    flags = torch.tensor([float(bad), float(stop)], device=device)
+    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    return bool(flags[0].item()), bool(flags[1].item())
+
+
+def _global_batches(n: int, batch_size: int) -> Iterator[tuple[int, int]]:
+    """Fixed, unshuffled [start, stop) windows of at most ``batch_size`` covering ``n`` items."""
+    for start in range(0, n, batch_size):
+        yield start, min(n, start + batch_size)
+
+
+@torch.no_grad()
+def validation_loss(
+    model: ProxyNetwork, data: SearchData, settings: Settings, device: torch.device
+) -> float | None:
+    """NT-Xent on the held-out split with fixed views, in eval mode; ``None`` without a split.
+
+    Every rank augments the same global batch (same seed, so the score does not depend on the
+    world size), scores its slice with negatives gathered from all ranks, and the local means are
+    averaged across ranks. NT-Xent is used whatever the training loss, so scores stay comparable.
+    """
+    if data.val is None or len(data.val) < 2:
+        return None
+    rank, world = get_rank(), get_world_size()
+    augment = BatchAugment(settings.augment, settings.data.image_size)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(_VAL_VIEW_SEED)
+    images = data.val.images.to(device)
+    model.eval()
+    total, count = 0.0, 0
+    # Batches whose size is a multiple of the world size, so every rank holds an equal slice.
+    size = max(world * 2, (min(settings.train.batch_size, len(images)) // world) * world)
+    for start, stop in _global_batches(len(images), size):
+        if (stop - start) < 2 * world:
+            break
+        stop = start + ((stop - start) // world) * world
+        view1, view2 = augment.two_views(images[start:stop], generator)
+        per_rank = (stop - start) // world
+        sl = slice(rank * per_rank, (rank + 1) * per_rank)
+        with _autocast(settings.train, device):
+            z1, z2 = model(view1[sl]), model(view2[sl])
+        total += float(nt_xent_loss(z1.float(), z2.float(), settings.train.temperature).item())
+        count += 1
+    model.train()
+    if count == 0:
+        return None
+    mean = torch.tensor(total / count, device=device)
+    return float(all_reduce_mean(mean).item())
+
+
+@torch.no_grad()
+def knn_accuracy(
+    model: ProxyNetwork, data: SearchData, settings: Settings, device: torch.device
+) -> float | None:
+    """Leave-one-out weighted kNN accuracy of backbone features on the labeled split.
+
+    Not label-free: computed only when ``data.labeled`` exists (``data.labeled_fraction > 0``).
+    Every rank computes the same number (the labeled split is small), so nothing is reduced.
+    """
+    if data.labeled is None or data.labeled.labels is None or len(data.labeled) < 2:
+        return None
+    augment = BatchAugment(settings.augment, settings.data.image_size)
+    model.eval()
+    images = data.labeled.images.to(device)
+    labels = data.labeled.labels.to(device)
+    feats = torch.cat(
+        [
+            F.normalize(model.features(augment.plain(images[a:b])).float(), dim=1)
+            for a, b in _global_batches(len(images), 512)
+        ]
+    )
+    model.train()
+    sim = feats @ feats.T
+    sim.fill_diagonal_(-math.inf)  # leave one out
+    k = min(settings.train.knn_k, len(images) - 1)
+    top_sim, top_idx = sim.topk(k, dim=1)
+    weights = (top_sim / 0.07).exp()
+    n_classes = int(labels.max().item()) + 1
+    votes = torch.zeros(len(images), n_classes, device=device)
+    votes.scatter_add_(1, labels[top_idx], weights)
+    return float((votes.argmax(dim=1) == labels).float().mean().item())

@@ -1,0 +1,23 @@
+"""Run a label-free architecture search (one worker; or an array of them with ``-m``).
+
+python launch/search.py                                   # embedded default, local CPU
+python launch/search.py -m hydra/launcher=submitit_slurm 'worker=range(16)' study=postgres
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+import cnas_hpc.launcher  # noqa: F401 - silences the deliberate schema-matching warning
+from cnas_hpc.launch_support import run_search_task
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="search")
+def main(cfg: DictConfig) -> int:
+    """Hydra task: every worker (and every rank of it) runs this."""
+    return run_search_task(cfg)
+
+
+if __name__ == "__main__":
+    main()

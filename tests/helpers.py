@@ -1,0 +1,55 @@
+"""Shared helpers of the test suite (not fixtures: those live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from cnas_hpc.config import Settings, settings_from_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+#: Overrides that make a search run in seconds on a 2-core CPU.
+TINY = (
+    "debug=tiny",
+    "search.poll_seconds=0.5",
+)
+
+
+def compose_config(overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Compose the real search config with ``overrides`` and return it resolved (no hydra node)."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="search", overrides=list(overrides))
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    container.pop("hydra", None)
+    return container  # type: ignore[return-value]
+
+
+def tiny_settings(tmp_path: Path, *overrides: str) -> Settings:
+    """Validated settings of a tiny search whose SQLite study lives under ``tmp_path``."""
+    return settings_from_config(compose_config([*TINY, f"output_dir={tmp_path}", *overrides]))
+
+
+def run_search(
+    args: Sequence[str], *, home: Path, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``launch/search.py`` as a user would, in a subprocess (stdout/stderr captured)."""
+    full_env = {**os.environ, "CNAS_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "search.py"), *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

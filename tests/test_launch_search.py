@@ -1,0 +1,72 @@
+"""``launch/search.py`` end to end, as a user runs it (subprocesses, real SQLite study)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.helpers import TINY, run_search
+
+
+def complete_trials(home: Path, name: str = "cnas-digits-compact") -> int:
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{home}/cnas.db")
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def test_search_runs_resumes_and_writes_the_best_genotype(tmp_path: Path) -> None:
+    first = run_search([*TINY, "search.n_trials=2"], home=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert complete_trials(tmp_path) == 2
+    second = run_search([*TINY, "search.n_trials=3"], home=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert complete_trials(tmp_path) == 3  # resumed: added one, did not start over
+    assert "resumed, 2/3 trials complete" in second.stderr
+    assert "Best genotype" in second.stdout and "Genotype(normal=" in second.stdout
+    best = json.loads((tmp_path / "cnas-digits-compact" / "best_genotype.json").read_text())
+    assert best["study"] == "cnas-digits-compact"
+    assert len(best["genotype"]["normal"]) == 8
+    # Not a terminal: plain log lines, no progress-bar redraws or escape codes.
+    output = second.stdout + second.stderr
+    assert "\r" not in output and "\x1b[" not in output
+    assert "trial 2: COMPLETE" in output
+
+
+def test_the_paper_preset_runs_end_to_end_with_tiny_overrides(tmp_path: Path) -> None:
+    result = run_search(
+        [
+            "experiment=csnas_paper",
+            "model.cells=3",
+            "model.channels=4",
+            "data.fraction=0.2",
+            "train.epochs=1",
+            "train.batch_size=64",
+            "train.max_steps_per_epoch=2",
+            "search.n_trials=2",
+        ],
+        home=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert complete_trials(tmp_path, "csnas-paper-digits") == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("search.n_trials=-1", "search.n_trials must be > 0"),
+        ("space.ops=[conv_9x9]", "conv_9x9"),
+        ("data.fraction=2", "data.fraction must be in (0, 1]"),
+        ("data=npz", "data.path"),
+        ("study.storage=postgresql://nobody@127.0.0.1:1/none", "unreachable"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_one_line(tmp_path: Path, override: str, needle: str) -> None:
+    result = run_search([*TINY, override], home=tmp_path, timeout=120)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and needle in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "cnas.db").exists()  # nothing written

@@ -1,0 +1,128 @@
+"""The worker loop on real (embedded) images with a real SQLite study."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from cnas_hpc.search import attrs
+from cnas_hpc.search import worker as worker_module
+from cnas_hpc.search.study import bootstrap_study, load_study
+from cnas_hpc.search.worker import WorkerError, run_worker
+from cnas_hpc.space.genotype import genotype_from_json, validate_genotype
+from cnas_hpc.train.loop import TrialAbortedError
+from tests.helpers import tiny_settings
+
+
+def test_a_short_search_completes_its_budget_with_everything_recorded(tmp_path: Path) -> None:
+    s = tiny_settings(tmp_path, "search.n_trials=3")
+    bootstrap_study(s)
+    report = run_worker(s)
+    assert report.completed == 3 and report.failed == 0
+    study = load_study(s, worker=0)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    hashes = set()
+    for t in trials:
+        genotype = genotype_from_json(t.user_attrs[attrs.GENOTYPE])
+        validate_genotype(genotype)
+        hashes.add(t.user_attrs[attrs.ARCH_HASH])
+        assert t.user_attrs[attrs.MACS] > 0 and t.user_attrs[attrs.N_PARAMS] > 0
+        assert t.user_attrs[attrs.WALL_S] > 0
+        assert t.user_attrs[attrs.EPOCHS_DONE] == s.train.epochs
+        assert t.user_attrs[attrs.WORKER].startswith("local:")
+        assert t.value == pytest.approx(t.user_attrs[attrs.VAL_LOSS])
+        assert t.intermediate_values  # per-epoch objective reported
+        assert all(name.startswith(("normal/", "reduce/")) for name in t.params)
+    assert len(hashes) == 3  # no duplicated architecture
+
+
+def test_a_rerun_with_a_larger_budget_only_adds_the_difference(tmp_path: Path) -> None:
+    s2 = tiny_settings(tmp_path, "search.n_trials=2")
+    bootstrap_study(s2)
+    assert run_worker(s2).completed == 2
+    s3 = tiny_settings(tmp_path, "search.n_trials=3")
+    bootstrap_study(s3)
+    assert run_worker(s3).completed == 1
+    assert run_worker(s3).completed == 0  # budget already spent: nothing asked
+    study = load_study(s3, worker=0)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    assert len(study.trials) == 3
+
+
+def test_failing_trials_are_told_fail_and_a_broken_config_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def diverge(*args: object, **kwargs: object) -> None:
+        raise TrialAbortedError("non_finite_loss", "non-finite contrastive loss at epoch 0, step 3")
+
+    monkeypatch.setattr(worker_module, "train_candidate", diverge)
+    s = tiny_settings(tmp_path, "search.n_trials=5", "search.max_consecutive_failures=2")
+    bootstrap_study(s)
+    with pytest.raises(WorkerError, match=r"2 consecutive trials failed.*non-finite"):
+        run_worker(s)
+    study = load_study(s, worker=0)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 2
+    assert all("non_finite_loss" in t.user_attrs[attrs.FAIL_REASON] for t in failed)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_one_failure_does_not_stop_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = worker_module.train_candidate
+    calls = {"n": 0}
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worker_module, "train_candidate", flaky)
+    s = tiny_settings(tmp_path, "search.n_trials=2")
+    bootstrap_study(s)
+    report = run_worker(s)
+    assert (report.completed, report.failed) == (2, 1)
+    study = load_study(s, worker=0)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+    (failed,) = study.get_trials(states=(TrialState.FAIL,))
+    assert "out of memory" in failed.user_attrs[attrs.FAIL_REASON]
+
+
+def test_the_csnas_encoding_with_the_memory_bank_loss_runs(tmp_path: Path) -> None:
+    s = tiny_settings(
+        tmp_path,
+        "experiment=csnas_paper",
+        "model.cells=3",
+        "model.channels=4",
+        "model.proj_dim=16",
+        "train.epochs=1",
+        "train.batch_size=32",
+        "train.max_steps_per_epoch=2",
+        "search.n_trials=2",
+    )
+    bootstrap_study(s)
+    assert run_worker(s).completed == 2
+    study = load_study(s, worker=0)
+    assert study.user_attrs[attrs.STUDY_OBJECTIVE] == "train_contrastive_loss"
+    for t in study.trials:
+        assert len(t.params) == 2 * sum(range(2, 7))  # 40 edge choices: 20 per cell
+        assert t.value == pytest.approx(t.user_attrs[attrs.TRAIN_LOSS])
+    assert json.loads(study.trials[0].user_attrs[attrs.GENOTYPE])["normal_concat"] == [3, 4, 5, 6]
+
+
+def test_knn_objective_maximises(tmp_path: Path) -> None:
+    s = tiny_settings(
+        tmp_path, "search.objective=knn_accuracy", "data.labeled_fraction=0.5", "search.n_trials=1"
+    )
+    bootstrap_study(s)
+    run_worker(s)
+    study = load_study(s, worker=0)
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert 0.0 <= study.best_value <= 1.0
