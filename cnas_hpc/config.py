@@ -232,3 +232,21 @@ def _check_space(space: SpaceConfig) -> None:
         )
     except ValueError as exc:
         raise ConfigError(f"space: {exc}") from None
+
+
+def public_hparams(settings: Settings) -> dict[str, Any]:
+    """Flat ``section.key -> value`` view of the settings, safe to log (storage URL masked)."""
+    from cnas_hpc.search.study import mask_url
+
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                walk(f"{prefix}{f.name}.", getattr(value, f.name))
+        else:
+            flat[prefix.rstrip(".")] = list(value) if isinstance(value, tuple) else value
+
+    walk("", settings)
+    flat["study.storage"] = mask_url(settings.study.storage)
+    return flat

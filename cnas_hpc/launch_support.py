@@ -45,15 +45,18 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 def settings_of(cfg: DictConfig) -> Settings:
     """Resolve and validate the composed config (without the ``hydra`` node)."""
+    # The hydra node holds values only set inside a job (e.g. hydra_help): leave it out.
+    keys = [key for key in cfg if key != "hydra"]
     try:
-        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        container = OmegaConf.to_container(
+            OmegaConf.masked_copy(cfg, keys), resolve=True, throw_on_missing=True
+        )
     except MissingMandatoryValue as exc:
         raise ConfigError(f"{exc.full_key} is required: set {exc.full_key}=...") from None
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{exc.full_key}: {exc.msg}") from None
     assert isinstance(container, dict)
-    container.pop("hydra", None)
-    return settings_from_config(container)
+    return settings_from_config({str(k): v for k, v in container.items()})
 
 
 def check_launcher(launcher: DictConfig | None, settings: Settings) -> None:

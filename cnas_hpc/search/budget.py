@@ -20,6 +20,7 @@ import enum
 import fcntl
 import hashlib
 import logging
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,11 @@ from optuna.trial import FrozenTrial, TrialState
 from cnas_hpc.search import attrs
 
 log = logging.getLogger(__name__)
+
+# We deliberately run heartbeats with ask/tell (see cnas_hpc.search.heartbeat), and rely on
+# Optuna's heartbeat storage API, which it still flags as experimental.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 class ClaimStatus(enum.Enum):
@@ -63,16 +69,37 @@ class Claim:
     count: BudgetCount
 
 
+def storage_engine(study: optuna.Study) -> sqlalchemy.Engine | None:
+    """The SQLAlchemy engine behind an RDB study (Optuna wraps RDBStorage in a cache layer)."""
+    storage = study._storage
+    storage = getattr(storage, "_backend", storage)
+    engine = getattr(storage, "engine", None)
+    return engine if isinstance(engine, sqlalchemy.Engine) else None
+
+
 def count_budget(study: optuna.Study) -> BudgetCount:
-    """Count COMPLETE, RUNNING and WAITING trials of ``study``."""
-    trials = study.get_trials(
-        deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
-    )
-    states = [t.state for t in trials]
+    """Count COMPLETE, RUNNING and WAITING trials of ``study``, straight from the database.
+
+    Optuna's in-process trial cache may miss trials other processes created (it only re-reads
+    trials newer than the last finished one it saw), so an RDB study is counted with one SQL
+    query; this is also O(1) in memory for studies with thousands of trials.
+    """
+    engine = storage_engine(study)
+    if engine is None:
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        by_state = {s.name: states.count(s) for s in set(states)}
+    else:
+        query = sqlalchemy.text(
+            "SELECT t.state, COUNT(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
+            "WHERE s.study_name = :name GROUP BY t.state"
+        )
+        with engine.connect() as conn:
+            rows = conn.execute(query, {"name": study.study_name}).all()
+        by_state = {str(state).rsplit(".", 1)[-1]: int(n) for state, n in rows}
     return BudgetCount(
-        complete=states.count(TrialState.COMPLETE),
-        running=states.count(TrialState.RUNNING),
-        waiting=states.count(TrialState.WAITING),
+        complete=by_state.get("COMPLETE", 0),
+        running=by_state.get("RUNNING", 0),
+        waiting=by_state.get("WAITING", 0),
     )
 
 
@@ -84,8 +111,7 @@ def _lock_key(study_name: str) -> int:
 @contextlib.contextmanager
 def study_lock(study: optuna.Study) -> Iterator[None]:
     """Hold the study-wide claim lock (blocking). Works for PostgreSQL and SQLite storages."""
-    storage = study._storage
-    engine: sqlalchemy.Engine | None = getattr(storage, "engine", None)
+    engine = storage_engine(study)
     if engine is None:  # in-memory storage: one process, nothing to coordinate
         yield
         return

@@ -158,18 +158,23 @@ def describe_db_error(exc: BaseException, url: str) -> str:
     return f"cannot use study storage {masked}: {why}"
 
 
-def worker_seed(sampler_seed: int | None, worker: int) -> int | None:
-    """A sampler seed per worker, reproducible from the study seed and the worker index.
+def worker_seed(sampler_seed: int | None, worker: int, n_existing: int = 0) -> int | None:
+    """A sampler seed per worker, reproducible from the study seed, the worker index and the
+    number of trials the study already held when the worker started.
 
     Workers sharing one seed propose the same first points (seen: 53 duplicates in 96 trials
-    with 16 workers), so each gets its own stream.
+    with 16 workers), so each gets its own stream; a resumed worker gets a new one too, or it
+    would replay the random start-up proposals of its previous run.
     """
     if sampler_seed is None:
         return None
-    return int(np.random.SeedSequence([sampler_seed, worker]).generate_state(1)[0])
+    entropy = [sampler_seed, worker, n_existing]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-def make_sampler(cfg: SamplerConfig, *, worker: int) -> optuna.samplers.TPESampler:
+def make_sampler(
+    cfg: SamplerConfig, *, worker: int, n_existing: int = 0
+) -> optuna.samplers.TPESampler:
     """TPE with every setting explicit (defaults differ between Optuna 4.x and 5.x)."""
     return optuna.samplers.TPESampler(
         n_startup_trials=cfg.n_startup_trials,
@@ -177,7 +182,7 @@ def make_sampler(cfg: SamplerConfig, *, worker: int) -> optuna.samplers.TPESampl
         multivariate=cfg.multivariate,
         group=cfg.group,
         constant_liar=cfg.constant_liar,
-        seed=worker_seed(cfg.seed, worker),
+        seed=worker_seed(cfg.seed, worker, n_existing),
     )
 
 
@@ -264,9 +269,9 @@ def load_study(settings: Settings, *, worker: int) -> optuna.Study:
     url = normalize_storage_url(cfg.storage)
     storage = make_storage(cfg, create_tables=False, url=url)
     try:
-        study = optuna.load_study(
-            study_name=cfg.name, storage=storage, sampler=make_sampler(cfg.sampler, worker=worker)
-        )
+        study = optuna.load_study(study_name=cfg.name, storage=storage)
+        n_existing = len(study.get_trials(deepcopy=False))
+        study.sampler = make_sampler(cfg.sampler, worker=worker, n_existing=n_existing)
     except KeyError:
         raise StudyError(
             f"study {cfg.name!r} does not exist in {mask_url(url)}: bootstrap it first"

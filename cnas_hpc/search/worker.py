@@ -22,13 +22,13 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
-from cnas_hpc.config import Settings
+from cnas_hpc.config import Settings, public_hparams
 from cnas_hpc.data.datasets import load_images
 from cnas_hpc.data.splits import SearchData, make_search_data
 from cnas_hpc.dist.collectives import broadcast_object
@@ -40,7 +40,9 @@ from cnas_hpc.search.heartbeat import Heartbeat
 from cnas_hpc.search.study import encoding_for, load_study
 from cnas_hpc.space.encoding import CellEncoding, compact_hash
 from cnas_hpc.space.genotype import Genotype, genotype_from_json, genotype_to_json
+from cnas_hpc.tracking.observer import TrialInfo, TrialObserver
 from cnas_hpc.tracking.progress import SearchProgress
+from cnas_hpc.tracking.trackers import make_trackers
 from cnas_hpc.train.loop import EpochMetrics, TrialAbortedError, build_candidate, train_candidate
 
 log = logging.getLogger(__name__)
@@ -171,9 +173,11 @@ def _loop(settings: Settings, env: DistEnv, device: torch.device) -> WorkerRepor
     data = _load_data(settings)
     owner = _TrialOwner(settings, env, encoding) if env.is_main else None
     progress = SearchProgress(settings.search.n_trials) if env.is_main else None
+    observers: list[TrialObserver] = [progress] if progress is not None else []
+    if env.is_main:
+        observers.extend(make_trackers(settings))
     report = WorkerReport()
     failures_in_a_row = 0
-    last_reason = ""
     try:
         while True:
             if owner is not None:
@@ -189,18 +193,15 @@ def _loop(settings: Settings, env: DistEnv, device: torch.device) -> WorkerRepor
             if assignment.kind == "wait":
                 time.sleep(settings.search.poll_seconds)
                 continue
-            ok, reason = _run_trial(assignment, settings, env, device, data, owner, progress)
-            if ok:
+            reason = _run_trial(assignment, settings, env, device, data, owner, observers)
+            if reason is None:
                 report.completed += 1
                 failures_in_a_row = 0
                 continue
             report.failed += 1
             failures_in_a_row += 1
-            last_reason = reason
             if failures_in_a_row >= settings.search.max_consecutive_failures:
-                raise WorkerError(
-                    f"{failures_in_a_row} consecutive trials failed, last: {last_reason}"
-                )
+                raise WorkerError(f"{failures_in_a_row} consecutive trials failed, last: {reason}")
         if owner is not None:
             report.study_complete = count_budget(owner.study).complete
             if progress is not None:
@@ -211,6 +212,36 @@ def _loop(settings: Settings, env: DistEnv, device: torch.device) -> WorkerRepor
     return report
 
 
+def _notify(observers: list[TrialObserver], method: str, *args: Any, **kwargs: Any) -> None:
+    """Call ``method`` on every observer; tracking never breaks a trial."""
+    for observer in observers:
+        try:
+            getattr(observer, method)(*args, **kwargs)
+        except Exception:
+            log.warning("tracker %s.%s failed", type(observer).__name__, method, exc_info=True)
+
+
+def _trial_info(
+    assignment: Assignment,
+    genotype: Genotype,
+    settings: Settings,
+    env: DistEnv,
+    trial: optuna.Trial,
+) -> TrialInfo:
+    return TrialInfo(
+        study_name=settings.study.name,
+        number=assignment.number,
+        genotype=genotype,
+        params=dict(trial.params),
+        worker=env.worker_label,
+        worker_index=settings.worker,
+        world_size=env.world_size,
+        array_job_id=env.array_job_id,
+        array_task_id=env.array_task_id,
+        hparams=public_hparams(settings),
+    )
+
+
 def _run_trial(
     assignment: Assignment,
     settings: Settings,
@@ -218,69 +249,121 @@ def _run_trial(
     device: torch.device,
     data: SearchData,
     owner: _TrialOwner | None,
-    progress: SearchProgress | None,
-) -> tuple[bool, str]:
-    """Train the assigned trial on every rank; rank 0 tells. Returns (completed, reason)."""
+    observers: list[TrialObserver],
+) -> str | None:
+    """Train the assigned trial on every rank; rank 0 tells. Returns None or the failure reason."""
     genotype = genotype_from_json(assignment.genotype_json)
-    epochs = settings.train.epochs
     trial = owner.trial if owner is not None else None
     started = time.perf_counter()
-    if progress is not None:
-        progress.trial_started(assignment.number, epochs, env.worker_label)
+    last_step = {"time": started, "step": 0}
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        now = time.perf_counter()
+        steps = step - last_step["step"]
+        metrics = {
+            **metrics,
+            "images_per_s": steps * settings.train.batch_size / max(now - last_step["time"], 1e-9),
+            "memory_mb": _memory_mb(device),
+        }
+        last_step.update(time=now, step=step)
+        _notify(observers, "step", step, metrics)
 
     def on_epoch(metrics: EpochMetrics) -> None:
         value = _objective_of(metrics, settings.search.objective)
         if trial is not None and value is not None and math.isfinite(value):
             trial.report(value, metrics.epoch)
-        if progress is not None:
-            progress.epoch_done(metrics.epoch, epochs, metrics.train_loss, value)
+        _notify(
+            observers,
+            "epoch",
+            metrics.epoch,
+            {
+                "train_loss": metrics.train_loss,
+                "val_loss": metrics.val_loss,
+                "knn_accuracy": metrics.knn_accuracy,
+                "objective": value,
+                "images_per_s": metrics.images_per_s,
+                "lr": metrics.lr,
+            },
+        )
 
     heartbeat = (
         Heartbeat(owner.study, trial._trial_id, settings.study.heartbeat_interval)
         if owner is not None and trial is not None
         else None
     )
+    summary: dict[str, Any] = {}
+    model = None
     try:
         if heartbeat is not None:
             heartbeat.__enter__()
         model = build_candidate(genotype, settings, device)
         if trial is not None:
             image = (3, settings.data.image_size, settings.data.image_size)
-            trial.set_user_attr(attrs.N_PARAMS, count_parameters(model))
-            trial.set_user_attr(attrs.MACS, count_macs(model, image))
-        result = train_candidate(model, data, settings, device, on_epoch=on_epoch)
+            summary.update(n_params=count_parameters(model), macs=count_macs(model, image))
+            trial.set_user_attr(attrs.N_PARAMS, summary["n_params"])
+            trial.set_user_attr(attrs.MACS, summary["macs"])
+            info = _trial_info(assignment, genotype, settings, env, trial)
+            _notify(observers, "trial_started", info, **summary)
+        result = train_candidate(model, data, settings, device, on_step=on_step, on_epoch=on_epoch)
         value = result.objective(settings.search.objective)
+        log.info(
+            "rank %d/%d trained trial %d: %d steps, %.0f images/s",
+            env.global_rank,
+            env.world_size,
+            assignment.number,
+            result.steps,
+            result.images_per_s,
+        )
     except (TrialAbortedError, ValueError, RuntimeError) as exc:
         reason = getattr(exc, "reason", type(exc).__name__)
         message = f"{reason}: {exc}".splitlines()[0]
         log.debug("trial %d failed:\n%s", assignment.number, traceback.format_exc())
         if owner is not None and trial is not None:
+            summary.update(wall_s=time.perf_counter() - started, fail_reason=message)
             trial.set_user_attr(attrs.FAIL_REASON, message)
-            trial.set_user_attr(attrs.WALL_S, time.perf_counter() - started)
+            trial.set_user_attr(attrs.WALL_S, summary["wall_s"])
             owner.study.tell(trial, state=TrialState.FAIL)
-        if progress is not None:
-            progress.trial_finished(assignment.number, "FAIL", None, message)
-        return False, message
+            _notify(observers, "trial_finished", "FAIL", None, summary)
+        return message
     finally:
         if heartbeat is not None:
             heartbeat.__exit__(None, None, None)
-        model = None
+        del model
         _release_memory(device)
     if owner is not None and trial is not None:
-        trial.set_user_attr(attrs.WALL_S, time.perf_counter() - started)
-        trial.set_user_attr(attrs.EPOCHS_DONE, result.epochs_done)
-        trial.set_user_attr(attrs.TRAIN_LOSS, result.train_loss)
-        if result.val_loss is not None:
-            trial.set_user_attr(attrs.VAL_LOSS, result.val_loss)
-        if result.knn_accuracy is not None:
-            trial.set_user_attr(attrs.KNN_ACCURACY, result.knn_accuracy)
-        trial.set_user_attr(attrs.IMAGES_PER_S, result.images_per_s)
-        owner.study.tell(trial, value)
-    if progress is not None:
-        progress.trial_finished(
-            assignment.number, "COMPLETE", value, f"({result.wall_s:.1f}s, {env.worker_label})"
+        summary.update(
+            wall_s=time.perf_counter() - started,
+            epochs_done=result.epochs_done,
+            train_loss=result.train_loss,
+            val_loss=result.val_loss,
+            knn_accuracy=result.knn_accuracy,
+            images_per_s=result.images_per_s,
         )
-    return True, ""
+        for key, attr in _RESULT_ATTRS.items():
+            if summary[key] is not None:
+                trial.set_user_attr(attr, summary[key])
+        owner.study.tell(trial, value)
+        _notify(observers, "trial_finished", "COMPLETE", value, summary)
+    return None
+
+
+_RESULT_ATTRS = {
+    "wall_s": attrs.WALL_S,
+    "epochs_done": attrs.EPOCHS_DONE,
+    "train_loss": attrs.TRAIN_LOSS,
+    "val_loss": attrs.VAL_LOSS,
+    "knn_accuracy": attrs.KNN_ACCURACY,
+    "images_per_s": attrs.IMAGES_PER_S,
+}
+
+
+def _memory_mb(device: torch.device) -> float:
+    """Peak device memory of this process (CUDA) or its resident set size (CPU), in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _objective_of(metrics: EpochMetrics, objective: str) -> float | None:

@@ -1,1 +1,12 @@
-"""ssl."""
+"""Self-supervised pieces of the proxy task: batched augmentations and contrastive losses.
+
+Augmentations (:mod:`cnas_hpc.ssl.augment`) live apart from the losses
+(:mod:`cnas_hpc.ssl.losses`) and from the models, as in MoCo's ``TwoCropsTransform``.
+"""
+
+from __future__ import annotations
+
+from cnas_hpc.ssl.augment import AugmentConfig, BatchAugment
+from cnas_hpc.ssl.losses import MemoryBankNCE, nt_xent_loss
+
+__all__ = ["AugmentConfig", "BatchAugment", "MemoryBankNCE", "nt_xent_loss"]

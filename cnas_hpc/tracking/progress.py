@@ -11,9 +11,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import TextIO
+from collections.abc import Mapping
+from typing import Any, TextIO
 
 from tqdm import tqdm
+
+from cnas_hpc.tracking.observer import TrialInfo
 
 log = logging.getLogger("cnas_hpc.progress")
 
@@ -42,6 +45,7 @@ class SearchProgress:
         self._study_bar: tqdm | None = None
         self._epoch_bar: tqdm | None = None
         self._trial: int | None = None
+        self._epochs: int | None = None
 
     def update_study(self, complete: int, best: float | None) -> None:
         """Record the study's COMPLETE count and best value (from any worker)."""
@@ -77,44 +81,59 @@ class SearchProgress:
         seconds = per_trial * max(0, self.n_trials - complete)
         return time.strftime("%H:%M:%S", time.gmtime(seconds))
 
-    def trial_started(self, number: int, epochs: int, label: str = "") -> None:
-        """A trial begins training for ``epochs`` epochs."""
-        self._trial = number
+    def trial_started(self, info: TrialInfo, *, n_params: int, macs: int) -> None:
+        """A trial begins (or resumes) training."""
+        self._trial = info.number
+        self._epochs = int(info.hparams.get("train.epochs", 0)) or None
         if self.use_bars:
             self._epoch_bar = tqdm(
-                total=epochs,
-                desc=f"trial {number}",
+                total=self._epochs,
+                initial=info.start_epoch,
+                desc=f"trial {info.number}",
                 position=1,
                 file=self.stream,
                 dynamic_ncols=True,
                 leave=False,
             )
         else:
-            log.info("trial %d: started %s", number, label)
+            log.info(
+                "trial %d: started on %s (%.2fM params, %.1fM MACs)%s",
+                info.number,
+                info.worker,
+                n_params / 1e6,
+                macs / 1e6,
+                f", resumed at epoch {info.start_epoch}" if info.start_epoch else "",
+            )
 
-    def epoch_done(self, epoch: int, epochs: int, loss: float, objective: float | None) -> None:
+    def step(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Steps are too frequent for the terminal: epochs are reported instead."""
+
+    def epoch(self, epoch: int, metrics: Mapping[str, float | None]) -> None:
         """One epoch of the current trial ended."""
+        loss = metrics.get("train_loss")
+        objective = metrics.get("objective")
         if self._epoch_bar is not None:
             self._epoch_bar.update(1)
-            self._epoch_bar.set_postfix_str(f"loss={loss:.4f} obj={_fmt(objective)}")
+            self._epoch_bar.set_postfix_str(f"loss={_fmt(loss)} obj={_fmt(objective)}")
         else:
             log.info(
-                "trial %s: epoch %d/%d loss %.4f objective %s",
+                "trial %s: epoch %d/%s loss %s objective %s",
                 self._trial,
                 epoch,
-                epochs,
-                loss,
+                self._epochs or "?",
+                _fmt(loss),
                 _fmt(objective),
             )
 
-    def trial_finished(
-        self, number: int, state: str, value: float | None, detail: str = ""
-    ) -> None:
+    def trial_finished(self, state: str, value: float | None, summary: Mapping[str, Any]) -> None:
         """The current trial ended in ``state``."""
         if self._epoch_bar is not None:
             self._epoch_bar.close()
             self._epoch_bar = None
-        message = f"trial {number}: {state} value={_fmt(value)} {detail}".rstrip()
+        detail = summary.get("fail_reason") or (
+            f"({summary['wall_s']:.1f}s)" if "wall_s" in summary else ""
+        )
+        message = f"trial {self._trial}: {state} value={_fmt(value)} {detail}".rstrip()
         if self.use_bars:
             tqdm.write(message, file=self.stream)
         else:

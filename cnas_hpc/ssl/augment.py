@@ -1,0 +1,313 @@
+"""SimCLR-style augmentations applied to a whole batch at once, on the training device.
+
+Per-sample randomness is drawn as tensors of shape ``[B]`` and applied with broadcasting: no
+Python loop over samples, no round trip to the CPU, no worker processes. The images stay one
+uint8 tensor on the device (4x smaller than float) and become float32 only here.
+
+Pipeline of :class:`BatchAugment` (per sample, all samples in parallel):
+
+1. random resized crop with horizontal flip folded into the same affine map, sampled with
+   ``F.affine_grid`` + bilinear ``F.grid_sample`` straight to ``out_size``;
+2. with probability ``jitter_p``: brightness, contrast, saturation, hue, in that fixed order
+   (torchvision shuffles the order per call; a fixed order keeps the batch vectorised);
+3. with probability ``grayscale_p``: grayscale (ITU-R 601 luma, replicated to 3 channels);
+4. normalisation by ``mean`` / ``std``.
+
+Randomness comes from an optional :class:`torch.Generator` that must live on the images' device
+(``torch.Generator(device=images.device)``); the same seed on the same device gives identical
+views, which is how every trial of a study is scored on the same validation views.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# ITU-R 601 luma weights (what torchvision's rgb_to_grayscale uses).
+_LUMA = (0.299, 0.587, 0.114)
+# RGB -> YIQ; a hue shift is a rotation of the (I, Q) chroma plane.
+_RGB_TO_YIQ = (
+    (0.299, 0.587, 0.114),
+    (0.595716, -0.274453, -0.321263),
+    (0.211456, -0.522591, 0.311135),
+)
+_YIQ_TO_RGB = tuple(
+    tuple(row) for row in torch.linalg.inv(torch.tensor(_RGB_TO_YIQ, dtype=torch.float64)).tolist()
+)
+
+
+def _pair(value: object, name: str) -> tuple[float, float]:
+    """A 2-sequence of numbers as a float tuple (Hydra hands lists)."""
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair [lo, hi], got {value!r}")
+    lo, hi = (float(v) for v in value)
+    return lo, hi
+
+
+def _triple(value: object, name: str) -> tuple[float, float, float]:
+    """A 3-sequence of numbers (one per RGB channel) as a float tuple."""
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 3:
+        raise ValueError(f"{name} must have 3 values (R, G, B), got {value!r}")
+    r, g, b = (float(v) for v in value)
+    return r, g, b
+
+
+@dataclass
+class AugmentConfig:
+    """Parameters of :class:`BatchAugment` (the ``augment`` config group).
+
+    Attributes:
+        crop_scale: Range of the crop's area as a fraction of the image's, ``0 < lo <= hi <= 1``.
+        crop_ratio: Range of the crop's aspect ratio (width / height), ``0 < lo <= hi``;
+            sampled log-uniformly like torchvision.
+        flip_p: Probability of a horizontal flip.
+        jitter_p: Probability that a sample gets colour jitter.
+        brightness: Brightness factor drawn from ``[max(0, 1 - b), 1 + b]``.
+        contrast: Contrast factor drawn from ``[max(0, 1 - c), 1 + c]``.
+        saturation: Saturation factor drawn from ``[max(0, 1 - s), 1 + s]``.
+        hue: Hue shift drawn from ``[-hue, hue]`` (fraction of a turn), ``hue <= 0.5``.
+        grayscale_p: Probability of converting a sample to grayscale.
+        mean: Per-channel mean subtracted after augmentation (images scaled to ``[0, 1]``).
+        std: Per-channel divisor after subtracting ``mean``, ``> 0``.
+
+    Sequences may be given as lists (Hydra) and are stored as tuples.
+
+    Raises:
+        ValueError: On construction, with the first invalid field.
+    """
+
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self) -> None:
+        self.crop_scale = _pair(self.crop_scale, "crop_scale")
+        self.crop_ratio = _pair(self.crop_ratio, "crop_ratio")
+        self.mean = _triple(self.mean, "mean")
+        self.std = _triple(self.std, "std")
+        for name in ("flip_p", "jitter_p", "grayscale_p"):
+            p = float(getattr(self, name))
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+        lo, hi = self.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
+        lo, hi = self.crop_ratio
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"crop_ratio must satisfy 0 < lo <= hi, got {self.crop_ratio}")
+        for name in ("brightness", "contrast", "saturation"):
+            if float(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be > 0 for every channel, got {self.std}")
+
+
+def _uniform(
+    lo: float, hi: float, n: int, device: torch.device, generator: torch.Generator | None
+) -> torch.Tensor:
+    """``[n]`` float32 draws from ``U(lo, hi)``."""
+    u = torch.rand(n, device=device, generator=generator)
+    return lo + (hi - lo) * u
+
+
+def _bernoulli(
+    p: float, n: int, device: torch.device, generator: torch.Generator | None
+) -> torch.Tensor:
+    """``[n]`` booleans, each true with probability ``p`` (exact for p in {0, 1})."""
+    return torch.rand(n, device=device, generator=generator) < p
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, H, W]`` luma of ``[B, 3, H, W]`` RGB."""
+    w = x.new_tensor(_LUMA).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+def _to_float_rgb(images: torch.Tensor) -> torch.Tensor:
+    """Validate a uint8 ``[B, C, H, W]`` batch and return float32 RGB in ``[0, 1]``.
+
+    Raises:
+        ValueError: Not a 4-D uint8 tensor with 1 or 3 channels and at least one image.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
+    if images.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8, got {images.dtype}")
+    if images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have 1 or 3 channels, got {images.shape[1]}")
+    if images.shape[0] < 1:
+        raise ValueError("images is an empty batch")
+    x = images.float().div_(255.0)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x
+
+
+class BatchAugment:
+    """Batched random augmentations of uint8 images (see the module docstring).
+
+    Stateless apart from its configuration: all randomness comes from the generator passed to
+    each call, so one instance can serve training and validation views.
+
+    Args:
+        cfg: The augmentation parameters.
+        out_size: Side of the square output images, ``>= 1``.
+
+    Raises:
+        ValueError: ``out_size < 1``.
+    """
+
+    def __init__(self, cfg: AugmentConfig, out_size: int) -> None:
+        if out_size < 1:
+            raise ValueError(f"out_size must be >= 1, got {out_size}")
+        self.cfg = cfg
+        self.out_size = int(out_size)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.new_tensor(self.cfg.mean).view(1, 3, 1, 1)
+        std = x.new_tensor(self.cfg.std).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def _crop_flip(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Random resized crop + horizontal flip of every sample, resampled to ``out_size``.
+
+        Crop sides follow torchvision's ``RandomResizedCrop`` parametrisation (area fraction
+        ``U(scale)``, log-uniform aspect ratio); instead of its 10 rejection tries, a side that
+        would exceed the image is clamped to the image, which keeps the batch vectorised. No
+        antialiasing: a crop much larger than ``out_size`` aliases (irrelevant at 32 px).
+        """
+        cfg = self.cfg
+        n, _, height, width = x.shape
+        dev = x.device
+        area = _uniform(cfg.crop_scale[0], cfg.crop_scale[1], n, dev, generator)
+        log_lo, log_hi = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
+        ratio = torch.exp(_uniform(log_lo, log_hi, n, dev, generator))
+        # Sides as fractions of the image's width / height: w*h = area * W*H, w/h = ratio.
+        aspect = height / width
+        w_frac = torch.sqrt(area * ratio * aspect).clamp(max=1.0)
+        h_frac = torch.sqrt(area / ratio / aspect).clamp(max=1.0)
+        # Crop centre, uniform over the positions that keep the crop inside the image.
+        cx = (1.0 - w_frac) * (2.0 * torch.rand(n, device=dev, generator=generator) - 1.0)
+        cy = (1.0 - h_frac) * (2.0 * torch.rand(n, device=dev, generator=generator) - 1.0)
+        flip = _bernoulli(cfg.flip_p, n, dev, generator)
+        sx = torch.where(flip, -w_frac, w_frac)
+        zeros = torch.zeros_like(w_frac)
+        # theta maps output coords in [-1, 1] to input coords: x_in = sx * x_out + cx.
+        theta = torch.stack(
+            [torch.stack([sx, zeros, cx], dim=1), torch.stack([zeros, h_frac, cy], dim=1)],
+            dim=1,
+        )
+        grid = F.affine_grid(theta, [n, 3, self.out_size, self.out_size], align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def _jitter(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Colour jitter with per-sample factors, applied to a ``jitter_p`` share of samples."""
+        cfg = self.cfg
+        n, dev = x.shape[0], x.device
+        apply = _bernoulli(cfg.jitter_p, n, dev, generator)
+        b = _uniform(max(0.0, 1 - cfg.brightness), 1 + cfg.brightness, n, dev, generator)
+        c = _uniform(max(0.0, 1 - cfg.contrast), 1 + cfg.contrast, n, dev, generator)
+        s = _uniform(max(0.0, 1 - cfg.saturation), 1 + cfg.saturation, n, dev, generator)
+        h = _uniform(-cfg.hue, cfg.hue, n, dev, generator)
+        if cfg.jitter_p == 0.0:
+            return x  # the draws above still happen, so views do not depend on jitter_p == 0
+        view = (n, 1, 1, 1)
+        y = (x * b.view(view)).clamp(0.0, 1.0)
+        mean = _gray(y).mean(dim=(1, 2, 3), keepdim=True)
+        y = ((y - mean) * c.view(view) + mean).clamp(0.0, 1.0)
+        gray = _gray(y)
+        y = ((y - gray) * s.view(view) + gray).clamp(0.0, 1.0)
+        y = self._hue(y, h).clamp(0.0, 1.0)
+        return torch.where(apply.view(view), y, x)
+
+    @staticmethod
+    def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """Rotate the chroma of ``x`` [B, 3, H, W] by ``shift`` [B] turns in YIQ space."""
+        to_yiq = x.new_tensor(_RGB_TO_YIQ)
+        to_rgb = x.new_tensor(_YIQ_TO_RGB)
+        angle = 2.0 * math.pi * shift
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        one, zero = torch.ones_like(cos), torch.zeros_like(cos)
+        rot = torch.stack(
+            [
+                torch.stack([one, zero, zero], dim=1),
+                torch.stack([zero, cos, -sin], dim=1),
+                torch.stack([zero, sin, cos], dim=1),
+            ],
+            dim=1,
+        )  # [B, 3, 3]
+        mat = to_rgb @ rot @ to_yiq  # [B, 3, 3], per-sample RGB -> RGB
+        return torch.einsum("bij,bjhw->bihw", mat, x)
+
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """One random view of every image.
+
+        Args:
+            images: uint8 ``[B, C, H, W]``, ``C`` in ``{1, 3}``, on any device.
+            generator: Source of randomness on ``images.device``; ``None`` uses torch's
+                global generator of that device.
+
+        Returns:
+            float32 ``[B, 3, out_size, out_size]`` on ``images.device``, normalised.
+
+        Raises:
+            ValueError: Bad images (see :class:`BatchAugment`), or a generator on another
+                device type.
+        """
+        x = _to_float_rgb(images)
+        if generator is not None and generator.device.type != images.device.type:
+            raise ValueError(
+                f"generator lives on {generator.device} but images on {images.device}: "
+                "create it with torch.Generator(device=images.device)"
+            )
+        x = self._crop_flip(x, generator)
+        x = self._jitter(x, generator)
+        gray = _bernoulli(self.cfg.grayscale_p, x.shape[0], x.device, generator)
+        x = torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
+        return self._normalise(x)
+
+    def two_views(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two independent views of every image (drawn one after the other from ``generator``).
+
+        Returns:
+            Two float32 ``[B, 3, out_size, out_size]`` tensors; row ``i`` of both is image ``i``.
+        """
+        return self(images, generator), self(images, generator)
+
+    def plain(self, images: torch.Tensor) -> torch.Tensor:
+        """The images resized to ``out_size`` (antialiased bilinear) and normalised; no randomness.
+
+        Args:
+            images: uint8 ``[B, C, H, W]``, ``C`` in ``{1, 3}``.
+
+        Returns:
+            float32 ``[B, 3, out_size, out_size]`` on ``images.device``.
+        """
+        x = _to_float_rgb(images)
+        if x.shape[-2:] != (self.out_size, self.out_size):
+            x = F.interpolate(
+                x,
+                size=(self.out_size, self.out_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            ).clamp(0.0, 1.0)
+        return self._normalise(x)
