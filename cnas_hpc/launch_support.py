@@ -46,7 +46,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
 def settings_of(cfg: DictConfig) -> Settings:
     """Resolve and validate the composed config (without the ``hydra`` node)."""
     # The hydra node holds values only set inside a job (e.g. hydra_help): leave it out.
-    keys = [key for key in cfg if key != "hydra"]
+    keys = [str(key) for key in cfg if key != "hydra"]
     try:
         container = OmegaConf.to_container(
             OmegaConf.masked_copy(cfg, keys), resolve=True, throw_on_missing=True

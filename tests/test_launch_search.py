@@ -24,13 +24,13 @@ def test_search_runs_resumes_and_writes_the_best_genotype(tmp_path: Path) -> Non
     second = run_search([*TINY, "search.n_trials=3"], home=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert complete_trials(tmp_path) == 3  # resumed: added one, did not start over
-    assert "resumed, 2/3 trials complete" in second.stderr
+    output = second.stdout + second.stderr
+    assert "resumed, 2/3 trials complete" in output
     assert "Best genotype" in second.stdout and "Genotype(normal=" in second.stdout
     best = json.loads((tmp_path / "cnas-digits-compact" / "best_genotype.json").read_text())
     assert best["study"] == "cnas-digits-compact"
     assert len(best["genotype"]["normal"]) == 8
     # Not a terminal: plain log lines, no progress-bar redraws or escape codes.
-    output = second.stdout + second.stderr
     assert "\r" not in output and "\x1b[" not in output
     assert "trial 2: COMPLETE" in output
 

@@ -35,7 +35,7 @@ from cnas_hpc.dist.collectives import broadcast_object
 from cnas_hpc.dist.env import DistEnv, distributed_session, select_device
 from cnas_hpc.models.complexity import count_macs, count_parameters
 from cnas_hpc.search import attrs
-from cnas_hpc.search.budget import ClaimStatus, claim_trial, count_budget
+from cnas_hpc.search.budget import ClaimStatus, claim_trial
 from cnas_hpc.search.heartbeat import Heartbeat
 from cnas_hpc.search.study import encoding_for, load_study
 from cnas_hpc.space.encoding import CellEncoding, compact_hash
@@ -202,10 +202,6 @@ def _loop(settings: Settings, env: DistEnv, device: torch.device) -> WorkerRepor
             failures_in_a_row += 1
             if failures_in_a_row >= settings.search.max_consecutive_failures:
                 raise WorkerError(f"{failures_in_a_row} consecutive trials failed, last: {reason}")
-        if owner is not None:
-            report.study_complete = count_budget(owner.study).complete
-            if progress is not None:
-                progress.update_study(report.study_complete, owner.best_value())
     finally:
         if progress is not None:
             progress.close()
