@@ -9,7 +9,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-import cnas_hpc.launcher  # noqa: F401 - silences the deliberate schema-matching warning
+import hydra_plugins.cnas_hpc_launcher.cluster_launcher  # noqa: F401 - silences the schema-matching warning
 from cnas_hpc.launch_support import run_search_task
 
 
