@@ -154,7 +154,7 @@ def run_worker(settings: Settings, env: DistEnv | None = None) -> WorkerReport:
         env: the process's distributed identity (default: read from the environment).
 
     Returns:
-        What this worker did (on rank 0; other ranks return counts of 0).
+        What this worker did (the same counts on every rank).
 
     Raises:
         WorkerError: too many consecutive failed trials.
