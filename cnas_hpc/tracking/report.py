@@ -36,6 +36,7 @@ from sqlalchemy.engine import make_url
 from cnas_hpc.config import Settings
 from cnas_hpc.launch_support import USER_ERRORS, fail, settings_of
 from cnas_hpc.search import attrs
+from cnas_hpc.search.budget import storage_engine
 from cnas_hpc.search.study import StudyError, load_study, mask_url, normalize_storage_url
 from cnas_hpc.space.genotype import Genotype
 from cnas_hpc.space.primitives import CELL_KINDS
@@ -123,7 +124,8 @@ class StudyStatus:
         failures: FAIL trials grouped by reason, most frequent first.
         first_start: Start of the study's first trial (worker clock), or None.
         last_complete: End of its last COMPLETE trial, or None.
-        per_hour_life: COMPLETE trials per hour from ``first_start`` to ``last_complete``.
+        per_hour_life: COMPLETE trials per hour from ``first_start`` (any trial) to
+            ``last_complete``.
         per_hour_recent: The same over the last ``recent_n`` COMPLETE trials.
         recent_n: How many trials ``per_hour_recent`` is based on.
         eta: Time to complete the budget at the recent rate (life rate if no recent one), or None.
@@ -204,14 +206,6 @@ class ReportConfig:
 # ---- collecting ----------------------------------------------------------------------------
 
 
-def _engine(study: optuna.Study) -> sqlalchemy.Engine | None:
-    """The SQLAlchemy engine under the study's storage (Optuna wraps RDB storages in a cache)."""
-    storage = study._storage
-    backend = getattr(storage, "_backend", storage)
-    engine = getattr(backend, "engine", None)
-    return engine if isinstance(engine, sqlalchemy.Engine) else None
-
-
 def _as_datetime(value: object) -> datetime | None:
     if isinstance(value, datetime):
         # PostgreSQL returns an aware now(); heartbeats are stored naive (Optuna does the same).
@@ -227,7 +221,7 @@ def heartbeat_ages(study: optuna.Study) -> dict[int, float]:
     Read from Optuna's ``trial_heartbeats`` table with the database's clock. Empty when the
     storage has no SQL engine (in-memory) or the table cannot be read (logged).
     """
-    engine = _engine(study)
+    engine = storage_engine(study)
     if engine is None:
         return {}
     try:
@@ -321,13 +315,15 @@ def group_failures(trials: Sequence[FrozenTrial]) -> list[FailureGroup]:
     return out
 
 
-def _rate(trials: Sequence[FrozenTrial]) -> float | None:
-    """COMPLETE trials per hour from the earliest start to the latest end of ``trials``."""
+def _rate(trials: Sequence[FrozenTrial], since: datetime | None = None) -> float | None:
+    """Trials per hour: ``len(trials)`` over the time from ``since`` (default: the earliest
+    start among them) to the latest end among them."""
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
-    if not starts or not ends:
+    if not ends or (since is None and not starts):
         return None
-    hours = (max(ends) - min(starts)).total_seconds() / 3600.0
+    first = since if since is not None else min(starts)
+    hours = (max(ends) - first).total_seconds() / 3600.0
     return len(trials) / hours if hours > 0 else None
 
 
@@ -385,15 +381,17 @@ def collect_status(
         ),
         key=lambda t: (t.datetime_complete or datetime.min, t.number),
     )
-    life = _rate(complete)
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    ends = [t.datetime_complete for t in complete if t.datetime_complete is not None]
+    # The life rate counts from the study's first trial, failed ones included: time they took
+    # was spent on the budget too.
+    life = _rate(complete, since=min(starts) if starts else None)
     window = complete[-recent:]
     recent_rate = _rate(window)
     rate = recent_rate or life
     eta = timedelta(hours=to_complete / rate) if rate and to_complete else None
     if not to_complete:
         eta = timedelta(0)
-    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
-    ends = [t.datetime_complete for t in complete if t.datetime_complete is not None]
 
     return StudyStatus(
         study_name=study.study_name,
@@ -652,7 +650,7 @@ def run_report(settings: Settings, report_cfg: ReportConfig | Mapping[str, Any])
         elif cfg.json:
             log.warning("no COMPLETE trial yet: best_genotypes.json not written")
     finally:
-        engine = _engine(study)
+        engine = storage_engine(study)
         if engine is not None:
             engine.dispose()
     print(text)
