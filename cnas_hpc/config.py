@@ -18,6 +18,7 @@ from cnas_hpc.data.datasets import DataConfig
 from cnas_hpc.models.networks import ProxyConfig
 from cnas_hpc.search.objective import OBJECTIVES
 from cnas_hpc.ssl.augment import AugmentConfig
+from cnas_hpc.train.checkpoint import CheckpointConfig
 
 
 class ConfigError(ValueError):
@@ -111,6 +112,8 @@ class StudyConfig:
     max_retry: int = 2
     pool_size: int = 0
     connect_timeout: int = 10
+    #: keep retrying a failing database operation this long before the worker gives up
+    retry_deadline_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,7 @@ class Settings:
     train: TrainConfig
     study: StudyConfig
     search: SearchConfig
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     worker: int = 0
     seed: int = 0
     device: str = "auto"
@@ -161,8 +165,23 @@ class Settings:
                 "search.objective=val_contrastive_loss needs a held-out split: "
                 "set data.val_fraction > 0"
             )
+        if self.study.heartbeat_interval >= self.study.grace_period:
+            raise ConfigError(
+                f"study.grace_period ({self.study.grace_period} s) must exceed "
+                f"study.heartbeat_interval ({self.study.heartbeat_interval} s)"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+    @property
+    def checkpoint_root(self) -> Path:
+        """Root folder of trial checkpoints (shared by all workers)."""
+        return Path(self.checkpoint.dir or Path(self.output_dir) / "checkpoints").expanduser()
+
+    @property
+    def pending_dir(self) -> Path:
+        """Where results wait on disk while the database is unreachable."""
+        return Path(self.output_dir) / "pending" / self.study.name
 
 
 T = TypeVar("T")
@@ -216,6 +235,7 @@ def settings_from_config(cfg: Mapping[str, Any]) -> Settings:
         train=_build(TrainConfig, "train", cfg.get("train")),
         study=study,
         search=_build(SearchConfig, "search", cfg.get("search")),
+        checkpoint=_build(CheckpointConfig, "checkpoint", cfg.get("checkpoint")),
         worker=int(cfg.get("worker", 0)),
         seed=int(cfg.get("seed", 0)),
         device=str(cfg.get("device", "auto")),

@@ -30,3 +30,5 @@ RETRIED_FROM: Final = "cnas:retried_from"
 # Study-level: what the study was built for.
 STUDY_SPACE: Final = "cnas:space"
 STUDY_OBJECTIVE: Final = "cnas:objective"
+REQUEUES: Final = "cnas:requeues"
+RESUMED_FROM_EPOCH: Final = "cnas:resumed_from_epoch"

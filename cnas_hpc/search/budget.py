@@ -27,7 +27,7 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from cnas_hpc.search import attrs
 

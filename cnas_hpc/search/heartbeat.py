@@ -36,7 +36,7 @@ class Heartbeat:
         try:
             self._storage.record_heartbeat(self._trial_id)  # type: ignore[attr-defined]
             self.failures = 0
-        except Exception as exc:
+        except Exception as exc:  # an outage must not kill the thread
             self.failures += 1
             log.warning("heartbeat of trial id %d failed (%s); retrying", self._trial_id, exc)
 

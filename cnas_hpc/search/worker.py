@@ -18,11 +18,11 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import socket
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
@@ -35,33 +35,34 @@ from cnas_hpc.dist.collectives import broadcast_object
 from cnas_hpc.dist.env import DistEnv, distributed_session, select_device
 from cnas_hpc.models.complexity import count_macs, count_parameters
 from cnas_hpc.search import attrs
-from cnas_hpc.search.budget import ClaimStatus, claim_trial
 from cnas_hpc.search.heartbeat import Heartbeat
-from cnas_hpc.search.study import encoding_for, load_study
-from cnas_hpc.space.encoding import CellEncoding, compact_hash
-from cnas_hpc.space.genotype import Genotype, genotype_from_json, genotype_to_json
+from cnas_hpc.search.owner import Assignment, TrialOwner
+from cnas_hpc.search.preemption import Preemption
+from cnas_hpc.search.study import encoding_for
+from cnas_hpc.space.genotype import Genotype, genotype_from_json
 from cnas_hpc.tracking.observer import TrialInfo, TrialObserver
 from cnas_hpc.tracking.progress import SearchProgress
 from cnas_hpc.tracking.trackers import make_trackers
-from cnas_hpc.train.loop import EpochMetrics, TrialAbortedError, build_candidate, train_candidate
+from cnas_hpc.train.checkpoint import (
+    TrainState,
+    checkpoint_path,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+)
+from cnas_hpc.train.loop import (
+    Checkpointing,
+    EpochMetrics,
+    TrialAbortedError,
+    build_candidate,
+    train_candidate,
+)
 
 log = logging.getLogger(__name__)
-
-# How many proposals to skip as duplicates before accepting one (the space may be exhausted).
-_MAX_DUPLICATE_SKIPS = 20
 
 
 class WorkerError(RuntimeError):
     """The worker cannot go on (e.g. too many consecutive failures); one-line message."""
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """What rank 0 tells the other ranks to do next (broadcast as a picklable object)."""
-
-    kind: Literal["train", "wait", "done"]
-    number: int = -1
-    genotype_json: str = ""
 
 
 @dataclass
@@ -71,69 +72,6 @@ class WorkerReport:
     completed: int = 0
     failed: int = 0
     study_complete: int = 0
-
-
-def _is_duplicate(study: optuna.Study, trial: optuna.Trial, arch_hash: str) -> int | None:
-    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-        if other.number != trial.number and other.user_attrs.get(attrs.ARCH_HASH) == arch_hash:
-            return other.number
-    return None
-
-
-class _TrialOwner:
-    """Rank 0's side of the loop: everything that touches the study."""
-
-    def __init__(self, settings: Settings, env: DistEnv, encoding: CellEncoding) -> None:
-        self.settings = settings
-        self.env = env
-        self.encoding = encoding
-        self.study = load_study(settings, worker=settings.worker)
-        self.trial: optuna.Trial | None = None
-
-    def claim(self) -> tuple[Assignment, int]:
-        """Claim the next trial; returns the assignment and the study's COMPLETE count."""
-        claim = claim_trial(self.study, self.settings.search.n_trials, prepare=self._propose)
-        if claim.status is not ClaimStatus.CLAIMED or claim.trial is None:
-            kind: Literal["wait", "done"] = "done" if claim.status is ClaimStatus.DONE else "wait"
-            return Assignment(kind), claim.count.complete
-        self.trial = claim.trial
-        genotype_json = str(claim.trial.user_attrs[attrs.GENOTYPE])
-        return Assignment("train", claim.trial.number, genotype_json), claim.count.complete
-
-    def _propose(self, trial: optuna.Trial) -> optuna.Trial:
-        """Sample the architecture; skip proposals another RUNNING/COMPLETE trial already has.
-
-        Runs under the claim lock, so two workers cannot both take one architecture.
-        """
-        for _ in range(_MAX_DUPLICATE_SKIPS):
-            genotype = self.encoding.suggest(trial)
-            arch_hash = compact_hash(genotype)
-            duplicate = _is_duplicate(self.study, trial, arch_hash)
-            if duplicate is None:
-                break
-            trial.set_user_attr(attrs.FAIL_REASON, f"duplicate of trial {duplicate}")
-            self.study.tell(trial, state=TrialState.FAIL)
-            log.info("trial %d duplicates trial %d: skipped", trial.number, duplicate)
-            trial = self.study.ask()
-        self._record_identity(trial, genotype, arch_hash)
-        return trial
-
-    def _record_identity(self, trial: optuna.Trial, genotype: Genotype, arch_hash: str) -> None:
-        trial.set_user_attr(attrs.GENOTYPE, genotype_to_json(genotype))
-        trial.set_user_attr(attrs.ARCH_HASH, arch_hash)
-        trial.set_user_attr(attrs.WORKER, self.env.worker_label)
-        trial.set_user_attr(attrs.WORKER_INDEX, self.settings.worker)
-        trial.set_user_attr(attrs.HOST, socket.gethostname())
-        trial.set_user_attr(attrs.WORLD_SIZE, self.env.world_size)
-        if self.env.array_job_id is not None:
-            trial.set_user_attr(attrs.ARRAY_JOB, self.env.array_job_id)
-            trial.set_user_attr(attrs.ARRAY_TASK, self.env.array_task_id)
-
-    def best_value(self) -> float | None:
-        try:
-            return float(self.study.best_value)
-        except ValueError:  # no COMPLETE trial yet
-            return None
 
 
 def _load_data(settings: Settings) -> SearchData:
@@ -171,40 +109,56 @@ def run_worker(settings: Settings, env: DistEnv | None = None) -> WorkerReport:
 def _loop(settings: Settings, env: DistEnv, device: torch.device) -> WorkerReport:
     encoding = encoding_for(settings)
     data = _load_data(settings)
-    owner = _TrialOwner(settings, env, encoding) if env.is_main else None
+    owner = TrialOwner(settings, env, encoding) if env.is_main else None
     progress = SearchProgress(settings.search.n_trials) if env.is_main else None
     observers: list[TrialObserver] = [progress] if progress is not None else []
     if env.is_main:
         observers.extend(make_trackers(settings))
     report = WorkerReport()
     failures_in_a_row = 0
-    try:
-        while True:
-            if owner is not None:
-                assignment, complete = owner.claim()
-                report.study_complete = complete
-                if progress is not None:
-                    progress.update_study(complete, owner.best_value())
-            else:
-                assignment = Assignment("wait")
-            assignment = broadcast_object(assignment)
-            if assignment.kind == "done":
-                break
-            if assignment.kind == "wait":
-                time.sleep(settings.search.poll_seconds)
-                continue
-            reason = _run_trial(assignment, settings, env, device, data, owner, observers)
-            if reason is None:
-                report.completed += 1
-                failures_in_a_row = 0
-                continue
-            report.failed += 1
-            failures_in_a_row += 1
-            if failures_in_a_row >= settings.search.max_consecutive_failures:
-                raise WorkerError(f"{failures_in_a_row} consecutive trials failed, last: {reason}")
-    finally:
-        if progress is not None:
-            progress.close()
+    if owner is not None:
+        owner.flush_pending()
+    in_flight = owner.adopt_in_flight() if owner is not None else None
+    with Preemption() as preemption:
+        try:
+            while True:
+                if owner is not None:
+                    if in_flight is not None:
+                        assignment, in_flight = in_flight, None
+                    else:
+                        assignment, complete = owner.claim()
+                        report.study_complete = complete
+                        if progress is not None:
+                            progress.update_study(complete, owner.best_value())
+                else:
+                    assignment = Assignment("wait")
+                assignment = broadcast_object(assignment)
+                if assignment.kind == "done":
+                    break
+                if assignment.kind == "wait":
+                    time.sleep(settings.search.poll_seconds)
+                    continue
+                outcome = _run_trial(
+                    assignment, settings, env, device, data, owner, observers, preemption
+                )
+                if outcome == "stopped":
+                    # Checkpointed; the trial stays RUNNING for the requeued job (or its retry).
+                    if env.is_main:
+                        preemption.hand_over()
+                    raise SystemExit(0)
+                if outcome is None:
+                    report.completed += 1
+                    failures_in_a_row = 0
+                    continue
+                report.failed += 1
+                failures_in_a_row += 1
+                if failures_in_a_row >= settings.search.max_consecutive_failures:
+                    raise WorkerError(
+                        f"{failures_in_a_row} consecutive trials failed, last: {outcome}"
+                    )
+        finally:
+            if progress is not None:
+                progress.close()
     return report
 
 
@@ -213,7 +167,7 @@ def _notify(observers: list[TrialObserver], method: str, *args: Any, **kwargs: A
     for observer in observers:
         try:
             getattr(observer, method)(*args, **kwargs)
-        except Exception:
+        except Exception:  # tracking is best effort by contract
             log.warning("tracker %s.%s failed", type(observer).__name__, method, exc_info=True)
 
 
@@ -223,6 +177,7 @@ def _trial_info(
     settings: Settings,
     env: DistEnv,
     trial: optuna.Trial,
+    resume: TrainState | None,
 ) -> TrialInfo:
     return TrialInfo(
         study_name=settings.study.name,
@@ -235,6 +190,8 @@ def _trial_info(
         array_job_id=env.array_job_id,
         array_task_id=env.array_task_id,
         hparams=public_hparams(settings),
+        segment=int(trial.user_attrs.get(attrs.REQUEUES, 0)) + (1 if resume is not None else 0),
+        start_epoch=resume.epoch if resume is not None else 0,
     )
 
 
@@ -244,14 +201,28 @@ def _run_trial(
     env: DistEnv,
     device: torch.device,
     data: SearchData,
-    owner: _TrialOwner | None,
+    owner: TrialOwner | None,
     observers: list[TrialObserver],
+    preemption: Preemption,
 ) -> str | None:
-    """Train the assigned trial on every rank; rank 0 tells. Returns None or the failure reason."""
+    """Train the assigned trial on every rank; rank 0 tells.
+
+    Returns:
+        None when the trial completed, ``"stopped"`` when a preemption stopped it (checkpointed,
+        not told), else the failure reason (the trial was told FAIL).
+    """
     genotype = genotype_from_json(assignment.genotype_json)
     trial = owner.trial if owner is not None else None
     started = time.perf_counter()
     last_step = {"time": started, "step": 0}
+    ckpt_path = checkpoint_path(
+        settings.checkpoint_root, settings.study.name, assignment.checkpoint_key
+    )
+    resume = (
+        load_checkpoint(ckpt_path, genotype_json=assignment.genotype_json)
+        if settings.checkpoint.enabled
+        else None
+    )
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         now = time.perf_counter()
@@ -266,8 +237,8 @@ def _run_trial(
 
     def on_epoch(metrics: EpochMetrics) -> None:
         value = _objective_of(metrics, settings.search.objective)
-        if trial is not None and value is not None and math.isfinite(value):
-            trial.report(value, metrics.epoch)
+        if owner is not None and value is not None and math.isfinite(value):
+            owner.report(value, metrics.epoch)
         _notify(
             observers,
             "epoch",
@@ -282,6 +253,16 @@ def _run_trial(
             },
         )
 
+    def save(state: TrainState) -> None:
+        save_checkpoint(state, ckpt_path)
+
+    checkpointing = Checkpointing(
+        save=save if env.is_main and settings.checkpoint.enabled else None,
+        every_s=settings.checkpoint.every_minutes * 60 if settings.checkpoint.enabled else math.inf,
+        resume=resume,
+        trial=assignment.number,
+        genotype_json=assignment.genotype_json,
+    )
     heartbeat = (
         Heartbeat(owner.study, trial._trial_id, settings.study.heartbeat_interval)
         if owner is not None and trial is not None
@@ -293,40 +274,45 @@ def _run_trial(
         if heartbeat is not None:
             heartbeat.__enter__()
         model = build_candidate(genotype, settings, device)
-        if trial is not None:
+        if owner is not None and trial is not None:
             image = (3, settings.data.image_size, settings.data.image_size)
             summary.update(n_params=count_parameters(model), macs=count_macs(model, image))
-            trial.set_user_attr(attrs.N_PARAMS, summary["n_params"])
-            trial.set_user_attr(attrs.MACS, summary["macs"])
-            info = _trial_info(assignment, genotype, settings, env, trial)
+            owner.set_attrs({attrs.N_PARAMS: summary["n_params"], attrs.MACS: summary["macs"]})
+            info = _trial_info(assignment, genotype, settings, env, trial, resume)
             _notify(observers, "trial_started", info, **summary)
-        result = train_candidate(model, data, settings, device, on_step=on_step, on_epoch=on_epoch)
+        result = train_candidate(
+            model,
+            data,
+            settings,
+            device,
+            on_step=on_step,
+            on_epoch=on_epoch,
+            should_stop=lambda: preemption.requested,
+            checkpointing=checkpointing,
+        )
         value = result.objective(settings.search.objective)
         log.info(
-            "rank %d/%d trained trial %d: %d steps, %.0f images/s",
+            "rank %d/%d trained trial %d: %d steps, %.0f images/s%s",
             env.global_rank,
             env.world_size,
             assignment.number,
             result.steps,
             result.images_per_s,
+            f", resumed at epoch {result.resumed_from_epoch}" if resume is not None else "",
         )
-    except (TrialAbortedError, ValueError, RuntimeError) as exc:
-        reason = getattr(exc, "reason", type(exc).__name__)
-        message = f"{reason}: {exc}".splitlines()[0]
-        log.debug("trial %d failed:\n%s", assignment.number, traceback.format_exc())
-        if owner is not None and trial is not None:
-            summary.update(wall_s=time.perf_counter() - started, fail_reason=message)
-            trial.set_user_attr(attrs.FAIL_REASON, message)
-            trial.set_user_attr(attrs.WALL_S, summary["wall_s"])
-            owner.study.tell(trial, state=TrialState.FAIL)
-            _notify(observers, "trial_finished", "FAIL", None, summary)
-        return message
+    except TrialAbortedError as exc:
+        if exc.reason == "stopped":
+            _notify(observers, "trial_finished", "INTERRUPTED", None, summary)
+            return "stopped"
+        return _fail(assignment, owner, observers, summary, started, exc, ckpt_path)
+    except (ValueError, RuntimeError) as exc:
+        return _fail(assignment, owner, observers, summary, started, exc, ckpt_path)
     finally:
         if heartbeat is not None:
             heartbeat.__exit__(None, None, None)
         del model
         _release_memory(device)
-    if owner is not None and trial is not None:
+    if owner is not None:
         summary.update(
             wall_s=time.perf_counter() - started,
             epochs_done=result.epochs_done,
@@ -334,16 +320,43 @@ def _run_trial(
             val_loss=result.val_loss,
             knn_accuracy=result.knn_accuracy,
             images_per_s=result.images_per_s,
+            resumed_from_epoch=result.resumed_from_epoch,
         )
-        for key, attr in _RESULT_ATTRS.items():
-            if summary[key] is not None:
-                trial.set_user_attr(attr, summary[key])
-        owner.study.tell(trial, value)
+        owner.finish(
+            TrialState.COMPLETE,
+            value,
+            {attr: summary.get(key) for key, attr in _RESULT_ATTRS.items()},
+        )
         _notify(observers, "trial_finished", "COMPLETE", value, summary)
+        remove_checkpoint(ckpt_path)
     return None
 
 
+def _fail(
+    assignment: Assignment,
+    owner: TrialOwner | None,
+    observers: list[TrialObserver],
+    summary: dict[str, Any],
+    started: float,
+    exc: BaseException,
+    ckpt_path: Path,
+) -> str:
+    """Tell the trial FAIL with its reason (rank 0); every rank returns the reason."""
+    reason = getattr(exc, "reason", type(exc).__name__)
+    message = f"{reason}: {exc}".splitlines()[0]
+    log.debug("trial %d failed:\n%s", assignment.number, traceback.format_exc())
+    if owner is not None:
+        summary.update(wall_s=time.perf_counter() - started, fail_reason=message)
+        owner.finish(
+            TrialState.FAIL, None, {attrs.FAIL_REASON: message, attrs.WALL_S: summary["wall_s"]}
+        )
+        _notify(observers, "trial_finished", "FAIL", None, summary)
+        remove_checkpoint(ckpt_path)
+    return message
+
+
 _RESULT_ATTRS = {
+    "resumed_from_epoch": attrs.RESUMED_FROM_EPOCH,
     "wall_s": attrs.WALL_S,
     "epochs_done": attrs.EPOCHS_DONE,
     "train_loss": attrs.TRAIN_LOSS,

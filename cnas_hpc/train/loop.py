@@ -13,6 +13,7 @@ Contract:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -37,6 +38,7 @@ from cnas_hpc.models.networks import ProxyNetwork, build_proxy
 from cnas_hpc.space.genotype import Genotype
 from cnas_hpc.ssl.augment import BatchAugment
 from cnas_hpc.ssl.losses import MemoryBankNCE, nt_xent_loss
+from cnas_hpc.train.checkpoint import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ class TrainResult:
     wall_s: float
     images_per_s: float
     history: list[EpochMetrics] = field(default_factory=list)
+    #: the epoch training resumed from (None: trained from scratch).
+    resumed_from_epoch: int | None = None
 
     def objective(self, name: str) -> float:
         """The value of objective ``name`` (see :mod:`cnas_hpc.search.objective`)."""
@@ -145,6 +149,31 @@ def build_candidate(genotype: Genotype, settings: Settings, device: torch.device
     return model.to(device)
 
 
+@dataclass(frozen=True)
+class Checkpointing:
+    """How :func:`train_candidate` saves and resumes (rank 0 saves, every rank resumes).
+
+    Attributes:
+        save: called on rank 0 with the state to persist (None on other ranks: nothing to do).
+        every_s: also save within an epoch when this many seconds passed since the last save.
+        resume: the state to continue from (loaded by every rank), or None for a fresh start.
+        trial: the trial number recorded in saved states.
+        genotype_json: the architecture recorded in saved states.
+    """
+
+    save: Callable[[TrainState], None] | None
+    every_s: float
+    resume: TrainState | None
+    trial: int
+    genotype_json: str
+
+
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    # Augmentation randomness depends only on (seed, rank, global step): a resumed trial draws
+    # exactly the views it would have drawn, with no generator state in the checkpoint.
+    return ((seed * 1_000_003 + rank) * 1_000_033 + step) % (2**63 - 1)
+
+
 def train_candidate(
     model: ProxyNetwork,
     data: SearchData,
@@ -154,6 +183,7 @@ def train_candidate(
     on_step: StepCallback | None = None,
     on_epoch: EpochCallback | None = None,
     should_stop: StopCheck | None = None,
+    checkpointing: Checkpointing | None = None,
 ) -> TrainResult:
     """Train ``model`` contrastively on ``data.train`` and score it.
 
@@ -164,8 +194,10 @@ def train_candidate(
         device: training device of this rank.
         on_step: called on every rank every ``train.log_every_steps`` steps with local metrics.
         on_epoch: called on every rank after each epoch with reduced metrics.
-        should_stop: polled once per step on every rank; if it returns True on ANY rank, all ranks
-            stop together and :class:`TrialAbortedError` (reason ``stopped``) is raised.
+        should_stop: polled once per step on every rank; if it returns True on ANY rank, all
+            ranks stop together (a checkpoint is saved first) and :class:`TrialAbortedError`
+            (reason ``stopped``) is raised.
+        checkpointing: periodic saves and resume (see :class:`Checkpointing`).
 
     Returns:
         The reduced result, identical on every rank.
@@ -184,8 +216,6 @@ def train_candidate(
     steps_per_epoch = _steps_per_epoch(n_train, cfg)
     augment = BatchAugment(settings.augment, settings.data.image_size)
     generator = torch.Generator(device=device)
-    # Different views per rank (each rank augments its own slice), reproducible per trial.
-    generator.manual_seed(settings.seed * 1_000_003 + rank)
 
     membank: MemoryBankNCE | None = None
     if cfg.loss == "membank_nce":
@@ -198,28 +228,63 @@ def train_candidate(
             seed=settings.seed,
         ).to(device)
 
-    net: nn.Module = DistributedDataParallel(model) if is_distributed() else model
     optimizer = _make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(enabled=cfg.amp == "fp16" and device.type == "cuda")
     rates = lr_schedule(cfg, steps_per_epoch)
-
     history: list[EpochMetrics] = []
-    step = 0
+    first_epoch, skip_steps, step, resumed_loss, prior_wall = 0, 0, 0, 0.0, 0.0
+    resume = checkpointing.resume if checkpointing is not None else None
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        scaler.load_state_dict(resume.scaler)
+        if membank is not None and "bank" in resume.extra:
+            membank.bank.copy_(resume.extra["bank"].to(device))
+        history = [EpochMetrics(**h) for h in resume.history]  # type: ignore[arg-type]
+        first_epoch, skip_steps, step = resume.epoch, resume.step_in_epoch, resume.step
+        resumed_loss, prior_wall = resume.loss_sum, resume.wall_s
+    net: nn.Module = DistributedDataParallel(model) if is_distributed() else model
+
     started = time.perf_counter()
+    last_save = started
+
+    def snapshot(epoch: int, step_in_epoch: int, loss_sum: float) -> None:
+        nonlocal last_save
+        last_save = time.perf_counter()
+        if checkpointing is None or checkpointing.save is None:
+            return
+        checkpointing.save(
+            TrainState(
+                trial=checkpointing.trial,
+                genotype_json=checkpointing.genotype_json,
+                epoch=epoch,
+                step_in_epoch=step_in_epoch,
+                step=step,
+                loss_sum=loss_sum,
+                model={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                optimizer=optimizer.state_dict(),
+                scaler=scaler.state_dict(),
+                extra={"bank": membank.bank.detach().cpu()} if membank is not None else {},
+                history=[dataclasses.asdict(h) for h in history],
+                wall_s=prior_wall + time.perf_counter() - started,
+            )
+        )
+
     images_seen = 0
-    for epoch in range(cfg.epochs):
+    for epoch in range(first_epoch, cfg.epochs):
         net.train()
         epoch_start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
         batches = epoch_batches(
             n_train, cfg.batch_size, epoch=epoch, seed=settings.seed, rank=rank, world_size=world
         )[:steps_per_epoch]
-        for index in batches:
+        loss_sum = torch.tensor(resumed_loss if epoch == first_epoch else 0.0, device=device)
+        start_at = skip_steps if epoch == first_epoch else 0
+        for position in range(start_at, len(batches)):
             for group in optimizer.param_groups:
                 group["lr"] = rates[step]
-            index = index.to(device)
-            images = train_images[index]
-            view1, view2 = augment.two_views(images, generator)
+            index = batches[position].to(device)
+            generator.manual_seed(_step_seed(settings.seed, rank, step))
+            view1, view2 = augment.two_views(train_images[index], generator)
             with _autocast(cfg, device):
                 z1 = net(view1)
                 z2 = net(view2)
@@ -227,9 +292,13 @@ def train_candidate(
                     loss = membank(z1.float(), z2.float(), index)
                 else:
                     loss = nt_xent_loss(z1.float(), z2.float(), cfg.temperature)
-            bad, stop = _agree(
-                not math.isfinite(loss.item()),
-                should_stop() if should_stop is not None else False,
+            every_s = checkpointing.every_s if checkpointing is not None else math.inf
+            bad, stop, save_due = _agree(
+                (
+                    not math.isfinite(loss.item()),
+                    should_stop() if should_stop is not None else False,
+                    time.perf_counter() - last_save >= every_s,
+                ),
                 device,
             )
             if bad:
@@ -238,9 +307,12 @@ def train_candidate(
                     f"non-finite contrastive loss at epoch {epoch}, step {step}: "
                     "the candidate diverged",
                 )
+            if stop or save_due:
+                # This batch is not trained yet: the state is "before step `position`".
+                snapshot(epoch, position, float(loss_sum.item()))
             if stop:
                 raise TrialAbortedError(
-                    "stopped", f"training stopped at epoch {epoch}, step {step}"
+                    "stopped", f"training stopped at epoch {epoch}, step {step} (checkpointed)"
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -261,12 +333,14 @@ def train_candidate(
             train_loss=train_loss,
             val_loss=validation_loss(model, data, settings, device),
             knn_accuracy=knn_accuracy(model, data, settings, device),
-            images_per_s=len(batches) * cfg.batch_size / max(epoch_time, 1e-9),
+            images_per_s=(len(batches) - start_at) * cfg.batch_size / max(epoch_time, 1e-9),
             lr=rates[step - 1],
         )
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics)
+        if epoch + 1 < cfg.epochs:
+            snapshot(epoch + 1, 0, 0.0)
     wall = time.perf_counter() - started
     last = history[-1]
     return TrainResult(
@@ -275,19 +349,20 @@ def train_candidate(
         knn_accuracy=last.knn_accuracy,
         epochs_done=len(history),
         steps=step,
-        wall_s=wall,
+        wall_s=prior_wall + wall,
         images_per_s=images_seen / max(wall, 1e-9),
         history=history,
+        resumed_from_epoch=first_epoch if resume is not None else None,
     )
 
 
-def _agree(bad: bool, stop: bool, device: torch.device) -> tuple[bool, bool]:
-    """OR both flags over all ranks in ONE collective, so every rank takes the same branch."""
+def _agree(flags: tuple[bool, ...], device: torch.device) -> tuple[bool, ...]:
+    """OR every flag over all ranks in ONE collective, so every rank takes the same branch."""
     if not is_distributed():
-        return bad, stop
-    flags = torch.tensor([float(bad), float(stop)], device=device)
-    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-    return bool(flags[0].item()), bool(flags[1].item())
+        return flags
+    tensor = torch.tensor([float(f) for f in flags], device=device)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return tuple(bool(v) for v in tensor.tolist())
 
 
 def _global_batches(n: int, batch_size: int) -> Iterator[tuple[int, int]]:

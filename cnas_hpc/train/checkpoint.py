@@ -1,0 +1,122 @@
+"""Trial checkpoints: the training state of one candidate, saved atomically and loaded safely.
+
+Contract:
+    * A checkpoint belongs to a trial's ORIGINAL number (a retry of a stale trial resumes from
+      the dead trial's checkpoint): ``<dir>/<study>/trial-<original number>.pt``.
+    * Only global rank 0 writes; every rank reads (ranks of a worker share a file system).
+    * Writes go to a temporary file in the same folder and are renamed over the old one, so a
+      kill during a write leaves the previous checkpoint intact.
+    * Loads use ``torch.load(weights_only=True)``: the payload is tensors, numbers, strings,
+      lists and dicts only, never pickled objects.
+    * The checkpoint of a finished trial (told COMPLETE or FAIL) is removed by its owner.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Where and how often trial checkpoints are written.
+
+    Attributes:
+        enabled: save checkpoints at all.
+        dir: root folder (default ``<output_dir>/checkpoints``; must be shared by the workers).
+        every_minutes: also save within an epoch when this much time passed since the last save.
+    """
+
+    enabled: bool = True
+    dir: str | None = None
+    every_minutes: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.every_minutes <= 0:
+            raise ValueError(f"checkpoint.every_minutes must be > 0, got {self.every_minutes}")
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue training a candidate exactly where it stopped.
+
+    ``epoch`` is the number of completed epochs; ``step_in_epoch`` the steps already done in
+    epoch ``epoch`` (0 at an epoch boundary); ``step`` the global step. ``history`` holds the
+    completed epochs' metrics as plain dicts. Augmentation randomness is re-derived from
+    (seed, rank, epoch, step), so it needs no saved generator state.
+    """
+
+    trial: int
+    genotype_json: str
+    epoch: int
+    step_in_epoch: int
+    step: int
+    loss_sum: float
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scaler: dict[str, Any]
+    extra: dict[str, torch.Tensor]
+    history: list[dict[str, float | None]]
+    wall_s: float
+
+    def to_payload(self) -> dict[str, Any]:
+        """A ``weights_only``-loadable dict."""
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> TrainState:
+        """Inverse of :meth:`to_payload`."""
+        return cls(**payload)
+
+
+def checkpoint_path(root: Path, study_name: str, trial_key: int) -> Path:
+    """The checkpoint file of trial ``trial_key`` (an original trial number) of a study."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study_name)
+    return root / safe / f"trial-{trial_key}.pt"
+
+
+def save_checkpoint(state: TrainState, path: Path) -> None:
+    """Atomically write ``state`` to ``path`` (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state.to_payload(), tmp)
+    tmp.replace(path)
+    log.info(
+        "checkpoint of trial %d at epoch %d step %d: %s",
+        state.trial,
+        state.epoch,
+        state.step_in_epoch,
+        path,
+    )
+
+
+def load_checkpoint(path: Path, *, genotype_json: str) -> TrainState | None:
+    """The state saved at ``path``, or ``None`` when there is none or it is unusable.
+
+    A checkpoint of another architecture (e.g. a stale file from an older study of the same
+    name) is ignored with a warning rather than loaded into the wrong network.
+    """
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        state = TrainState.from_payload(payload)
+    except Exception as exc:  # a broken file means "start over", not a crash
+        log.warning("ignoring unreadable checkpoint %s: %s", path, exc)
+        return None
+    if state.genotype_json != genotype_json:
+        log.warning("ignoring checkpoint %s: it belongs to another architecture", path)
+        return None
+    return state
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a finished trial's checkpoint (missing is fine)."""
+    path.unlink(missing_ok=True)
