@@ -174,7 +174,8 @@ class MemoryBankNCE(nn.Module):
             f"image_weight={self.image_weight}"
         )
 
-    def _generator(self) -> torch.Generator:
+    def negatives_generator(self) -> torch.Generator:
+        """The generator of negative samples, on the bank's device (checkpointed by trainers)."""
         device = self.bank.device
         gen = self._negatives_gen
         if gen is None or gen.device != device:
@@ -189,7 +190,7 @@ class MemoryBankNCE(nn.Module):
         return torch.randint(
             self.num_items,
             (batch, self.num_negatives),
-            generator=self._generator(),
+            generator=self.negatives_generator(),
             device=self.bank.device,
         )
 

@@ -240,6 +240,7 @@ def train_candidate(
         scaler.load_state_dict(resume.scaler)
         if membank is not None and "bank" in resume.extra:
             membank.bank.copy_(resume.extra["bank"].to(device))
+            membank.negatives_generator().set_state(resume.extra["negatives_rng"])
         history = [EpochMetrics(**h) for h in resume.history]  # type: ignore[arg-type]
         first_epoch, skip_steps, step = resume.epoch, resume.step_in_epoch, resume.step
         resumed_loss, prior_wall = resume.loss_sum, resume.wall_s
@@ -264,7 +265,14 @@ def train_candidate(
                 model={k: v.detach().cpu() for k, v in model.state_dict().items()},
                 optimizer=optimizer.state_dict(),
                 scaler=scaler.state_dict(),
-                extra={"bank": membank.bank.detach().cpu()} if membank is not None else {},
+                extra=(
+                    {
+                        "bank": membank.bank.detach().cpu(),
+                        "negatives_rng": membank.negatives_generator().get_state(),
+                    }
+                    if membank is not None
+                    else {}
+                ),
                 history=[dataclasses.asdict(h) for h in history],
                 wall_s=prior_wall + time.perf_counter() - started,
             )
@@ -282,6 +290,22 @@ def train_candidate(
         for position in range(start_at, len(batches)):
             for group in optimizer.param_groups:
                 group["lr"] = rates[step]
+            # Stop and save decisions come before the forward pass: BatchNorm statistics move
+            # in the forward, and a checkpoint must hold the state "before this step".
+            every_s = checkpointing.every_s if checkpointing is not None else math.inf
+            stop, save_due = _agree(
+                (
+                    should_stop() if should_stop is not None else False,
+                    time.perf_counter() - last_save >= every_s,
+                ),
+                device,
+            )
+            if stop or save_due:
+                snapshot(epoch, position, float(loss_sum.item()))
+            if stop:
+                raise TrialAbortedError(
+                    "stopped", f"training stopped at epoch {epoch}, step {step} (checkpointed)"
+                )
             index = batches[position].to(device)
             generator.manual_seed(_step_seed(settings.seed, rank, step))
             view1, view2 = augment.two_views(train_images[index], generator)
@@ -292,27 +316,12 @@ def train_candidate(
                     loss = membank(z1.float(), z2.float(), index)
                 else:
                     loss = nt_xent_loss(z1.float(), z2.float(), cfg.temperature)
-            every_s = checkpointing.every_s if checkpointing is not None else math.inf
-            bad, stop, save_due = _agree(
-                (
-                    not math.isfinite(loss.item()),
-                    should_stop() if should_stop is not None else False,
-                    time.perf_counter() - last_save >= every_s,
-                ),
-                device,
-            )
+            (bad,) = _agree((not math.isfinite(loss.item()),), device)
             if bad:
                 raise TrialAbortedError(
                     "non_finite_loss",
                     f"non-finite contrastive loss at epoch {epoch}, step {step}: "
                     "the candidate diverged",
-                )
-            if stop or save_due:
-                # This batch is not trained yet: the state is "before step `position`".
-                snapshot(epoch, position, float(loss_sum.item()))
-            if stop:
-                raise TrialAbortedError(
-                    "stopped", f"training stopped at epoch {epoch}, step {step} (checkpointed)"
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
