@@ -89,8 +89,10 @@ def test_four_workers_share_one_study_through_one_array(fresh_pg_url: str, tmp_p
     assert len(tasks) == 4 and all("COMPLETED" in line for line in tasks), tasks
     # every trial records which array task ran it, and the tasks shared the work
     assert {t.user_attrs[attrs.ARRAY_TASK] for t in complete} <= {0, 1, 2, 3}
-    assert all(t.user_attrs[attrs.WORKER] == f"slurm:{array_job}_{t.user_attrs[attrs.ARRAY_TASK]}"
-               for t in complete)
+    assert all(
+        t.user_attrs[attrs.WORKER] == f"slurm:{array_job}_{t.user_attrs[attrs.ARRAY_TASK]}"
+        for t in complete
+    )
 
 
 def test_a_two_rank_ddp_worker_trains_on_both_ranks(fresh_pg_url: str, tmp_path: Path) -> None:
