@@ -79,8 +79,11 @@ class TrialOwner:
     # -- claiming -------------------------------------------------------------------------------
 
     def adopt_in_flight(self) -> Assignment | None:
-        """The RUNNING trial this SLURM array task owned before a requeue, if any."""
-        if self.env.array_job_id is None:
+        """The RUNNING trial this SLURM job (or array task) owned before a requeue, if any.
+
+        A requeued job keeps its job id, which every claimed trial records (``cnas:job_id``).
+        """
+        if self.env.job_id is None:
             return None
         running = self._retry(
             lambda: self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)),
@@ -88,8 +91,7 @@ class TrialOwner:
         )
         for frozen in running:
             mine = (
-                frozen.user_attrs.get(attrs.ARRAY_JOB) == self.env.array_job_id
-                and frozen.user_attrs.get(attrs.ARRAY_TASK) == self.env.array_task_id
+                frozen.user_attrs.get(attrs.JOB) == self.env.job_id
                 and attrs.GENOTYPE in frozen.user_attrs
             )
             if mine:
@@ -146,6 +148,8 @@ class TrialOwner:
         trial.set_user_attr(attrs.WORKER_INDEX, self.settings.worker)
         trial.set_user_attr(attrs.HOST, socket.gethostname())
         trial.set_user_attr(attrs.WORLD_SIZE, self.env.world_size)
+        if self.env.job_id is not None:
+            trial.set_user_attr(attrs.JOB, self.env.job_id)
         if self.env.array_job_id is not None:
             trial.set_user_attr(attrs.ARRAY_JOB, self.env.array_job_id)
             trial.set_user_attr(attrs.ARRAY_TASK, self.env.array_task_id)
