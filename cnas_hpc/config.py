@@ -18,6 +18,7 @@ from cnas_hpc.data.datasets import DataConfig
 from cnas_hpc.models.networks import ProxyConfig
 from cnas_hpc.search.objective import OBJECTIVES
 from cnas_hpc.ssl.augment import AugmentConfig
+from cnas_hpc.tracking.wandb_tracker import WandbConfig
 from cnas_hpc.train.checkpoint import CheckpointConfig
 
 
@@ -150,6 +151,7 @@ class Settings:
     study: StudyConfig
     search: SearchConfig
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
     worker: int = 0
     seed: int = 0
     device: str = "auto"
@@ -236,6 +238,7 @@ def settings_from_config(cfg: Mapping[str, Any]) -> Settings:
         study=study,
         search=_build(SearchConfig, "search", cfg.get("search")),
         checkpoint=_build(CheckpointConfig, "checkpoint", cfg.get("checkpoint")),
+        wandb=_build(WandbConfig, "wandb", cfg.get("wandb")),
         worker=int(cfg.get("worker", 0)),
         seed=int(cfg.get("seed", 0)),
         device=str(cfg.get("device", "auto")),

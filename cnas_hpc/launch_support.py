@@ -8,15 +8,31 @@ Contract:
     * :func:`run_search_task` is the body of every worker (every rank of every array task): it
       only loads the study, runs the worker loop, and on a single local run prints the best
       trials and writes ``best_genotype.json``.
+
+What the submitting side refuses (each with its own line): invalid values (unknown op or
+encoding, impossible sizes, fractions outside (0, 1], ``search.n_trials <= 0``, ...: see
+:mod:`cnas_hpc.config`), missing data files, a search split smaller than one batch (digits and
+npz, whose image counts are cheap to read), a launcher asking for more GPUs than tasks or a batch
+the world size does not divide, an unreachable database, refused credentials, a study name taken
+by another search space or objective, and a password written into ``study.storage``.
+
+Secrets: the database password comes from ``PGPASSWORD``, ``~/.pgpass`` or an
+``${oc.env:VAR}`` interpolation inside the URL; never from text Hydra saves. The callback runs
+before Hydra writes anything (``.hydra/*.yaml``, ``multirun.yaml``, submitit pickles), so a
+literal password is refused before it reaches a file (see
+:func:`cnas_hpc.search.study.check_storage_secret`); the URL is only ever printed masked.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -24,9 +40,16 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from cnas_hpc.config import ConfigError, Settings, settings_from_config
-from cnas_hpc.data.datasets import check_available
+from cnas_hpc.data.datasets import DataConfig, ImageArrays, check_available
+from cnas_hpc.data.splits import make_search_data
 from cnas_hpc.dist.env import DistEnv
-from cnas_hpc.search.study import StudyError, bootstrap_study, load_study, mask_url
+from cnas_hpc.search.study import (
+    StudyError,
+    bootstrap_study,
+    check_storage_secret,
+    load_study,
+    mask_url,
+)
 from cnas_hpc.search.worker import WorkerError, run_worker
 from cnas_hpc.tracking.summary import best_trials, format_table, write_best_genotypes
 
@@ -86,10 +109,117 @@ def check_launcher(launcher: DictConfig | None, settings: Settings) -> None:
         )
 
 
+def written_storage(cfg: DictConfig) -> str | None:
+    """``study.storage`` as written in the composed config, interpolations unresolved."""
+    study = cfg.get("study")
+    if not isinstance(study, DictConfig):
+        return None
+    container = OmegaConf.to_container(study, resolve=False)
+    raw = container.get("storage") if isinstance(container, dict) else None
+    return raw if isinstance(raw, str) else None
+
+
+def check_config_secrets(cfg: DictConfig, settings: Settings | None = None) -> None:
+    """Refuse a database password that Hydra would save (see the module docstring).
+
+    Args:
+        cfg: The composed config, hydra node included, UNRESOLVED (as Hydra saves it).
+        settings: The validated settings, when known: then the resolved URL's password is also
+            looked for in everything Hydra saves.
+
+    Raises:
+        StudyError: ``study.storage contains a password: ...`` (one line, no secret).
+    """
+    written = written_storage(cfg)
+    if written is None:
+        return
+    if settings is None:
+        check_storage_secret(written)
+    else:
+        # to_yaml does not resolve: the same text Hydra writes to config/hydra/multirun.yaml.
+        check_storage_secret(written, settings.study.storage, saved=OmegaConf.to_yaml(cfg))
+
+
+def _source_size(cfg: DataConfig) -> tuple[int, bool] | None:
+    """``(number of images, has labels)`` of the source, where that is cheap; else ``None``.
+
+    digits: scikit-learn's bundled set (1,797). npz: read from the ``images.npy`` header in the
+    zip archive, without decompressing the images.
+
+    Raises:
+        ValueError: the npz file is not a zip archive (``np.savez`` output).
+    """
+    if cfg.source == "digits":
+        from sklearn.datasets import load_digits
+
+        return int(load_digits().target.shape[0]), True
+    if cfg.source != "npz" or cfg.path is None:
+        return None
+    path = Path(cfg.path).expanduser()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if "images.npy" not in names:
+                return None  # the loader names the missing key
+            with archive.open("images.npy") as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape = np.lib.format.read_array_header_1_0(member)[0]
+                elif version == (2, 0):
+                    shape = np.lib.format.read_array_header_2_0(member)[0]
+                else:
+                    return None
+    except zipfile.BadZipFile:
+        raise ValueError(f"npz file {path} is not an .npz archive (data.path)") from None
+    if not shape:
+        return None
+    return int(shape[0]), "labels.npy" in names
+
+
+def check_search_split(settings: Settings) -> None:
+    """Refuse a search split with fewer training images than one global batch.
+
+    Only for sources whose size is cheap to know (digits, npz); other sources are checked by
+    the worker when it loads them.
+
+    Raises:
+        ConfigError: the training split is smaller than ``train.batch_size``.
+        ValueError: the split leaves no training image, or wants labels the source lacks.
+    """
+    data = settings.data
+    found = _source_size(data)
+    if found is None:
+        return
+    n, labeled = found
+    if data.max_images is not None:
+        n = min(n, data.max_images)
+    # The real split function on 1x1 stand-in images: its sizes can never drift from the
+    # worker's, and n bytes x 3 is cheap even for large sources.
+    stand_in = ImageArrays(
+        torch.zeros((n, 3, 1, 1), dtype=torch.uint8),
+        torch.zeros(n, dtype=torch.int64) if labeled else None,
+        str(data.path) if data.source == "npz" else data.source,
+    )
+    n_train = len(make_search_data(stand_in, data).train)
+    batch = settings.train.batch_size
+    if n_train < batch:
+        raise ConfigError(
+            f"the search split has {n_train} images, fewer than one batch "
+            f"(train.batch_size={batch}): raise data.fraction or lower the batch size"
+        )
+
+
 def validate_and_bootstrap(cfg: DictConfig, launcher: DictConfig | None) -> Settings:
-    """Everything the submitting side checks, then the one-time study bootstrap."""
+    """Everything the submitting side checks, then the one-time study bootstrap.
+
+    The order puts what needs nothing first and the database last, so that a refused config
+    never writes to the database (the bootstrap is the only writer).
+    """
+    check_config_secrets(cfg)
     settings = settings_of(cfg)
+    check_config_secrets(cfg, settings)
     check_available(settings.data)
+    check_search_split(settings)
     check_launcher(launcher, settings)
     result = bootstrap_study(settings)
     log.info(

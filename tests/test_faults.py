@@ -65,7 +65,10 @@ def finish(proc: subprocess.Popen[str], timeout: float = 600) -> tuple[int, str]
 
 
 def trials(url: str) -> list[FrozenTrial]:
-    return optuna.load_study(study_name=STUDY, storage=url).get_trials(deepcopy=False)
+    try:
+        return optuna.load_study(study_name=STUDY, storage=url).get_trials(deepcopy=False)
+    except KeyError:  # the submitting side has not bootstrapped the study yet
+        return []
 
 
 def wait_for(condition: Callable[[], object], what: str, timeout: float = 300) -> object:
@@ -147,7 +150,14 @@ def test_a_killed_worker_s_trial_is_retried_from_its_checkpoint(
 
 
 def test_a_database_restart_mid_study_loses_nothing(fresh_pg_url: str, tmp_path: Path) -> None:
-    proc = start(fresh_pg_url, tmp_path, "worker=range(2)", "search.n_trials=5")
+    proc = start(
+        fresh_pg_url,
+        tmp_path,
+        "worker=range(2)",
+        "search.n_trials=5",
+        "study.heartbeat_interval=1",
+        "study.grace_period=8",
+    )
     wait_for(
         lambda: any(t.state == TrialState.COMPLETE for t in trials(fresh_pg_url)),
         "a first COMPLETE trial",

@@ -54,7 +54,7 @@ def test_a_rerun_with_a_larger_budget_only_adds_the_difference(tmp_path: Path) -
     assert len(study.trials) == 3
 
 
-def test_failing_trials_are_told_fail_and_a_broken_config_stops(
+def test_diverging_trials_are_pruned_and_a_broken_config_stops(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def diverge(*args: object, **kwargs: object) -> None:
@@ -66,9 +66,9 @@ def test_failing_trials_are_told_fail_and_a_broken_config_stops(
     with pytest.raises(WorkerError, match=r"2 consecutive trials failed.*non-finite"):
         run_worker(s)
     study = load_study(s, worker=0)
-    failed = study.get_trials(states=(TrialState.FAIL,))
-    assert len(failed) == 2
-    assert all("non_finite_loss" in t.user_attrs[attrs.FAIL_REASON] for t in failed)
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert len(pruned) == 2  # PRUNED, not FAIL: TPE learns to avoid diverging cells
+    assert all("non_finite_loss" in t.user_attrs[attrs.FAIL_REASON] for t in pruned)
     assert not study.get_trials(states=(TrialState.RUNNING,))
 
 
@@ -91,8 +91,19 @@ def test_one_failure_does_not_stop_the_worker(
     assert (report.completed, report.failed) == (2, 1)
     study = load_study(s, worker=0)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
-    (failed,) = study.get_trials(states=(TrialState.FAIL,))
-    assert "out of memory" in failed.user_attrs[attrs.FAIL_REASON]
+    (failed,) = study.get_trials(states=(TrialState.PRUNED,))
+    assert failed.user_attrs[attrs.FAIL_REASON].startswith("out_of_memory: CUDA out of memory")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("cell has no path to the output")
+
+    monkeypatch.setattr(worker_module, "train_candidate", broken)
+    s3 = tiny_settings(tmp_path, "search.n_trials=3", "search.max_consecutive_failures=1")
+    bootstrap_study(s3)
+    with pytest.raises(WorkerError):
+        run_worker(s3)
+    (bug,) = load_study(s3, worker=0).get_trials(states=(TrialState.FAIL,))
+    assert "cell has no path" in bug.user_attrs[attrs.FAIL_REASON]
 
 
 def test_the_csnas_encoding_with_the_memory_bank_loss_runs(tmp_path: Path) -> None:

@@ -142,6 +142,10 @@ class TrialOwner:
         return trial
 
     def _record_identity(self, trial: optuna.Trial, genotype: Genotype, arch_hash: str) -> None:
+        # A first heartbeat at once: Optuna never declares a trial without any heartbeat stale,
+        # so a trial orphaned between ask and training (e.g. by a database outage) would hold
+        # its budget slot forever.
+        self.study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
         trial.set_user_attr(attrs.GENOTYPE, genotype_to_json(genotype))
         trial.set_user_attr(attrs.ARCH_HASH, arch_hash)
         trial.set_user_attr(attrs.WORKER, self.env.worker_label)

@@ -11,15 +11,30 @@ Contract:
     * A study remembers the search space and objective it was built for (study user attrs
       ``cnas:space`` and ``cnas:objective``); loading it with another one is refused.
     * URLs are printed and stored only through :func:`mask_url` (the password becomes ``***``).
+
+Secrets. The database password comes from the environment, never from text that is saved:
+
+    * ``PGPASSWORD`` or a ``~/.pgpass`` line (libpq reads both; the URL then has no password);
+    * or the URL names an environment variable, ``postgresql://me:${oc.env:CNAS_DB_PASSWORD}@host/db``:
+      Hydra saves configs (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``,
+      ``multirun.yaml``) and re-composes every job's config from the command line UNRESOLVED,
+      so only the interpolation text is ever written; the resolved URL lives in memory only.
+
+A password written literally in ``study.storage`` (or reaching it from another config key) would be
+saved in all those files and pickled into every job's submission: :func:`check_storage_secret`
+refuses it on the submitting side, before Hydra writes anything. Every message built here
+(:class:`StudyError`, :func:`describe_db_error`) names the URL through :func:`mask_url` only.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import numpy as np
 import optuna
@@ -83,11 +98,113 @@ def normalize_storage_url(url: str, *, base_dir: Path | None = None) -> str:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (safe to log, print and save)."""
+    """``url`` with its password replaced by ``***`` (safe to log, print and save).
+
+    An unparsable URL is never echoed (it could hold a password SQLAlchemy failed to split off).
+    """
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparsable storage URL>"
+
+
+#: The one line that refuses a password written into the config.
+PASSWORD_IN_CONFIG = (
+    "study.storage contains a password: put it in PGPASSWORD or ~/.pgpass, "
+    "or write it as ${oc.env:VAR}"
+)
+#: The only interpolation accepted as a password: an environment variable without a default
+#: (a default would be a literal password saved with the config).
+_ENV_INTERPOLATION = re.compile(r"\$\{oc\.env:\s*[A-Za-z_][A-Za-z0-9_]*\s*\}")
+
+
+def _split_interpolations(written: str) -> tuple[str, list[str]]:
+    """Replace each top-level ``${...}`` of ``written`` by a placeholder ``cnasinterp<k>x``.
+
+    Returns:
+        The text with placeholders (no ``:``, ``@`` or ``/`` left inside interpolations, so the
+        URL's user-info can be cut out of it) and the interpolations, in order. An unclosed
+        ``${`` is kept as literal text.
+    """
+    text: list[str] = []
+    found: list[str] = []
+    i = 0
+    while i < len(written):
+        if not written.startswith("${", i) or (i > 0 and written[i - 1] == "\\"):
+            text.append(written[i])
+            i += 1
+            continue
+        depth, j = 0, i + 1
+        # Nested interpolations and dict arguments both open braces: count every one.
+        while j < len(written):
+            if written[j] == "{":
+                depth += 1
+            elif written[j] == "}":
+                depth -= 1
+                if depth == 0:
+                    break
+            j += 1
+        if j >= len(written):
+            text.append(written[i:])
+            break
+        text.append(f"cnasinterp{len(found)}x")
+        found.append(written[i : j + 1])
+        i = j + 1
+    return "".join(text), found
+
+
+def _written_password(templated: str) -> str | None:
+    """The password part of a URL's user-info (``scheme://user:password@host/...``), if any."""
+    _, sep, rest = templated.partition("://")
+    if not sep:
+        return None
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    userinfo, at, _ = authority.rpartition("@")
+    if not at or ":" not in userinfo:
+        return None
+    return userinfo.partition(":")[2] or None
+
+
+def check_storage_secret(written: str, resolved: str | None = None, *, saved: str = "") -> None:
+    """Refuse a storage URL whose password would be written into saved configs or job pickles.
+
+    Accepted: no password in the URL (``PGPASSWORD`` / ``~/.pgpass``), or a password made only
+    of ``${oc.env:VAR}`` interpolations. Refused: any literal character in the password, any
+    other interpolation there (``${db.password}`` reads a config key, which is saved; an
+    ``oc.env`` default is literal text), and a resolved password that appears as ``:<password>@``
+    in ``written`` or in ``saved`` (e.g. a whole URL with its password taken from another key).
+
+    Args:
+        written: ``study.storage`` as written, before OmegaConf resolves it.
+        resolved: The resolved URL, when known (the second check needs it).
+        saved: Text Hydra will save (the unresolved composed config, overrides included).
+
+    Raises:
+        StudyError: :data:`PASSWORD_IN_CONFIG` (one line, naming no secret).
+    """
+    templated, interpolations = _split_interpolations(written)
+    password = _written_password(templated)
+    if password is not None:
+        for k, interpolation in enumerate(interpolations):
+            token = f"cnasinterp{k}x"
+            if token in password:
+                if not _ENV_INTERPOLATION.fullmatch(interpolation):
+                    raise StudyError(PASSWORD_IN_CONFIG)
+                password = password.replace(token, "")
+        if password:
+            raise StudyError(PASSWORD_IN_CONFIG)
+    if resolved is None:
+        return
+    try:
+        secret = make_url(resolved).password
+    except Exception:
+        return
+    if not secret:
+        return
+    secret = str(secret)
+    forms = {secret, quote(secret, safe=""), quote_plus(secret)}
+    if any(f":{form}@" in text for form in forms for text in (written, saved)):
+        raise StudyError(PASSWORD_IN_CONFIG)
 
 
 def _engine_kwargs(url: URL, cfg: StudyConfig) -> dict[str, Any]:
@@ -137,13 +254,38 @@ def make_storage(
         raise StudyError(describe_db_error(exc, url)) from None
 
 
+def _driver_error(exc: BaseException) -> BaseException:
+    """The DB-API error under ``exc`` (SQLAlchemy's ``.orig``, through ``__cause__`` and
+    ``__context__``), or ``exc`` itself when there is none."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        orig = getattr(current, "orig", None)
+        if isinstance(orig, BaseException):
+            return orig
+        current = current.__cause__ or current.__context__
+    return exc
+
+
 def describe_db_error(exc: BaseException, url: str) -> str:
-    """One line explaining a database failure, naming the masked URL and never the password."""
-    text = str(getattr(exc, "orig", None) or exc)
+    """One line explaining a database failure, naming the masked URL and never the password.
+
+    The driver's message is scrubbed of the URL's password (raw and percent-encoded) before any
+    of it is used: drivers do not normally echo it, but a DSN in an exception would. Optuna wraps
+    some driver errors (``StorageInternalError: An exception is raised during the commit``), so
+    the chain of causes is searched for the driver's own error.
+    """
+    text = str(_driver_error(exc))
     masked = mask_url(url)
-    parsed = make_url(url)
-    if parsed.password:
-        text = text.replace(str(parsed.password), "***")
+    try:
+        password = make_url(url).password
+    except Exception:
+        password = None
+    if password:
+        secret = str(password)
+        for form in sorted({secret, quote(secret, safe=""), quote_plus(secret)}, key=len)[::-1]:
+            text = text.replace(form, "***")
     lowered = text.lower()
     if "password authentication failed" in lowered or "no password supplied" in lowered:
         why = "the server refused the credentials (check PGPASSWORD or ~/.pgpass)"

@@ -7,7 +7,9 @@ Contract:
       which build the same network and train it with DDP.
     * A claimed trial is RUNNING and owned by exactly this worker until it is told (or until its
       heartbeat goes stale, when another worker fails it and re-enqueues its parameters).
-    * A trial that raises is told FAIL with its reason in ``cnas:fail_reason``; the worker goes on.
+    * A trial that raises is told PRUNED (non-finite loss, out of memory: bad architectures TPE
+      should learn to avoid) or FAIL (anything else), with its reason in ``cnas:fail_reason``;
+      memory is released and the worker goes on.
       ``search.max_consecutive_failures`` failures in a row stop the worker with
       :class:`WorkerError` (a broken config must not loop forever).
     * The loop ends when the study holds ``search.n_trials`` COMPLETE trials.
@@ -112,8 +114,9 @@ def _loop(settings: Settings, env: DistEnv, device: torch.device) -> WorkerRepor
     owner = TrialOwner(settings, env, encoding) if env.is_main else None
     progress = SearchProgress(settings.search.n_trials) if env.is_main else None
     observers: list[TrialObserver] = [progress] if progress is not None else []
-    if env.is_main:
-        observers.extend(make_trackers(settings))
+    if owner is not None:
+        study = owner.study
+        observers.extend(make_trackers(settings, study=lambda: study))
     report = WorkerReport()
     failures_in_a_row = 0
     if owner is not None:
@@ -332,6 +335,10 @@ def _run_trial(
     return None
 
 
+#: Failures that say "this architecture is bad" rather than "the worker is broken".
+_PRUNED_REASONS = ("non_finite_loss", "out_of_memory")
+
+
 def _fail(
     assignment: Assignment,
     owner: TrialOwner | None,
@@ -341,16 +348,22 @@ def _fail(
     exc: BaseException,
     ckpt_path: Path,
 ) -> str:
-    """Tell the trial FAIL with its reason (rank 0); every rank returns the reason."""
+    """End the trial with its reason (rank 0 tells); every rank returns the reason.
+
+    A diverging or out-of-memory candidate is told PRUNED: TPE ranks pruned trials below every
+    COMPLETE one and so learns to avoid such cells, whereas it ignores FAIL trials and would keep
+    proposing them. Any other exception (a bug, an invalid architecture) is told FAIL.
+    """
     reason = getattr(exc, "reason", type(exc).__name__)
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        reason = "out_of_memory"
     message = f"{reason}: {exc}".splitlines()[0]
     log.debug("trial %d failed:\n%s", assignment.number, traceback.format_exc())
     if owner is not None:
+        state = TrialState.PRUNED if reason in _PRUNED_REASONS else TrialState.FAIL
         summary.update(wall_s=time.perf_counter() - started, fail_reason=message)
-        owner.finish(
-            TrialState.FAIL, None, {attrs.FAIL_REASON: message, attrs.WALL_S: summary["wall_s"]}
-        )
-        _notify(observers, "trial_finished", "FAIL", None, summary)
+        owner.finish(state, None, {attrs.FAIL_REASON: message, attrs.WALL_S: summary["wall_s"]})
+        _notify(observers, "trial_finished", state.name, None, summary)
         remove_checkpoint(ckpt_path)
     return message
 
