@@ -145,14 +145,14 @@ def test_concurrent_claims_never_overshoot_the_budget(storage_url: str, tmp_path
 def test_a_stale_trial_is_failed_and_retried_with_the_same_params(
     storage_url: str, tmp_path: Path
 ) -> None:
-    s = settings_for(tmp_path, storage_url, "study.heartbeat_interval=1", "study.grace_period=1")
+    s = settings_for(tmp_path, storage_url, "study.heartbeat_interval=1", "study.grace_period=2")
     bootstrap_study(s)
     study = load_study(s, worker=0)
     dead = claim_trial(study, 3).trial
     assert dead is not None
     dead.suggest_categorical("c", ["a", "b", "c"])
     study._storage.record_heartbeat(dead._trial_id)  # type: ignore[attr-defined]
-    time.sleep(2.5)  # no heartbeat for longer than the grace period: the worker "died"
+    time.sleep(3.5)  # no heartbeat for longer than the grace period: the worker "died"
     retry = claim_trial(study, 3)
     assert retry.trial is not None
     assert study.get_trials(deepcopy=False)[dead.number].state == TrialState.FAIL
@@ -160,3 +160,16 @@ def test_a_stale_trial_is_failed_and_retried_with_the_same_params(
     assert retry.trial.user_attrs[attrs.RETRY_OF] == dead.number
     assert retry.trial.user_attrs[attrs.RETRY_COUNT] == 1
     assert count_budget(study).running == 1
+
+
+def test_a_trial_that_never_sent_a_heartbeat_is_failed_as_orphaned(
+    storage_url: str, tmp_path: Path
+) -> None:
+    s = settings_for(tmp_path, storage_url, "study.heartbeat_interval=1", "study.grace_period=2")
+    bootstrap_study(s)
+    study = load_study(s, worker=0)
+    orphan = study.ask()  # a worker lost the database right after asking: no heartbeat ever
+    time.sleep(3.5)
+    claim = claim_trial(study, 1)
+    assert claim.status is ClaimStatus.CLAIMED  # the orphan no longer holds the only slot
+    assert study.get_trials(deepcopy=False)[orphan.number].state == TrialState.FAIL

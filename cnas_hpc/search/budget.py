@@ -16,6 +16,7 @@ Contract:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import enum
 import fcntl
 import hashlib
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from cnas_hpc.search import attrs
 
@@ -135,6 +136,42 @@ def study_lock(study: optuna.Study) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def fail_orphaned_trials(study: optuna.Study) -> list[int]:
+    """Fail RUNNING trials that never recorded a heartbeat within the grace period.
+
+    Optuna only declares a trial stale once it has a heartbeat. A trial asked by a worker that
+    lost the database (or died) before its first heartbeat would otherwise stay RUNNING forever
+    and hold a budget slot. Such a trial never trained, so it is failed without a retry.
+    """
+    backend = getattr(study._storage, "_backend", study._storage)
+    grace = getattr(backend, "grace_period", None)
+    engine = storage_engine(study)
+    if engine is None or grace is None:
+        return []
+    query = sqlalchemy.text(
+        "SELECT t.trial_id, t.number, t.datetime_start FROM trials t "
+        "JOIN studies s ON s.study_id = t.study_id "
+        "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+        "WHERE s.study_name = :name AND t.state = 'RUNNING' AND h.trial_id IS NULL"
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query, {"name": study.study_name}).all()
+    # Optuna stores datetime_start as naive local time.
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace)
+    failed = []
+    for trial_id, number, started in rows:
+        if isinstance(started, str):  # SQLite hands raw timestamps back as text
+            started = datetime.datetime.fromisoformat(started)
+        if started is not None and started < cutoff:
+            try:
+                study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            log.warning("trial %d never sent a heartbeat: failed as orphaned", number)
+            failed.append(int(number))
+    return failed
+
+
 def claim_trial(
     study: optuna.Study,
     n_trials: int,
@@ -150,6 +187,7 @@ def claim_trial(
     """
     with study_lock(study):
         optuna.storages.fail_stale_trials(study)
+        fail_orphaned_trials(study)
         count = count_budget(study)
         if count.complete >= n_trials:
             return Claim(ClaimStatus.DONE, None, count)
