@@ -106,7 +106,8 @@ class StudyConfig:
     """Where the study lives. ``storage`` is an SQLAlchemy URL (sqlite or postgresql)."""
 
     name: str = "cnas"
-    storage: str = "sqlite:///runs/cnas.db"
+    # repr=False: a resolved URL may hold a password; never let a log of the settings show it.
+    storage: str = field(default="sqlite:///runs/cnas.db", repr=False)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     heartbeat_interval: int = 30
     grace_period: int = 180
