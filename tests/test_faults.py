@@ -44,8 +44,14 @@ SLOW_TINY = (
 def start(url: str, home: Path, *overrides: str) -> subprocess.Popen[str]:
     env = {**os.environ, "CNAS_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "launch" / "search.py"), "-m", *SLOW_TINY,
-         f"study.storage={url}", *overrides],
+        [
+            sys.executable,
+            str(ROOT / "launch" / "search.py"),
+            "-m",
+            *SLOW_TINY,
+            f"study.storage={url}",
+            *overrides,
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -192,8 +198,10 @@ def test_stopping_everything_and_rerunning_completes_only_the_rest(
     )
     proc = start(fresh_pg_url, tmp_path, *overrides)
     wait_for(
-        lambda: sum(t.state == TrialState.COMPLETE for t in trials(fresh_pg_url)) >= 2
-        and checkpointed_trial(tmp_path) is not None,
+        lambda: (
+            sum(t.state == TrialState.COMPLETE for t in trials(fresh_pg_url)) >= 2
+            and checkpointed_trial(tmp_path) is not None
+        ),
         "two COMPLETE trials and a checkpoint",
     )
     array = str(trials(fresh_pg_url)[0].user_attrs[attrs.JOB]).split("_")[0]

@@ -649,6 +649,12 @@ def run_report(settings: Settings, report_cfg: ReportConfig | Mapping[str, Any])
             )
         elif cfg.json:
             log.warning("no COMPLETE trial yet: best_genotypes.json not written")
+        if settings.wandb.enabled:
+            # The same self-contained study view the workers write on a new best, on demand.
+            from cnas_hpc.tracking.wandb_tracker import log_study_view
+
+            run_dir = log_study_view(study, settings, trigger="on_demand", written_by="report")
+            log.info("W&B study view written to %s", run_dir)
     finally:
         engine = storage_engine(study)
         if engine is not None:
