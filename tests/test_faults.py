@@ -18,6 +18,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from cnas_hpc.search import attrs
@@ -35,7 +36,7 @@ SLOW_TINY = (
     "search.poll_seconds=1",
     "train.num_threads=1",
     "train.epochs=6",
-    "train.max_steps_per_epoch=12",
+    "train.max_steps_per_epoch=16",
     "model.cells=4",
     "model.channels=8",
 )
@@ -88,8 +89,19 @@ def wait_for(condition: Callable[[], object], what: str, timeout: float = 300) -
 
 
 def checkpointed_trial(home: Path) -> int | None:
-    files = sorted((home / "checkpoints" / STUDY).glob("trial-*.pt"))
-    return int(files[0].stem.split("-")[1]) if files else None
+    """A trial with a checkpoint that still has at least 4 of its 6 epochs to train.
+
+    Only such a trial is interrupted: one about to finish could be told COMPLETE before the
+    signal lands, and there would be nothing to resume.
+    """
+    for path in sorted((home / "checkpoints" / STUDY).glob("trial-*.pt")):
+        try:
+            epoch = torch.load(path, map_location="cpu", weights_only=True)["epoch"]
+        except (OSError, RuntimeError, KeyError, EOFError):  # removed or replaced meanwhile
+            continue
+        if epoch <= 2:
+            return int(path.stem.split("-")[1])
+    return None
 
 
 def job_of(url: str, number: int) -> str:
