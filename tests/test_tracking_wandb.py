@@ -47,7 +47,6 @@ from cnas_hpc.tracking.wandb_tracker import (
     safe_hparams,
     study_view_trigger,
 )
-from cnas_hpc.train.loop import TrialAbortedError
 from tests.helpers import CONFIGS, ROOT, tiny_settings
 
 LOGGER = "cnas_hpc.tracking.wandb_tracker"
@@ -297,10 +296,10 @@ def test_a_search_writes_one_offline_run_per_trial_and_a_study_view(
 def test_a_failed_trial_finishes_its_run_with_state_fail(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def diverge(*args: object, **kwargs: object) -> None:
-        raise TrialAbortedError("non_finite_loss", "non-finite contrastive loss at epoch 0")
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("cell has no path to the output")  # a bug: FAIL (diverging is PRUNED)
 
-    monkeypatch.setattr(worker_module, "train_candidate", diverge)
+    monkeypatch.setattr(worker_module, "train_candidate", broken)
     root = tmp_path / "wb"
     settings = with_wandb(
         tiny_settings(tmp_path, "search.n_trials=1", "search.max_consecutive_failures=1"),
@@ -312,7 +311,7 @@ def test_a_failed_trial_finishes_its_run_with_state_fail(
     (run,) = offline_runs(root)  # no study view for a failure
     assert run.name == "trial-0" and run.job_type == TRIAL_JOB_TYPE
     assert run.summary["state"] == "FAIL" and "value" not in run.summary
-    assert "non_finite_loss" in run.summary["fail_reason"]
+    assert "cell has no path" in run.summary["fail_reason"]
     assert run.exit_code == 1  # finished, and a failed run for W&B's own filters
 
 
