@@ -5,8 +5,10 @@ Contract:
       data; model initialisation is seeded identically, so DDP starts from the same weights.
     * The images live on the training device as one uint8 tensor; augmentation is batched there.
     * ``train.batch_size`` is the global batch; rank ``r`` trains on its slice of each global batch.
-    * Every abort decision (non-finite loss, a stop request) is agreed across ranks before anyone
-      leaves the loop, so no rank is left waiting in a collective.
+    * Every abort decision (a stop request, an out-of-memory error in the forward pass, a
+      non-finite loss) is agreed across ranks before anyone leaves the loop, so no rank is left
+      waiting in a collective. An out-of-memory error inside the backward pass (where DDP's
+      gradient all-reduce runs) cannot be agreed this way; see README "Fault tolerance".
     * The returned :class:`TrainResult` is identical on every rank (metrics are reduced).
 """
 
@@ -244,7 +246,11 @@ def train_candidate(
         history = [EpochMetrics(**h) for h in resume.history]  # type: ignore[arg-type]
         first_epoch, skip_steps, step = resume.epoch, resume.step_in_epoch, resume.step
         resumed_loss, prior_wall = resume.loss_sum, resume.wall_s
-    net: nn.Module = DistributedDataParallel(model) if is_distributed() else model
+    # broadcast_buffers=False: BatchNorm statistics stay per rank, and the forward pass issues no
+    # collective, which lets ranks agree on a failed forward (see the step loop).
+    net: nn.Module = (
+        DistributedDataParallel(model, broadcast_buffers=False) if is_distributed() else model
+    )
 
     started = time.perf_counter()
     last_save = started
@@ -309,9 +315,19 @@ def train_candidate(
             index = batches[position].to(device)
             generator.manual_seed(_step_seed(settings.seed, rank, step))
             view1, view2 = augment.two_views(train_images[index], generator)
+            # The forward pass is rank-local (no buffer broadcast), so an out-of-memory error on
+            # one rank is agreed here, before the loss gathers negatives from every rank.
             with _autocast(cfg, device):
-                z1 = net(view1)
-                z2 = net(view2)
+                try:
+                    z1, z2 = net(view1), net(view2)
+                    oom = False
+                except torch.cuda.OutOfMemoryError:
+                    oom = True
+            if any(_agree((oom,), device)):
+                raise TrialAbortedError(
+                    "out_of_memory", f"CUDA out of memory at epoch {epoch}, step {step}"
+                )
+            with _autocast(cfg, device):
                 if membank is not None:
                     loss = membank(z1.float(), z2.float(), index)
                 else:

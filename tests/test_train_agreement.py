@@ -1,0 +1,77 @@
+"""Abort decisions are agreed across DDP ranks: no rank is left waiting in a collective.
+
+Two gloo ranks train one candidate; a failure is injected on ONE rank only (an out-of-memory
+error in the forward pass, a preemption request). Both ranks must leave with the same reason,
+quickly, instead of one of them hanging in the next collective.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from cnas_hpc.config import Settings
+from cnas_hpc.data.datasets import load_images
+from cnas_hpc.data.splits import make_search_data
+from cnas_hpc.dist.env import DistEnv, distributed_session
+from cnas_hpc.space.genotype import DARTS_V2
+from cnas_hpc.train.loop import TrialAbortedError, build_candidate, train_candidate
+from tests.helpers import tiny_settings
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _rank(rank: int, settings: Settings, port: int, fault: str, results: Any) -> None:
+    torch.set_num_threads(1)
+    env = DistEnv(global_rank=rank, local_rank=rank, world_size=2, master_port=port)
+    cpu = torch.device("cpu")
+    data = make_search_data(load_images(settings.data), settings.data)
+    with distributed_session(env, cpu):
+        model = build_candidate(DARTS_V2, settings, cpu)
+        calls = {"n": 0}
+        if fault == "oom" and rank == 1:
+            forward = model.forward
+
+            def failing_forward(x: torch.Tensor) -> torch.Tensor:
+                calls["n"] += 1
+                if calls["n"] == 5:  # third step, first view
+                    raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+                return forward(x)
+
+            model.forward = failing_forward  # type: ignore[method-assign]
+
+        def stop() -> bool:
+            calls["n"] += 1
+            return fault == "preempt" and rank == 0 and calls["n"] == 3
+
+        try:
+            train_candidate(model, data, settings, cpu, should_stop=stop)
+            results[rank] = "completed"
+        except TrialAbortedError as exc:
+            results[rank] = exc.reason
+
+
+@pytest.mark.parametrize(("fault", "reason"), [("oom", "out_of_memory"), ("preempt", "stopped")])
+def test_a_failure_on_one_rank_stops_both(tmp_path: Path, fault: str, reason: str) -> None:
+    settings = tiny_settings(tmp_path, "train.epochs=1", "train.max_steps_per_epoch=6")
+    results = mp.Manager().dict()
+    context = mp.start_processes(
+        _rank, args=(settings, _free_port(), fault, results), nprocs=2, join=False
+    )
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"a rank hung after a {fault} on one rank: {dict(results)}")
+    assert dict(results) == {0: reason, 1: reason}
