@@ -190,13 +190,20 @@ def test_a_database_restart_mid_study_loses_nothing(fresh_pg_url: str, tmp_path:
         if trial.state == TrialState.FAIL:
             assert attrs.WALL_S not in trial.user_attrs, trial.user_attrs
     array = all_trials[0].user_attrs[attrs.ARRAY_JOB]
-    sacct = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "-j", str(array), "-o", "JobID,State"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert len(sacct) == 2 and all(line.endswith("|COMPLETED") for line in sacct), sacct
+
+    def final_states() -> list[str] | None:
+        # slurmdbd records a job's end a moment after the job wrote its result: poll for it.
+        lines = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-j", str(array), "-o", "JobID,State"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        return lines if all("RUNNING" not in line for line in lines) else None
+
+    states = wait_for(final_states, "the accounting records", timeout=60)
+    assert isinstance(states, list)
+    assert len(states) == 2 and all(line.endswith("|COMPLETED") for line in states), states
 
 
 def test_stopping_everything_and_rerunning_completes_only_the_rest(
