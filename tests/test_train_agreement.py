@@ -1,8 +1,8 @@
 """Abort decisions are agreed across DDP ranks: no rank is left waiting in a collective.
 
 Two gloo ranks train one candidate; a failure is injected on ONE rank only (an out-of-memory
-error in the forward pass, a preemption request). Both ranks must leave with the same reason,
-quickly, instead of one of them hanging in the next collective.
+error in the forward or in the backward pass, a preemption request). Both ranks must leave with
+the same reason, quickly, instead of one of them hanging in the next collective.
 """
 
 from __future__ import annotations
@@ -19,10 +19,23 @@ import torch.multiprocessing as mp
 from cnas_hpc.config import Settings
 from cnas_hpc.data.datasets import load_images
 from cnas_hpc.data.splits import make_search_data
+from cnas_hpc.dist.collectives import average_gradients
 from cnas_hpc.dist.env import DistEnv, distributed_session
 from cnas_hpc.space.genotype import DARTS_V2
 from cnas_hpc.train.loop import TrialAbortedError, build_candidate, train_candidate
 from tests.helpers import tiny_settings
+
+
+class _OutOfMemoryInBackward(torch.autograd.Function):
+    """Identity forward; the backward runs out of memory (as a conv backward might)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory in backward (injected)")
 
 
 def _free_port() -> int:
@@ -39,13 +52,21 @@ def _rank(rank: int, settings: Settings, port: int, fault: str, results: Any) ->
     with distributed_session(env, cpu):
         model = build_candidate(DARTS_V2, settings, cpu)
         calls = {"n": 0}
-        if fault == "oom" and rank == 1:
+        if fault in ("oom", "oom_backward") and rank == 1:
             forward = model.forward
+            features = model.features
 
             def failing_forward(x: torch.Tensor) -> torch.Tensor:
                 calls["n"] += 1
-                if calls["n"] == 5:  # third step, first view
+                if calls["n"] == 5 and fault == "oom":  # third step, first view
                     raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+                if calls["n"] == 5:
+                    # Inside the network, below the projections: the rank-local backward.
+                    model.features = lambda y: _OutOfMemoryInBackward.apply(features(y))  # type: ignore[method-assign,assignment]
+                    try:
+                        return forward(x)
+                    finally:
+                        model.features = features  # type: ignore[method-assign]
                 return forward(x)
 
             model.forward = failing_forward  # type: ignore[method-assign]
@@ -61,7 +82,10 @@ def _rank(rank: int, settings: Settings, port: int, fault: str, results: Any) ->
             results[rank] = exc.reason
 
 
-@pytest.mark.parametrize(("fault", "reason"), [("oom", "out_of_memory"), ("preempt", "stopped")])
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [("oom", "out_of_memory"), ("oom_backward", "out_of_memory"), ("preempt", "stopped")],
+)
 def test_a_failure_on_one_rank_stops_both(tmp_path: Path, fault: str, reason: str) -> None:
     settings = tiny_settings(tmp_path, "train.epochs=1", "train.max_steps_per_epoch=6")
     results = mp.Manager().dict()
@@ -75,3 +99,19 @@ def test_a_failure_on_one_rank_stops_both(tmp_path: Path, fault: str, reason: st
                 process.kill()
             pytest.fail(f"a rank hung after a {fault} on one rank: {dict(results)}")
     assert dict(results) == {0: reason, 1: reason}
+
+
+def _average(rank: int, port: int, results: Any) -> None:
+    env = DistEnv(global_rank=rank, local_rank=rank, world_size=2, master_port=port)
+    with distributed_session(env, torch.device("cpu")):
+        layer = torch.nn.Linear(3, 2)
+        layer.weight.grad = torch.full((2, 3), float(rank + 1))  # rank 0: 1, rank 1: 2
+        layer.bias.grad = None  # a parameter without a gradient is left alone
+        average_gradients(layer.parameters())
+        results[rank] = (layer.weight.grad.tolist(), layer.bias.grad)
+
+
+def test_gradients_are_averaged_like_ddp() -> None:
+    results = mp.Manager().dict()
+    mp.spawn(_average, args=(_free_port(), results), nprocs=2, join=True)
+    assert results[0] == results[1] == ([[1.5] * 3] * 2, None)

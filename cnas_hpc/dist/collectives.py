@@ -15,6 +15,7 @@ that only returns the local slice (lightly issue #1528) silently drops the cross
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 import torch
@@ -162,3 +163,25 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     dist.broadcast_object_list(box, src=src)
     result: T = box[0]
     return result
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Average the ``.grad`` of ``parameters`` over all ranks, in one coalesced all-reduce.
+
+    What DistributedDataParallel does in its backward hooks, done after a rank-local backward
+    instead, so that a failure inside the backward pass can be agreed across ranks before any
+    gradient collective starts. Parameters without a gradient are skipped (identically on every
+    rank, since every rank builds the same network).
+    """
+    if not is_distributed():
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= get_world_size()
+    for grad, averaged in zip(
+        grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True
+    ):
+        grad.copy_(averaged)

@@ -5,10 +5,9 @@ Contract:
       data; model initialisation is seeded identically, so DDP starts from the same weights.
     * The images live on the training device as one uint8 tensor; augmentation is batched there.
     * ``train.batch_size`` is the global batch; rank ``r`` trains on its slice of each global batch.
-    * Every abort decision (a stop request, an out-of-memory error in the forward pass, a
-      non-finite loss) is agreed across ranks before anyone leaves the loop, so no rank is left
-      waiting in a collective. An out-of-memory error inside the backward pass (where DDP's
-      gradient all-reduce runs) cannot be agreed this way; see README "Fault tolerance".
+    * Every abort decision (a stop request, an out-of-memory error in the forward or backward
+      pass, a non-finite loss) is agreed across ranks before anyone leaves the loop, so no rank
+      is left waiting in a collective.
     * The returned :class:`TrainResult` is identical on every rank (metrics are reduced).
 """
 
@@ -26,12 +25,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from cnas_hpc.config import Settings, TrainConfig
 from cnas_hpc.data.splits import SearchData, epoch_batches
 from cnas_hpc.dist.collectives import (
     all_reduce_mean,
+    average_gradients,
     get_rank,
     get_world_size,
     is_distributed,
@@ -246,11 +245,12 @@ def train_candidate(
         history = [EpochMetrics(**h) for h in resume.history]  # type: ignore[arg-type]
         first_epoch, skip_steps, step = resume.epoch, resume.step_in_epoch, resume.step
         resumed_loss, prior_wall = resume.loss_sum, resume.wall_s
-    # broadcast_buffers=False: BatchNorm statistics stay per rank, and the forward pass issues no
-    # collective, which lets ranks agree on a failed forward (see the step loop).
-    net: nn.Module = (
-        DistributedDataParallel(model, broadcast_buffers=False) if is_distributed() else model
-    )
+    # Data parallelism without the DDP wrapper: every rank starts from the same seeded weights,
+    # runs a rank-local forward and backward, and gradients are averaged afterwards
+    # (average_gradients). Unlike DDP's all-reduce inside the backward, this lets the ranks agree
+    # on an out-of-memory error in the forward OR the backward pass before any gradient
+    # collective starts. BatchNorm statistics stay per rank (as DDP with broadcast_buffers=False).
+    net: nn.Module = model
 
     started = time.perf_counter()
     last_save = started
@@ -340,7 +340,20 @@ def train_candidate(
                     "the candidate diverged",
                 )
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            # Backward in two phases: the gradient w.r.t. the projections crosses the gathered
+            # negatives (a collective, on small tensors); the backward through the network is
+            # rank-local, so an out-of-memory error there can still be agreed.
+            grad_z = torch.autograd.grad(scaler.scale(loss), [z1, z2])
+            try:
+                torch.autograd.backward([z1, z2], list(grad_z))
+                oom = False
+            except torch.cuda.OutOfMemoryError:
+                oom = True
+            if any(_agree((oom,), device)):
+                raise TrialAbortedError(
+                    "out_of_memory", f"CUDA out of memory in the backward at epoch {epoch}"
+                )
+            average_gradients(model.parameters())
             if cfg.grad_clip is not None:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
