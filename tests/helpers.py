@@ -39,17 +39,30 @@ def tiny_settings(tmp_path: Path, *overrides: str) -> Settings:
     return settings_from_config(compose_config([*TINY, f"output_dir={tmp_path}", *overrides]))
 
 
-def run_search(
-    args: Sequence[str], *, home: Path, timeout: float = 600, env: dict[str, str] | None = None
+def run_launch(
+    script: str,
+    args: Sequence[str],
+    *,
+    home: Path,
+    cwd: Path = ROOT,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``launch/search.py`` as a user would, in a subprocess (stdout/stderr captured)."""
+    """Run ``launch/<script>`` as a user would, in a subprocess (stdout/stderr captured)."""
     full_env = {**os.environ, "CNAS_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, str(ROOT / "launch" / "search.py"), *args],
-        cwd=ROOT,
+        [sys.executable, str(ROOT / "launch" / script), *args],
+        cwd=cwd,
         env=full_env,
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
     )
+
+
+def run_search(
+    args: Sequence[str], *, home: Path, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``launch/search.py`` as a user would (see :func:`run_launch`)."""
+    return run_launch("search.py", args, home=home, timeout=timeout, env=env)

@@ -9,9 +9,7 @@ reasons. The status is also checked on PostgreSQL (``postgres`` marker).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -47,7 +45,7 @@ from cnas_hpc.tracking.report import (
     format_status,
     run_report,
 )
-from tests.helpers import ROOT, TINY, tiny_settings
+from tests.helpers import TINY, run_launch, tiny_settings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PICTURES = ("history", "best_vs_time", "importances", "best_normal", "best_reduce")
@@ -328,17 +326,8 @@ def test_the_dashboard_command_never_shows_a_password(tmp_path: Path) -> None:
 def run_report_cli(
     args: Sequence[str], *, home: Path, cwd: Path, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``launch/report.py`` as a user would (the analogue of helpers.run_search)."""
-    env = {**os.environ, "CNAS_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "launch" / "report.py"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    """Run ``launch/report.py`` as a user would."""
+    return run_launch("report.py", args, home=home, cwd=cwd, timeout=timeout)
 
 
 def test_the_report_command_prints_the_status_and_writes_the_report(

@@ -250,7 +250,6 @@ def train_candidate(
     # (average_gradients). Unlike DDP's all-reduce inside the backward, this lets the ranks agree
     # on an out-of-memory error in the forward OR the backward pass before any gradient
     # collective starts. BatchNorm statistics stay per rank (as DDP with broadcast_buffers=False).
-    net: nn.Module = model
 
     started = time.perf_counter()
     last_save = started
@@ -286,7 +285,7 @@ def train_candidate(
 
     images_seen = 0
     for epoch in range(first_epoch, cfg.epochs):
-        net.train()
+        model.train()
         epoch_start = time.perf_counter()
         batches = epoch_batches(
             n_train, cfg.batch_size, epoch=epoch, seed=settings.seed, rank=rank, world_size=world
@@ -319,7 +318,7 @@ def train_candidate(
             # one rank is agreed here, before the loss gathers negatives from every rank.
             with _autocast(cfg, device):
                 try:
-                    z1, z2 = net(view1), net(view2)
+                    z1, z2 = model(view1), model(view2)
                     oom = False
                 except torch.cuda.OutOfMemoryError:
                     oom = True
