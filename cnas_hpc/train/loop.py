@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from cnas_hpc.config import Settings, TrainConfig
 from cnas_hpc.data.splits import SearchData, epoch_batches
@@ -245,11 +246,15 @@ def train_candidate(
         history = [EpochMetrics(**h) for h in resume.history]  # type: ignore[arg-type]
         first_epoch, skip_steps, step = resume.epoch, resume.step_in_epoch, resume.step
         resumed_loss, prior_wall = resume.loss_sum, resume.wall_s
-    # Data parallelism without the DDP wrapper: every rank starts from the same seeded weights,
-    # runs a rank-local forward and backward, and gradients are averaged afterwards
-    # (average_gradients). Unlike DDP's all-reduce inside the backward, this lets the ranks agree
-    # on an out-of-memory error in the forward OR the backward pass before any gradient
-    # collective starts. BatchNorm statistics stay per rank (as DDP with broadcast_buffers=False).
+    # DistributedDataParallel without its in-backward gradient all-reduce: DDP broadcasts rank
+    # 0's weights at construction, each step runs forward and backward under ``no_sync`` (both
+    # rank-local: no buffer broadcast, no bucket all-reduce), and gradients are averaged after
+    # the backward (average_gradients, one coalesced all-reduce). Unlike DDP's hooks, this lets
+    # the ranks agree on an out-of-memory error in the forward OR the backward pass before any
+    # gradient collective starts. BatchNorm statistics stay per rank.
+    net: nn.Module = (
+        DistributedDataParallel(model, broadcast_buffers=False) if is_distributed() else model
+    )
 
     started = time.perf_counter()
     last_save = started
@@ -285,7 +290,7 @@ def train_candidate(
 
     images_seen = 0
     for epoch in range(first_epoch, cfg.epochs):
-        model.train()
+        net.train()
         epoch_start = time.perf_counter()
         batches = epoch_batches(
             n_train, cfg.batch_size, epoch=epoch, seed=settings.seed, rank=rank, world_size=world
@@ -314,44 +319,50 @@ def train_candidate(
             index = batches[position].to(device)
             generator.manual_seed(_step_seed(settings.seed, rank, step))
             view1, view2 = augment.two_views(train_images[index], generator)
-            # The forward pass is rank-local (no buffer broadcast), so an out-of-memory error on
-            # one rank is agreed here, before the loss gathers negatives from every rank.
-            with _autocast(cfg, device):
+            local_step = (
+                net.no_sync()
+                if isinstance(net, DistributedDataParallel)
+                else contextlib.nullcontext()
+            )
+            with local_step:
+                # The forward pass is rank-local (no buffer broadcast), so an out-of-memory error on
+                # one rank is agreed here, before the loss gathers negatives from every rank.
+                with _autocast(cfg, device):
+                    try:
+                        z1, z2 = net(view1), net(view2)
+                        oom = False
+                    except torch.cuda.OutOfMemoryError:
+                        oom = True
+                if any(_agree((oom,), device)):
+                    raise TrialAbortedError(
+                        "out_of_memory", f"CUDA out of memory at epoch {epoch}, step {step}"
+                    )
+                with _autocast(cfg, device):
+                    if membank is not None:
+                        loss = membank(z1.float(), z2.float(), index)
+                    else:
+                        loss = nt_xent_loss(z1.float(), z2.float(), cfg.temperature)
+                (bad,) = _agree((not math.isfinite(loss.item()),), device)
+                if bad:
+                    raise TrialAbortedError(
+                        "non_finite_loss",
+                        f"non-finite contrastive loss at epoch {epoch}, step {step}: "
+                        "the candidate diverged",
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                # Backward in two phases: the gradient w.r.t. the projections crosses the gathered
+                # negatives (a collective, on small tensors); the backward through the network is
+                # rank-local, so an out-of-memory error there can still be agreed.
+                grad_z = torch.autograd.grad(scaler.scale(loss), [z1, z2])
                 try:
-                    z1, z2 = model(view1), model(view2)
+                    torch.autograd.backward([z1, z2], list(grad_z))
                     oom = False
                 except torch.cuda.OutOfMemoryError:
                     oom = True
-            if any(_agree((oom,), device)):
-                raise TrialAbortedError(
-                    "out_of_memory", f"CUDA out of memory at epoch {epoch}, step {step}"
-                )
-            with _autocast(cfg, device):
-                if membank is not None:
-                    loss = membank(z1.float(), z2.float(), index)
-                else:
-                    loss = nt_xent_loss(z1.float(), z2.float(), cfg.temperature)
-            (bad,) = _agree((not math.isfinite(loss.item()),), device)
-            if bad:
-                raise TrialAbortedError(
-                    "non_finite_loss",
-                    f"non-finite contrastive loss at epoch {epoch}, step {step}: "
-                    "the candidate diverged",
-                )
-            optimizer.zero_grad(set_to_none=True)
-            # Backward in two phases: the gradient w.r.t. the projections crosses the gathered
-            # negatives (a collective, on small tensors); the backward through the network is
-            # rank-local, so an out-of-memory error there can still be agreed.
-            grad_z = torch.autograd.grad(scaler.scale(loss), [z1, z2])
-            try:
-                torch.autograd.backward([z1, z2], list(grad_z))
-                oom = False
-            except torch.cuda.OutOfMemoryError:
-                oom = True
-            if any(_agree((oom,), device)):
-                raise TrialAbortedError(
-                    "out_of_memory", f"CUDA out of memory in the backward at epoch {epoch}"
-                )
+                if any(_agree((oom,), device)):
+                    raise TrialAbortedError(
+                        "out_of_memory", f"CUDA out of memory in the backward at epoch {epoch}"
+                    )
             average_gradients(model.parameters())
             if cfg.grad_clip is not None:
                 scaler.unscale_(optimizer)
