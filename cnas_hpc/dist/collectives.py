@@ -132,17 +132,22 @@ def all_reduce_sum_float(value: float, device: torch.device) -> float:
     return float(t.item())
 
 
-def any_across_ranks(flag: bool, device: torch.device) -> bool:
-    """Whether ``flag`` is true on at least one rank; the same answer on every rank.
+def agree_across_ranks(flags: tuple[bool, ...], device: torch.device) -> tuple[bool, ...]:
+    """OR each flag over all ranks in ONE collective; the same answer on every rank.
 
-    Use it for abort decisions (a non-finite loss, a stop request) so that no rank leaves a
-    loop while the others wait in a collective.
+    Use it for abort decisions (a non-finite loss, a stop request, an out-of-memory error) so
+    that no rank leaves a loop while the others wait in a collective.
     """
     if not is_distributed():
-        return bool(flag)
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return tuple(bool(f) for f in flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return tuple(bool(v > 0) for v in t.tolist())
+
+
+def any_across_ranks(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on at least one rank (see :func:`agree_across_ranks`)."""
+    return agree_across_ranks((flag,), device)[0]
 
 
 def broadcast_object(obj: T, src: int = 0) -> T:

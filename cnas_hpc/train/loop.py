@@ -30,7 +30,9 @@ from torch.nn.parallel import DistributedDataParallel
 from cnas_hpc.config import Settings, TrainConfig
 from cnas_hpc.data.splits import SearchData, epoch_batches
 from cnas_hpc.dist.collectives import (
+    agree_across_ranks,
     all_reduce_mean,
+    any_across_ranks,
     average_gradients,
     get_rank,
     get_world_size,
@@ -303,7 +305,7 @@ def train_candidate(
             # Stop and save decisions come before the forward pass: BatchNorm statistics move
             # in the forward, and a checkpoint must hold the state "before this step".
             every_s = checkpointing.every_s if checkpointing is not None else math.inf
-            stop, save_due = _agree(
+            stop, save_due = agree_across_ranks(
                 (
                     should_stop() if should_stop is not None else False,
                     time.perf_counter() - last_save >= every_s,
@@ -333,7 +335,7 @@ def train_candidate(
                         oom = False
                     except torch.cuda.OutOfMemoryError:
                         oom = True
-                if any(_agree((oom,), device)):
+                if any_across_ranks(oom, device):
                     raise TrialAbortedError(
                         "out_of_memory", f"CUDA out of memory at epoch {epoch}, step {step}"
                     )
@@ -342,7 +344,7 @@ def train_candidate(
                         loss = membank(z1.float(), z2.float(), index)
                     else:
                         loss = nt_xent_loss(z1.float(), z2.float(), cfg.temperature)
-                (bad,) = _agree((not math.isfinite(loss.item()),), device)
+                bad = any_across_ranks(not math.isfinite(loss.item()), device)
                 if bad:
                     raise TrialAbortedError(
                         "non_finite_loss",
@@ -359,7 +361,7 @@ def train_candidate(
                     oom = False
                 except torch.cuda.OutOfMemoryError:
                     oom = True
-                if any(_agree((oom,), device)):
+                if any_across_ranks(oom, device):
                     raise TrialAbortedError(
                         "out_of_memory", f"CUDA out of memory in the backward at epoch {epoch}"
                     )
@@ -402,15 +404,6 @@ def train_candidate(
         history=history,
         resumed_from_epoch=first_epoch if resume is not None else None,
     )
-
-
-def _agree(flags: tuple[bool, ...], device: torch.device) -> tuple[bool, ...]:
-    """OR every flag over all ranks in ONE collective, so every rank takes the same branch."""
-    if not is_distributed():
-        return flags
-    tensor = torch.tensor([float(f) for f in flags], device=device)
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-    return tuple(bool(v) for v in tensor.tolist())
 
 
 def _global_batches(n: int, batch_size: int) -> Iterator[tuple[int, int]]:
