@@ -126,7 +126,14 @@ def assert_exact(url: str, n_trials: int) -> list[FrozenTrial]:
 def test_a_preempted_worker_is_requeued_and_resumes_the_same_trial(
     fresh_pg_url: str, tmp_path: Path
 ) -> None:
-    proc = start(fresh_pg_url, tmp_path, "worker=range(1)", "search.n_trials=2")
+    # Longer epochs, so the trial is still training when the signal lands under load.
+    proc = start(
+        fresh_pg_url,
+        tmp_path,
+        "worker=range(1)",
+        "search.n_trials=2",
+        "train.max_steps_per_epoch=40",
+    )
     number = wait_for(lambda: checkpointed_trial(tmp_path), "a checkpoint")
     assert isinstance(number, int)
     job = job_of(fresh_pg_url, number)
@@ -153,6 +160,9 @@ def test_a_killed_worker_s_trial_is_retried_from_its_checkpoint(
         "search.n_trials=3",
         "study.heartbeat_interval=1",
         "study.grace_period=8",
+        # Longer epochs: SLURM may take seconds to deliver the KILL under load, and the trial
+        # must still be training when it lands.
+        "train.max_steps_per_epoch=40",
     )
     number = wait_for(lambda: checkpointed_trial(tmp_path), "a checkpoint")
     assert isinstance(number, int)
