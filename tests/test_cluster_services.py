@@ -111,17 +111,19 @@ def test_sbatch_array_runs_four_tasks_under_one_job_id(tmp_path: Path, job_name:
 
 @pytest.mark.slurm
 def test_debug_partition_runs_16_single_and_4_two_task_jobs_at_once(job_name: str) -> None:
-    common = ("sbatch", "--parsable", "--time=1", "--mem-per-cpu=64M", f"--job-name={job_name}")
+    # The jobs outlive any scheduling delay of a loaded CI machine (the first must not end
+    # before the last starts); the job_name fixture cancels them all at the end.
+    common = ("sbatch", "--parsable", "--time=10", "--mem-per-cpu=64M", f"--job-name={job_name}")
     for _ in range(16):
-        _run(*common, "--output=/dev/null", "--wrap=sleep 30")
+        _run(*common, "--output=/dev/null", "--wrap=sleep 600")
     for _ in range(4):
-        _run(*common, "--ntasks=2", "--output=/dev/null", "--wrap=srun sleep 30")
+        _run(*common, "--ntasks=2", "--output=/dev/null", "--wrap=srun sleep 600")
 
     def running() -> list[str]:
         return _run("squeue", "-h", "-t", "R", "--name", job_name, "-o", "%C").split()
 
     # 24 CPUs' worth of jobs on the 2-core dev node: only oversubscription runs them together.
-    _wait_until(lambda: len(running()) == 20, "20 jobs running at once", timeout=30)
+    _wait_until(lambda: len(running()) == 20, "20 jobs running at once")
     assert sorted(running()) == ["1"] * 16 + ["2"] * 4
 
 

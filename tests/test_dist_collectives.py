@@ -139,6 +139,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         loss = nt_xent_loss(net(x1[local]), net(x2[local]), TEMPERATURE)
         loss.backward()
         res["ddp_grads"] = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        # DDP's reducer holds the process group: release it before the group is destroyed.
+        del net
 
         # Agreed decisions and objects.
         res["any_one"] = any_across_ranks(rank == 1, CPU)

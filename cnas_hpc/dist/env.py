@@ -376,11 +376,16 @@ def distributed_session(
     """Context manager: :func:`init_distributed` on entry, destroy the group on exit.
 
     A no-op for a single process. The group is destroyed even when the body raises, but only
-    if this session created it.
+    if this session created it. On a normal exit every rank first meets the others at a
+    barrier: no rank tears its gloo/NCCL connections down while a peer still uses them (a
+    peer whose connection vanished mid-operation aborts the process). After a raise there is
+    no barrier, since the peers may never come.
     """
     created = init_distributed(env, device, timeout)
     try:
         yield
+        if created:
+            dist.barrier()
     finally:
         if created:
             destroy_distributed()
