@@ -8,8 +8,10 @@ cancelled in ``finally``.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +22,8 @@ import pytest
 import sqlalchemy as sa
 import submitit
 from sqlalchemy.engine import make_url
+
+from hydra_plugins.cnas_hpc_launcher.cluster_launcher import ClusterSlurmLauncher
 
 if TYPE_CHECKING:
     from tests.conftest import SlurmCluster
@@ -156,6 +160,42 @@ def test_sigkilled_submitit_job_ends_in_a_failure_state(executor: submitit.AutoE
     assert job.state.split()[0] in {"FAILED", "CANCELLED"}
     # No result: submitit's job.result() would wait for one, then raise.
     assert not job.paths.result_pickle.exists()
+
+
+@pytest.mark.slurm
+def test_launcher_waits_for_a_suspended_worker_instead_of_failing_it(
+    executor: submitit.AutoExecutor, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = executor.submit(time.sleep, 20)
+    _wait_until(lambda: job.get_info(mode="force").get("State") == "RUNNING", "job to run")
+    _run("scontrol", "suspend", job.job_id)
+    # The premise: submitit takes SUSPENDED for an end (and would raise "no output").
+    _wait_until(lambda: job.done(force_check=True), "submitit to call the suspended job done")
+    # Resumed after submitit's own wait for a result file (15 s) has run out.
+    resume = threading.Timer(20.0, _run, args=("scontrol", "resume", job.job_id))
+    resume.start()
+    try:
+        launcher = ClusterSlurmLauncher()
+        launcher.held_poll_s = 1.0
+        with caplog.at_level(logging.WARNING):
+            assert launcher._result(job) is None  # time.sleep's result, once it really ended
+    finally:
+        resume.cancel()
+    assert "SLURM still holds it (SUSPENDED)" in caplog.text
+    # Asked directly: submitit's watcher keeps its (wrong) cached end of this job.
+    _wait_until(lambda: _sacct_states(job.job_id).get(job.job_id) == "COMPLETED", "COMPLETED")
+
+
+@pytest.mark.slurm
+def test_launcher_reports_a_killed_worker_as_failed(executor: submitit.AutoExecutor) -> None:
+    job = executor.submit(time.sleep, 120)
+    _wait_until(lambda: job.get_info(mode="force").get("State") == "RUNNING", "job to run")
+    _run("scancel", "--signal=KILL", job.job_id)
+    launcher = ClusterSlurmLauncher()
+    launcher.held_poll_s = 1.0
+    # Gone from the queue: submitit's verdict stands, no endless wait.
+    with pytest.raises(submitit.core.utils.UncompletedJobError):
+        launcher._result(job)
 
 
 @pytest.mark.postgres

@@ -12,11 +12,19 @@ the other workers finish the study without it. Here each worker's failure is log
 log file and the multirun only fails when every worker failed. Waiting relies on submitit's
 job states, which need SLURM accounting (``sacct``; the dev cluster runs slurmdbd) to see a
 killed job: without it ``job.done()`` would stay False forever.
+
+submitit also takes any state outside its short list of live ones for the end of a job, and
+remembers that verdict: a SUSPENDED worker, or one read in a passing state while it is being
+requeued, would be reported failed although SLURM still holds it and it will finish. So before
+a worker without a result counts as failed, ``squeue`` is asked; while the job is still queued,
+running or suspended there, the launcher waits on.
 """
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,13 +91,48 @@ class _TolerantLaunch(BaseSubmititLauncher):
             log.info("submitted array %s with %d workers", jobs[0].job_id.split("_")[0], len(jobs))
         return self._collect(jobs, job_overrides)
 
-    @staticmethod
-    def _collect(jobs: Sequence[Any], job_overrides: Sequence[Sequence[str]]) -> list[JobReturn]:
+    #: Seconds between looks at a job that submitit saw end without a result while the
+    #: cluster still holds it.
+    held_poll_s: float = 5.0
+
+    def _state_if_held(self, job: Any) -> str | None:
+        """The cluster's state of ``job`` while it still holds it (pending, running, ...).
+
+        ``None`` means the job is gone and submitit's verdict stands. Local jobs have no
+        cluster to ask.
+        """
+        return None
+
+    def _result(self, job: Any) -> JobReturn:
+        """Wait for one worker's result; raise its failure only once it really ended."""
+        import submitit
+
+        while True:
+            try:
+                result: JobReturn = job.results()[0]
+                return result
+            except submitit.core.utils.UncompletedJobError:
+                state = self._state_if_held(job)
+                if state is None:
+                    raise
+                log.warning(
+                    "worker job %s has no result yet but SLURM still holds it (%s): waiting",
+                    job.job_id,
+                    state,
+                )
+                # submitit caches a job's end for good: forget it, or results() would
+                # not look at the job again.
+                job.watcher.clear()
+                time.sleep(self.held_poll_s)
+
+    def _collect(
+        self, jobs: Sequence[Any], job_overrides: Sequence[Sequence[str]]
+    ) -> list[JobReturn]:
         returns: list[JobReturn] = []
         failures: list[BaseException] = []
         for job, overrides in zip(jobs, job_overrides, strict=True):
             try:
-                returns.append(job.results()[0])
+                returns.append(self._result(job))
             except Exception as exc:  # one dead worker must not sink the others' study
                 failures.append(exc)
                 log.error(
@@ -104,8 +147,40 @@ class _TolerantLaunch(BaseSubmititLauncher):
         return returns
 
 
+#: squeue states of a job that SLURM still holds and may yet run to its end.
+_HELD_STATES = frozenset(
+    {
+        "PENDING",
+        "CONFIGURING",
+        "RUNNING",
+        "COMPLETING",
+        "SUSPENDED",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+    }
+)
+
+
 class ClusterSlurmLauncher(_TolerantLaunch, SlurmLauncher):
     """SLURM: one array per multirun, every task one worker."""
+
+    def _state_if_held(self, job: Any) -> str | None:
+        try:
+            out = subprocess.run(
+                ["squeue", "-h", "-j", str(job.job_id), "-o", "%T"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            ).stdout.split()
+        except (OSError, subprocess.SubprocessError):
+            # No answer from the controller: submitit's verdict is all there is.
+            return None
+        return out[0] if out and out[0] in _HELD_STATES else None
 
 
 class ClusterLocalLauncher(_TolerantLaunch, LocalLauncher):
