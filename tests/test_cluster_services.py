@@ -109,7 +109,14 @@ def test_sbatch_array_runs_four_tasks_under_one_job_id(tmp_path: Path, job_name:
     _wait_until(lambda: not queued(), "the array to leave the queue")
     results = sorted((tmp_path / f"done-{i}").read_text().split() for i in range(4))
     assert results == [[job_id, str(i)] for i in range(4)]
-    _wait_until(lambda: len(_sacct_states(job_id)) == 4, "4 array tasks in sacct")
+    # Leaving squeue precedes slurmdbd's record of the final state: wait for it to settle.
+    unsettled = {"PENDING", "RUNNING", "COMPLETING", "REQUEUED", "SUSPENDED"}
+
+    def settled() -> bool:
+        states = _sacct_states(job_id)
+        return len(states) == 4 and not unsettled & set(states.values())
+
+    _wait_until(settled, "4 array tasks with final states in sacct")
     assert set(_sacct_states(job_id).values()) == {"COMPLETED"}
 
 
