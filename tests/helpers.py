@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,3 +67,29 @@ def run_search(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``launch/search.py`` as a user would (see :func:`run_launch`)."""
     return run_launch("search.py", args, home=home, timeout=timeout, env=env)
+
+
+#: Accounting states a task passes through before its final one.
+UNSETTLED = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
+
+
+def sacct_array_tasks(array_job_id: str, timeout: float = 120.0) -> list[str]:
+    """``JobID|State`` per array task once no task is still settling.
+
+    submitit reads a task as done as soon as its result file exists; the task's process and
+    slurmctld's report to slurmdbd can lag that by seconds on a loaded node, so this polls for the
+    final accounting states instead of reading them once.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-j", array_job_id, "-o", "JobID,State"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        tasks = [line for line in out.splitlines() if line.strip()]
+        settling = [t for t in tasks if t.rpartition("|")[2].strip().split(" ")[0] in UNSETTLED]
+        if not settling or time.monotonic() > deadline:
+            return tasks
+        time.sleep(1.0)

@@ -22,7 +22,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from cnas_hpc.search import attrs
-from tests.helpers import ROOT
+from tests.helpers import ROOT, sacct_array_tasks
 
 pytestmark = [pytest.mark.slurm, pytest.mark.postgres, pytest.mark.slow]
 
@@ -201,18 +201,7 @@ def test_a_database_restart_mid_study_loses_nothing(fresh_pg_url: str, tmp_path:
             assert attrs.WALL_S not in trial.user_attrs, trial.user_attrs
     array = all_trials[0].user_attrs[attrs.ARRAY_JOB]
 
-    def final_states() -> list[str] | None:
-        # slurmdbd records a job's end a moment after the job wrote its result: poll for it.
-        lines = subprocess.run(
-            ["sacct", "-X", "-n", "-P", "-j", str(array), "-o", "JobID,State"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()
-        return lines if all("RUNNING" not in line for line in lines) else None
-
-    states = wait_for(final_states, "the accounting records", timeout=60)
-    assert isinstance(states, list)
+    states = sacct_array_tasks(str(array))
     assert len(states) == 2 and all(line.endswith("|COMPLETED") for line in states), states
 
 

@@ -7,7 +7,6 @@ PostgreSQL server; in CI these tests fail rather than skip when a service is mis
 from __future__ import annotations
 
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from cnas_hpc.search import attrs
-from tests.helpers import run_search
+from tests.helpers import run_search, sacct_array_tasks
 
 pytestmark = [pytest.mark.slurm, pytest.mark.postgres, pytest.mark.slow]
 
@@ -52,32 +51,6 @@ def multirun(
 
 def trials_of(url: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="slurm-test", storage=url).get_trials(deepcopy=False)
-
-
-#: Accounting states a task passes through before its final one.
-UNSETTLED = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
-
-
-def sacct_array_tasks(array_job_id: str, timeout: float = 120.0) -> list[str]:
-    """``JobID|State`` per array task once no task is still settling.
-
-    submitit reads a task as done as soon as its result file exists; the task's process and
-    slurmctld's report to slurmdbd can lag that by seconds on a loaded node, so this polls for the
-    final accounting states instead of reading them once.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        out = subprocess.run(
-            ["sacct", "-X", "-n", "-P", "-j", array_job_id, "-o", "JobID,State"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        tasks = [line for line in out.splitlines() if line.strip()]
-        settling = [t for t in tasks if t.split("|", 1)[-1].split()[0] in UNSETTLED]
-        if not settling or time.monotonic() > deadline:
-            return tasks
-        time.sleep(1.0)
 
 
 def worker_logs(home: Path) -> str:
