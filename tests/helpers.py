@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cnas_hpc.config import Settings, settings_from_config
+from hydra_plugins.cnas_hpc_launcher.cluster_launcher import HELD_STATES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -69,10 +70,6 @@ def run_search(
     return run_launch("search.py", args, home=home, timeout=timeout, env=env)
 
 
-#: Accounting states a task passes through before its final one.
-UNSETTLED = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
-
-
 def sacct_array_tasks(array_job_id: str, timeout: float = 120.0) -> list[str]:
     """``JobID|State`` per array task once no task is still settling.
 
@@ -89,7 +86,7 @@ def sacct_array_tasks(array_job_id: str, timeout: float = 120.0) -> list[str]:
             check=True,
         ).stdout
         tasks = [line for line in out.splitlines() if line.strip()]
-        settling = [t for t in tasks if t.rpartition("|")[2].strip().split(" ")[0] in UNSETTLED]
+        settling = [t for t in tasks if t.rpartition("|")[2].strip().split(" ")[0] in HELD_STATES]
         if not settling or time.monotonic() > deadline:
             return tasks
         time.sleep(1.0)

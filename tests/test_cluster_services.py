@@ -23,7 +23,7 @@ import sqlalchemy as sa
 import submitit
 from sqlalchemy.engine import make_url
 
-from hydra_plugins.cnas_hpc_launcher.cluster_launcher import ClusterSlurmLauncher
+from hydra_plugins.cnas_hpc_launcher.cluster_launcher import HELD_STATES, ClusterSlurmLauncher
 
 if TYPE_CHECKING:
     from tests.conftest import SlurmCluster
@@ -110,11 +110,9 @@ def test_sbatch_array_runs_four_tasks_under_one_job_id(tmp_path: Path, job_name:
     results = sorted((tmp_path / f"done-{i}").read_text().split() for i in range(4))
     assert results == [[job_id, str(i)] for i in range(4)]
     # Leaving squeue precedes slurmdbd's record of the final state: wait for it to settle.
-    unsettled = {"PENDING", "RUNNING", "COMPLETING", "REQUEUED", "SUSPENDED"}
-
     def settled() -> bool:
         states = _sacct_states(job_id)
-        return len(states) == 4 and not unsettled & set(states.values())
+        return len(states) == 4 and not HELD_STATES & set(states.values())
 
     _wait_until(settled, "4 array tasks with final states in sacct")
     assert set(_sacct_states(job_id).values()) == {"COMPLETED"}

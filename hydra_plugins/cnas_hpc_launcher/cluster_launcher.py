@@ -147,8 +147,8 @@ class _TolerantLaunch(BaseSubmititLauncher):
         return returns
 
 
-#: squeue states of a job that SLURM still holds and may yet run to its end.
-_HELD_STATES = frozenset(
+#: squeue/sacct states of a job that SLURM still holds and may yet run to its end.
+HELD_STATES = frozenset(
     {
         "PENDING",
         "CONFIGURING",
@@ -180,7 +180,7 @@ class ClusterSlurmLauncher(_TolerantLaunch, SlurmLauncher):
         except (OSError, subprocess.SubprocessError):
             # No answer from the controller: submitit's verdict is all there is.
             return None
-        return out[0] if out and out[0] in _HELD_STATES else None
+        return out[0] if out and out[0] in HELD_STATES else None
 
 
 class ClusterLocalLauncher(_TolerantLaunch, LocalLauncher):
