@@ -109,6 +109,7 @@ def test_sbatch_array_runs_four_tasks_under_one_job_id(tmp_path: Path, job_name:
     _wait_until(lambda: not queued(), "the array to leave the queue")
     results = sorted((tmp_path / f"done-{i}").read_text().split() for i in range(4))
     assert results == [[job_id, str(i)] for i in range(4)]
+
     # Leaving squeue precedes slurmdbd's record of the final state: wait for it to settle.
     def settled() -> bool:
         states = _sacct_states(job_id)
