@@ -14,8 +14,10 @@ import time
 import torch
 from torchvision.transforms import v2
 
-from cnas_hpc.data.datasets import DataConfig, load_images
-from cnas_hpc.ssl.augment import AugmentConfig, BatchAugment
+from cnas_hpc.config.augment import AugmentConfig
+from cnas_hpc.config.data import DataConfig
+from cnas_hpc.data.datasets import load_images
+from cnas_hpc.ssl.augment import BatchAugment
 
 
 def per_sample_pipeline(cfg: AugmentConfig, size: int) -> v2.Compose:

@@ -14,12 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cnas_hpc.data.datasets import (
-    TORCHVISION_SOURCES,
-    DataConfig,
-    check_available,
-    download_dataset,
-)
+from cnas_hpc.config.data import TORCHVISION_SOURCES, DataConfig
+from cnas_hpc.data.datasets import check_available, download_dataset
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 import hydra_plugins.cnas_hpc_launcher.cluster_launcher  # noqa: F401 - silences the schema-matching warning
-from cnas_hpc.launch_support import run_search_task
+from cnas_hpc.cli.search import run_search_task
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="search")

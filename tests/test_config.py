@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from cnas_hpc.config import ConfigError, settings_from_config
+from cnas_hpc.cli.common import settings_of
+from cnas_hpc.common.errors import ConfigError
+from cnas_hpc.config import settings_from_config
 from tests.helpers import CONFIGS, compose_config
 
 
@@ -67,7 +70,7 @@ def test_csnas_paper_experiment_matches_the_reference_code() -> None:
 )
 def test_bad_values_are_refused_with_one_line(override: str, needle: str) -> None:
     with pytest.raises(ConfigError) as info:
-        settings_from_config(compose_config([override]))
+        settings_of(OmegaConf.create(compose_config([override])))
     message = str(info.value)
     assert needle in message
     assert "\n" not in message

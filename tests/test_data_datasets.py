@@ -11,13 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cnas_hpc.data.datasets import (
-    DataConfig,
-    ImageArrays,
-    check_available,
-    load_images,
-    resize_images,
-)
+from cnas_hpc.config.data import DataConfig
+from cnas_hpc.data.datasets import ImageArrays, check_available, load_images, resize_images
 
 # The real-CIFAR-10 copy next to the checkout (see its README.md). CI always has it.
 SHARED_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"

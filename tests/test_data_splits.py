@@ -12,7 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnas_hpc.data.datasets import DataConfig, ImageArrays
+from cnas_hpc.config.data import DataConfig
+from cnas_hpc.data.datasets import ImageArrays
 from cnas_hpc.data.splits import SearchData, epoch_batches, make_search_data
 
 
@@ -99,7 +100,8 @@ def test_search_data_refuses_labeled_train_or_val() -> None:
 
 _CHILD = """
 import json
-from cnas_hpc.data.datasets import DataConfig, ImageArrays
+from cnas_hpc.config.data import DataConfig
+from cnas_hpc.data.datasets import ImageArrays
 from cnas_hpc.data.splits import epoch_batches, make_search_data
 import torch
 images = torch.zeros(300, 3, 8, 8, dtype=torch.uint8)
@@ -170,7 +172,7 @@ def test_epoch_batches_errors() -> None:
         ValueError, match=r"^train.batch_size=10 is not divisible by the world size 4$"
     ):
         epoch_batches(100, 10, epoch=0, seed=0, world_size=4)
-    with pytest.raises(ValueError, match=r"5 training images are fewer than one batch"):
+    with pytest.raises(ValueError, match=r"the search split has 5 images, fewer than one batch"):
         epoch_batches(5, 8, epoch=0, seed=0)
     with pytest.raises(ValueError, match="rank 2 is not in"):
         epoch_batches(100, 8, epoch=0, seed=0, rank=2, world_size=2)

@@ -21,7 +21,7 @@ import pytest
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from cnas_hpc.search import attrs
+from cnas_hpc.common import attrs
 from tests.helpers import ROOT, sacct_array_tasks
 
 pytestmark = [pytest.mark.slurm, pytest.mark.postgres, pytest.mark.slow]

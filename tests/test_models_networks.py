@@ -9,16 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from cnas_hpc.config.model import REFERENCE_PROXY, ProxyConfig
 from cnas_hpc.models.cell import Cell, live_nodes
 from cnas_hpc.models.complexity import count_macs, count_parameters
-from cnas_hpc.models.networks import (
-    REFERENCE_PROXY,
-    NetworkCIFAR,
-    ProxyConfig,
-    ProxyNetwork,
-    build_proxy,
-    reduction_indices,
-)
+from cnas_hpc.models.networks import NetworkCIFAR, ProxyNetwork, build_proxy, reduction_indices
 from cnas_hpc.space.genotype import DARTS_V1, DARTS_V2, PC_DARTS, PRESETS, Genotype
 from cnas_hpc.space.primitives import EDGE_OPS
 

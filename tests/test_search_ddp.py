@@ -9,11 +9,11 @@ from pathlib import Path
 import torch.multiprocessing as mp
 from optuna.trial import TrialState
 
+from cnas_hpc.common import attrs
 from cnas_hpc.config import Settings
-from cnas_hpc.dist.env import DistEnv
-from cnas_hpc.search import attrs
-from cnas_hpc.search.study import bootstrap_study, load_study
+from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.search.worker import run_worker
+from cnas_hpc.study.lifecycle import bootstrap_study, load_study
 from tests.helpers import tiny_settings
 
 # Rank 1 gets this storage: if it ever tried to open the study, it would fail at once.

@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 
-from cnas_hpc.search import worker as worker_module
-from cnas_hpc.search.study import bootstrap_study
+from cnas_hpc.search.observer import TrialInfo
 from cnas_hpc.search.worker import run_worker
-from cnas_hpc.tracking.observer import TrialInfo
+from cnas_hpc.study.lifecycle import bootstrap_study
 from tests.helpers import tiny_settings
 
 
@@ -39,15 +38,20 @@ class MemoryRecorder:
     def trial_finished(self, state: str, value: float | None, summary: Mapping[str, Any]) -> None:
         self.samples.append(rss_mb())
 
+    def study_updated(self, complete: int, best: float | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
 
 def test_memory_stays_flat_over_many_trials(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recorder = MemoryRecorder()
-    monkeypatch.setattr(worker_module, "make_trackers", lambda *a, **k: [recorder])
     s = tiny_settings(tmp_path, "search.n_trials=14", "data.fraction=0.1", "train.batch_size=16")
     bootstrap_study(s)
-    run_worker(s)
+    run_worker(s, observers=lambda study: [recorder])
     assert len(recorder.samples) == 14
     warm = recorder.samples[3]  # allocator pools and caches are warm after a few trials
     growth = max(recorder.samples[4:]) - warm

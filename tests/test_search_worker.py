@@ -9,12 +9,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cnas_hpc.search import attrs
-from cnas_hpc.search import worker as worker_module
-from cnas_hpc.search.study import bootstrap_study, load_study
+from cnas_hpc.common import attrs
+from cnas_hpc.search import trial as trial_module
 from cnas_hpc.search.worker import WorkerError, run_worker
 from cnas_hpc.space.genotype import genotype_from_json, validate_genotype
-from cnas_hpc.train.loop import TrialAbortedError
+from cnas_hpc.study.lifecycle import bootstrap_study, load_study
+from cnas_hpc.train.outcome import TrainingAbortedError
 from tests.helpers import tiny_settings
 
 
@@ -58,9 +58,11 @@ def test_diverging_trials_are_pruned_and_a_broken_config_stops(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def diverge(*args: object, **kwargs: object) -> None:
-        raise TrialAbortedError("non_finite_loss", "non-finite contrastive loss at epoch 0, step 3")
+        raise TrainingAbortedError(
+            "non_finite_loss", "non-finite contrastive loss at epoch 0, step 3"
+        )
 
-    monkeypatch.setattr(worker_module, "train_candidate", diverge)
+    monkeypatch.setattr(trial_module, "train_candidate", diverge)
     s = tiny_settings(tmp_path, "search.n_trials=5", "search.max_consecutive_failures=2")
     bootstrap_study(s)
     with pytest.raises(WorkerError, match=r"2 consecutive trials failed.*non-finite"):
@@ -75,7 +77,7 @@ def test_diverging_trials_are_pruned_and_a_broken_config_stops(
 def test_one_failure_does_not_stop_the_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = worker_module.train_candidate
+    real = trial_module.train_candidate
     calls = {"n": 0}
 
     def flaky(*args: object, **kwargs: object) -> object:
@@ -84,7 +86,7 @@ def test_one_failure_does_not_stop_the_worker(
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(worker_module, "train_candidate", flaky)
+    monkeypatch.setattr(trial_module, "train_candidate", flaky)
     s = tiny_settings(tmp_path, "search.n_trials=2")
     bootstrap_study(s)
     report = run_worker(s)
@@ -97,7 +99,7 @@ def test_one_failure_does_not_stop_the_worker(
     def broken(*args: object, **kwargs: object) -> None:
         raise ValueError("cell has no path to the output")
 
-    monkeypatch.setattr(worker_module, "train_candidate", broken)
+    monkeypatch.setattr(trial_module, "train_candidate", broken)
     s3 = tiny_settings(tmp_path, "search.n_trials=3", "search.max_consecutive_failures=1")
     bootstrap_study(s3)
     with pytest.raises(WorkerError):

@@ -21,14 +21,10 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
+from cnas_hpc.common.errors import StudyError
+from cnas_hpc.common.storage_url import PASSWORD_IN_CONFIG, check_storage_secret
 from cnas_hpc.config import StudyConfig
-from cnas_hpc.search.study import (
-    PASSWORD_IN_CONFIG,
-    StudyError,
-    check_storage_secret,
-    describe_db_error,
-    make_storage,
-)
+from cnas_hpc.study.storage import describe_db_error, make_storage
 from tests.helpers import compose_config, run_search
 
 SECRET = "s3cr3t-Pa55@word:x"  # '@' and ':' must be percent-encoded in a URL

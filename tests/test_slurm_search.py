@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cnas_hpc.search import attrs
+from cnas_hpc.common import attrs
 from tests.helpers import run_search, sacct_array_tasks
 
 pytestmark = [pytest.mark.slurm, pytest.mark.postgres, pytest.mark.slow]

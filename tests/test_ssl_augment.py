@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from cnas_hpc.ssl.augment import AugmentConfig, BatchAugment
+from cnas_hpc.config.augment import AugmentConfig
+from cnas_hpc.ssl.augment import BatchAugment
 
 #: Every random transform off: the pipeline is then exactly "to float, normalise".
 IDENTITY: dict[str, Any] = {

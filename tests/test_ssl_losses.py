@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
-from cnas_hpc.ssl.augment import AugmentConfig, BatchAugment
+from cnas_hpc.config.augment import AugmentConfig
+from cnas_hpc.ssl.augment import BatchAugment
 from cnas_hpc.ssl.losses import MemoryBankNCE, nt_xent_loss
 
 

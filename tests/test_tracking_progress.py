@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
+from cnas_hpc.search.observer import TrialInfo
 from cnas_hpc.space.genotype import DARTS_V2
-from cnas_hpc.tracking.observer import TrialInfo
 from cnas_hpc.tracking.progress import SearchProgress
 
 INFO = TrialInfo(
@@ -24,12 +24,12 @@ INFO = TrialInfo(
 
 
 def drive(progress: SearchProgress) -> None:
-    progress.update_study(2, 1.5)
+    progress.study_updated(2, 1.5)
     progress.trial_started(INFO, n_params=1000, macs=2_000_000)
     progress.epoch(1, {"train_loss": 4.0, "objective": 3.9})
     progress.epoch(2, {"train_loss": 3.0, "objective": 2.9})
     progress.trial_finished("COMPLETE", 2.9, {"wall_s": 1.0})
-    progress.update_study(3, 1.5)
+    progress.study_updated(3, 1.5)
     progress.close()
 
 

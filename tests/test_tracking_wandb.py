@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,13 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
+from cnas_hpc.analysis.study_view import StudyViewObserver, log_study_view, study_view_trigger
+from cnas_hpc.cli.search import make_observers
+from cnas_hpc.common import attrs
 from cnas_hpc.config import Settings
-from cnas_hpc.search import attrs
-from cnas_hpc.search import worker as worker_module
-from cnas_hpc.search.study import bootstrap_study, load_study
+from cnas_hpc.config.wandb import WandbConfig
+from cnas_hpc.search import trial as trial_module
+from cnas_hpc.search.observer import TrialInfo
 from cnas_hpc.search.worker import WorkerError, run_worker
 from cnas_hpc.space.genotype import (
     DARTS_V1,
@@ -36,17 +40,10 @@ from cnas_hpc.space.genotype import (
     genotype_from_dict,
     genotype_to_json,
 )
-from cnas_hpc.tracking.observer import TrialInfo
-from cnas_hpc.tracking.trackers import make_trackers
-from cnas_hpc.tracking.wandb_tracker import (
-    STUDY_JOB_TYPE,
-    TRIAL_JOB_TYPE,
-    WandbConfig,
-    WandbTracker,
-    log_study_view,
-    safe_hparams,
-    study_view_trigger,
-)
+from cnas_hpc.study.lifecycle import bootstrap_study, load_study
+from cnas_hpc.tracking.progress import SearchProgress
+from cnas_hpc.tracking.wandb_runs import STUDY_JOB_TYPE, TRIAL_JOB_TYPE, safe_hparams
+from cnas_hpc.tracking.wandb_tracker import WandbTracker
 from tests.helpers import CONFIGS, ROOT, tiny_settings
 
 LOGGER = "cnas_hpc.tracking.wandb_tracker"
@@ -153,12 +150,8 @@ def plain_settings(tmp_path: Path) -> Settings:
 
 
 def direct_tracker(tmp_path: Path, root: Path) -> WandbTracker:
-    """An offline tracker for direct calls; its study (empty) never asks for a study view."""
-    return WandbTracker(
-        plain_settings(tmp_path),
-        WandbConfig(mode="offline", dir=str(root)),
-        study=lambda: optuna.create_study(study_name="wb-study"),
-    )
+    """An offline tracker for direct calls (trial runs only: study views are not its job)."""
+    return WandbTracker(plain_settings(tmp_path), WandbConfig(mode="offline", dir=str(root)))
 
 
 # ---- the config group --------------------------------------------------------------------
@@ -205,16 +198,19 @@ def test_hparams_are_masked_again_and_nested() -> None:
     assert nested["train"] == {"lr": 0.1} and nested["seed"] == 3
 
 
-def test_trackers_follow_the_mode_and_the_module_imports_no_cycle(tmp_path: Path) -> None:
+def test_trackers_follow_the_mode_and_the_module_imports_no_wandb(tmp_path: Path) -> None:
     settings = plain_settings(tmp_path)
-    assert make_trackers(settings) == []
+    study = optuna.create_study()
+    (progress,) = make_observers(settings, study)
+    assert isinstance(progress, SearchProgress)
     offline = with_wandb(settings, WandbConfig(mode="offline", dir=str(tmp_path / "wb")))
-    (tracker,) = make_trackers(offline)
+    _, tracker, view = make_observers(offline, study)
     assert isinstance(tracker, WandbTracker) and tracker.root == tmp_path / "wb"
-    # config.py imports WandbConfig from this module: it must not import config (nor wandb).
+    assert isinstance(view, StudyViewObserver)
+    # wandb is imported only when a run is written, never by importing the tracker.
     code = (
         "import sys, cnas_hpc.tracking.wandb_tracker; "
-        "bad = {'cnas_hpc.config', 'wandb'} & set(sys.modules); assert not bad, bad"
+        "bad = {'wandb'} & set(sys.modules); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
@@ -236,7 +232,7 @@ def test_a_search_writes_one_offline_run_per_trial_and_a_study_view(
     )
     bootstrap_study(settings)
     with caplog.at_level(logging.INFO, logger=LOGGER):
-        assert run_worker(settings).completed == 3
+        assert run_worker(settings, observers=partial(make_observers, settings)).completed == 3
     study = load_study(settings, worker=0)
     runs = offline_runs(root)
     trials = by_name([r for r in runs if r.job_type == TRIAL_JOB_TYPE])
@@ -299,7 +295,7 @@ def test_a_failed_trial_finishes_its_run_with_state_fail(
     def broken(*args: object, **kwargs: object) -> None:
         raise ValueError("cell has no path to the output")  # a bug: FAIL (diverging is PRUNED)
 
-    monkeypatch.setattr(worker_module, "train_candidate", broken)
+    monkeypatch.setattr(trial_module, "train_candidate", broken)
     root = tmp_path / "wb"
     settings = with_wandb(
         tiny_settings(tmp_path, "search.n_trials=1", "search.max_consecutive_failures=1"),
@@ -307,7 +303,7 @@ def test_a_failed_trial_finishes_its_run_with_state_fail(
     )
     bootstrap_study(settings)
     with pytest.raises(WorkerError):
-        run_worker(settings)
+        run_worker(settings, observers=partial(make_observers, settings))
     (run,) = offline_runs(root)  # no study view for a failure
     assert run.name == "trial-0" and run.job_type == TRIAL_JOB_TYPE
     assert run.summary["state"] == "FAIL" and "value" not in run.summary
@@ -390,7 +386,7 @@ def test_wandb_errors_never_stop_a_worker(
     )
     bootstrap_study(settings)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        assert run_worker(settings).completed == 1
+        assert run_worker(settings, observers=partial(make_observers, settings)).completed == 1
     assert calls["n"] == 2  # the trial's run and the study view were both tried
     warnings = [r.getMessage() for r in caplog.records if r.name == LOGGER]
     assert any("W&B init failed" in m and "429" in m for m in warnings), warnings

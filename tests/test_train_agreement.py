@@ -19,10 +19,12 @@ import torch.multiprocessing as mp
 from cnas_hpc.config import Settings
 from cnas_hpc.data.datasets import load_images
 from cnas_hpc.data.splits import make_search_data
-from cnas_hpc.dist.collectives import average_gradients
-from cnas_hpc.dist.env import DistEnv, distributed_session
+from cnas_hpc.distributed.collectives import average_gradients
+from cnas_hpc.distributed.env import DistEnv, distributed_session
+from cnas_hpc.search.trial import proxy_task
 from cnas_hpc.space.genotype import DARTS_V2
-from cnas_hpc.train.loop import TrialAbortedError, build_candidate, train_candidate
+from cnas_hpc.train.loop import build_candidate, train_candidate
+from cnas_hpc.train.outcome import TrainingAbortedError
 from tests.helpers import tiny_settings
 
 
@@ -50,7 +52,7 @@ def _rank(rank: int, settings: Settings, port: int, fault: str, results: Any) ->
     cpu = torch.device("cpu")
     data = make_search_data(load_images(settings.data), settings.data)
     with distributed_session(env, cpu):
-        model = build_candidate(DARTS_V2, settings, cpu)
+        model = build_candidate(DARTS_V2, settings.model, settings.seed, cpu)
         calls = {"n": 0}
         if fault in ("oom", "oom_backward") and rank == 1:
             forward = model.forward
@@ -76,9 +78,9 @@ def _rank(rank: int, settings: Settings, port: int, fault: str, results: Any) ->
             return fault == "preempt" and rank == 0 and calls["n"] == 3
 
         try:
-            train_candidate(model, data, settings, cpu, should_stop=stop)
+            train_candidate(model, data, proxy_task(settings), cpu, should_stop=stop)
             results[rank] = "completed"
-        except TrialAbortedError as exc:
+        except TrainingAbortedError as exc:
             results[rank] = exc.reason
 
 

@@ -9,6 +9,7 @@ import torch
 
 from cnas_hpc.data.datasets import load_images
 from cnas_hpc.data.splits import make_search_data
+from cnas_hpc.search.trial import proxy_task
 from cnas_hpc.space.genotype import DARTS_V2, genotype_to_json
 from cnas_hpc.train.checkpoint import (
     TrainState,
@@ -16,7 +17,8 @@ from cnas_hpc.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from cnas_hpc.train.loop import Checkpointing, TrialAbortedError, build_candidate, train_candidate
+from cnas_hpc.train.loop import Checkpointing, build_candidate, train_candidate
+from cnas_hpc.train.outcome import TrainingAbortedError
 from tests.helpers import tiny_settings
 
 GENOTYPE = genotype_to_json(DARTS_V2)
@@ -32,8 +34,8 @@ def test_a_run_stopped_mid_epoch_and_resumed_matches_an_unbroken_run(
     data = make_search_data(load_images(settings.data), settings.data)
     cpu = torch.device("cpu")
 
-    unbroken = build_candidate(DARTS_V2, settings, cpu)
-    reference = train_candidate(unbroken, data, settings, cpu)
+    unbroken = build_candidate(DARTS_V2, settings.model, settings.seed, cpu)
+    reference = train_candidate(unbroken, data, proxy_task(settings), cpu)
 
     path = checkpoint_path(tmp_path / "ckpt", "s", 0)
     saves: list[tuple[int, int]] = []
@@ -48,12 +50,12 @@ def test_a_run_stopped_mid_epoch_and_resumed_matches_an_unbroken_run(
         calls["n"] += 1
         return calls["n"] == 5
 
-    first = build_candidate(DARTS_V2, settings, cpu)
-    with pytest.raises(TrialAbortedError) as info:
+    first = build_candidate(DARTS_V2, settings.model, settings.seed, cpu)
+    with pytest.raises(TrainingAbortedError) as info:
         train_candidate(
             first,
             data,
-            settings,
+            proxy_task(settings),
             cpu,
             should_stop=stop_at_step_five,
             checkpointing=Checkpointing(save, 1e9, None, 0, GENOTYPE),
@@ -63,9 +65,13 @@ def test_a_run_stopped_mid_epoch_and_resumed_matches_an_unbroken_run(
 
     state = load_checkpoint(path, genotype_json=GENOTYPE)
     assert state is not None and (state.epoch, state.step_in_epoch, state.step) == (1, 1, 4)
-    second = build_candidate(DARTS_V2, settings, cpu)
+    second = build_candidate(DARTS_V2, settings.model, settings.seed, cpu)
     resumed = train_candidate(
-        second, data, settings, cpu, checkpointing=Checkpointing(None, 1e9, state, 0, GENOTYPE)
+        second,
+        data,
+        proxy_task(settings),
+        cpu,
+        checkpointing=Checkpointing(None, 1e9, state, 0, GENOTYPE),
     )
     assert resumed.resumed_from_epoch == 1
     assert resumed.epochs_done == reference.epochs_done == 3

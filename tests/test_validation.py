@@ -26,9 +26,9 @@ from hydra import compose, initialize_config_dir
 from psycopg2 import sql
 from sqlalchemy.engine import make_url
 
-from cnas_hpc.config import ConfigError
-from cnas_hpc.launch_support import check_search_split
-from cnas_hpc.search.study import bootstrap_study
+from cnas_hpc.cli.search import check_search_split
+from cnas_hpc.common.errors import ConfigError
+from cnas_hpc.study.lifecycle import bootstrap_study
 from tests.helpers import CONFIGS, run_search, tiny_settings
 
 STUDY = "validation-test"

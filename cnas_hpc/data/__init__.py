@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from cnas_hpc.config.data import SOURCES, DataConfig
 from cnas_hpc.data.datasets import (
-    SOURCES,
-    DataConfig,
     ImageArrays,
     check_available,
     download_dataset,

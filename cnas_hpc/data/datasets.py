@@ -22,7 +22,6 @@ interpolation, batched in torch; grayscale is replicated to three channels.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -34,18 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnas_hpc.config.data import TORCHVISION_SOURCES, DataConfig
+
 logger = logging.getLogger(__name__)
 
-#: Every value ``DataConfig.source`` accepts.
-SOURCES: Final[tuple[str, ...]] = ("digits", "npz", "cifar10", "cifar100", "stl10", "folder")
-#: Sources read from torchvision's files (need ``root``; ``download`` applies).
-TORCHVISION_SOURCES: Final[tuple[str, ...]] = ("cifar10", "cifar100", "stl10")
-#: The splits each torchvision source offers.
-SPLITS: Final[dict[str, tuple[str, ...]]] = {
-    "cifar10": ("train", "test"),
-    "cifar100": ("train", "test"),
-    "stl10": ("train", "test", "unlabeled", "train+unlabeled"),
-}
 #: File extensions the ``folder`` source reads (torchvision's ``IMG_EXTENSIONS``).
 IMAGE_EXTENSIONS: Final[tuple[str, ...]] = (
     ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
@@ -65,101 +56,6 @@ STREAM_EPOCH: Final[int] = 3
 _RESIZE_CHUNK: Final[int] = 1024
 # Image files decoded per chunk by the folder source, for the same reason.
 _DECODE_CHUNK: Final[int] = 256
-
-
-@dataclass
-class DataConfig:
-    """Where the search images come from and how much of them the search uses.
-
-    Attributes:
-        source: One of :data:`SOURCES`.
-        root: Folder of the torchvision files (``cifar10``, ``cifar100``, ``stl10``) or of the
-            images (``folder``); relative paths are relative to the working directory.
-        path: The ``.npz`` file (``npz``).
-        split: torchvision split: ``train`` / ``test``; STL-10 also ``unlabeled`` and
-            ``train+unlabeled``. Ignored by the other sources.
-        image_size: Side of the square images the search sees, ``>= 8``.
-        fraction: Share of the (capped) source the search uses, in ``(0, 1]``.
-        val_fraction: Share of that used as held-out unlabeled validation images, in ``[0, 1)``.
-        labeled_fraction: Share of the search images whose labels are kept, only for the
-            optional kNN objective, in ``[0, 1]``; ``> 0`` needs a labeled source.
-        max_images: Read at most this many images (the first ones after a seeded shuffle).
-        seed: Seed of every data permutation (cap, split, epoch order), ``>= 0``.
-        download: Let torchvision download missing files (only where there is internet).
-
-    Raises:
-        ValueError: on construction, one line naming the first invalid field.
-    """
-
-    source: str = "digits"
-    root: str | None = None
-    path: str | None = None
-    split: str = "train"
-    image_size: int = 32
-    fraction: float = 1.0
-    val_fraction: float = 0.2
-    labeled_fraction: float = 0.0
-    max_images: int | None = None
-    seed: int = 0
-    download: bool = False
-
-    def __post_init__(self) -> None:
-        if self.source not in SOURCES:
-            raise ValueError(
-                f"data.source must be one of {', '.join(SOURCES)}, got {self.source!r}"
-            )
-        if self.source == "npz" and not self.path:
-            raise ValueError("data.source=npz needs data.path (the .npz file)")
-        if self.source in TORCHVISION_SOURCES and not self.root:
-            raise ValueError(
-                f"data.source={self.source} needs data.root (the folder of the torchvision files)"
-            )
-        if self.source == "folder" and not self.root:
-            raise ValueError("data.source=folder needs data.root (the image folder)")
-        if self.source in SPLITS and self.split not in SPLITS[self.source]:
-            raise ValueError(
-                f"data.split for {self.source} must be one of "
-                f"{', '.join(SPLITS[self.source])}, got {self.split!r}"
-            )
-        _check_int("data.image_size", self.image_size, minimum=8)
-        _check_float("data.fraction", self.fraction)
-        if not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"data.fraction must be in (0, 1], got {self.fraction}")
-        _check_float("data.val_fraction", self.val_fraction)
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
-        _check_float("data.labeled_fraction", self.labeled_fraction)
-        if not 0.0 <= self.labeled_fraction <= 1.0:
-            raise ValueError(
-                f"data.labeled_fraction must be in [0, 1], got {self.labeled_fraction}"
-            )
-        if self.max_images is not None:
-            _check_int("data.max_images", self.max_images, minimum=1)
-        _check_int("data.seed", self.seed, minimum=0)
-        if not isinstance(self.download, bool):
-            raise ValueError(f"data.download must be true or false, got {self.download!r}")
-        if (
-            self.source == "stl10"
-            and self.split in ("unlabeled", "train+unlabeled")
-            and self.labeled_fraction > 0
-        ):
-            raise ValueError(
-                f"data.labeled_fraction={self.labeled_fraction} needs labels, but STL-10 "
-                f"split {self.split!r} has unlabeled images: use data.split=train"
-            )
-
-
-def _check_int(key: str, value: object, *, minimum: int) -> None:
-    # bool is an int subclass; `image_size: true` is a typo, not 1.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{key} must be >= {minimum}, got {value}")
-
-
-def _check_float(key: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ValueError(f"{key} must be a number, got {value!r}")
 
 
 @dataclass(frozen=True)

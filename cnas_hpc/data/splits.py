@@ -11,13 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from cnas_hpc.data.datasets import (
-    STREAM_EPOCH,
-    STREAM_SPLIT,
-    DataConfig,
-    ImageArrays,
-    seeded_permutation,
-)
+from cnas_hpc.config.data import DataConfig
+from cnas_hpc.config.train import check_global_batch
+from cnas_hpc.data.datasets import STREAM_EPOCH, STREAM_SPLIT, ImageArrays, seeded_permutation
 
 
 @dataclass(frozen=True)
@@ -133,19 +129,11 @@ def epoch_batches(
         raise ValueError(f"train.batch_size must be >= 1, got {batch_size}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, world size {world_size})")
-    if batch_size % world_size:
-        raise ValueError(
-            f"train.batch_size={batch_size} is not divisible by the world size {world_size}"
-        )
     if epoch < 0 or seed < 0:
         raise ValueError(f"epoch and seed must be >= 0, got epoch={epoch}, seed={seed}")
     if n < 0:
         raise ValueError(f"the number of images must be >= 0, got {n}")
-    if drop_last and n < batch_size:
-        raise ValueError(
-            f"{n} training images are fewer than one batch (train.batch_size={batch_size}): "
-            "raise data.fraction or lower the batch size"
-        )
+    check_global_batch(batch_size, world_size, n if drop_last else None)
     order = seeded_permutation(n, seed, STREAM_EPOCH, epoch)
     local = batch_size // world_size
     full = n // batch_size

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from cnas_hpc.config.model import REFERENCE_PROXY, ProxyConfig
 from cnas_hpc.models.cell import Cell, live_nodes
 from cnas_hpc.models.complexity import count_macs, count_parameters
 from cnas_hpc.models.networks import (
-    REFERENCE_PROXY,
     AuxiliaryHeadCIFAR,
     NetworkCIFAR,
-    ProxyConfig,
     ProxyNetwork,
     build_proxy,
     reduction_indices,

@@ -20,10 +20,9 @@ No constructor picks a device: build on CPU, then ``.to(device)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import Tensor, nn
 
+from cnas_hpc.config.model import ProxyConfig
 from cnas_hpc.models.cell import Cell
 from cnas_hpc.space.genotype import Genotype
 
@@ -191,42 +190,6 @@ class ProxyNetwork(nn.Module):
         """
         z: Tensor = self.projector(self.features(x))
         return z
-
-
-@dataclass(frozen=True)
-class ProxyConfig:
-    """The ``model`` config group: shape of the proxy network (see :class:`ProxyNetwork`).
-
-    Attributes:
-        cells: Number of cells (``layers``).
-        channels: Channels of the first cells (``C``).
-        stem_multiplier: Stem channels are ``stem_multiplier * channels``.
-        proj_hidden_dim: Hidden width of the projection head, ``None`` for a single linear layer.
-        proj_dim: Output dimension of the projection.
-
-    Raises:
-        ValueError: One line naming the first field that is not an integer ``>= 1``.
-    """
-
-    cells: int = 5
-    channels: int = 8
-    stem_multiplier: int = 3
-    proj_hidden_dim: int | None = 128
-    proj_dim: int = 64
-
-    def __post_init__(self) -> None:
-        _check_positive(
-            cells=self.cells,
-            channels=self.channels,
-            stem_multiplier=self.stem_multiplier,
-            proj_dim=self.proj_dim,
-        )
-        if self.proj_hidden_dim is not None:
-            _check_positive(proj_hidden_dim=self.proj_hidden_dim)
-
-
-#: The reference code's proxy: 8 cells x 32 channels, one linear projection to 256.
-REFERENCE_PROXY = ProxyConfig(cells=8, channels=32, proj_hidden_dim=None, proj_dim=256)
 
 
 def build_proxy(genotype: Genotype, cfg: ProxyConfig) -> ProxyNetwork:

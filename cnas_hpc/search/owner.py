@@ -6,7 +6,7 @@ Contract:
     * A claimed trial is RUNNING and owned by this worker until it is told. Its identity (worker
       label, SLURM array job and task) is recorded at claim time, so a requeued job finds its
       in-flight trial again (:meth:`TrialOwner.adopt_in_flight`) and resumes it.
-    * Every study operation is retried through database outages (:mod:`cnas_hpc.search.retry`).
+    * Every study operation is retried through database outages (:mod:`cnas_hpc.study.retry`).
       A finished result is first written to ``<output_dir>/pending/<study>/trial-<n>.json``, then
       told, then the file is removed: a result computed while the database is down survives the
       worker and is told by the next run (:meth:`TrialOwner.flush_pending`).
@@ -24,16 +24,18 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
+from cnas_hpc.common import attrs
 from cnas_hpc.config import Settings
-from cnas_hpc.dist.env import DistEnv
-from cnas_hpc.search import attrs
-from cnas_hpc.search.budget import ClaimStatus, claim_trial
-from cnas_hpc.search.retry import with_db_retry
-from cnas_hpc.search.study import load_study
+from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.space.encoding import CellEncoding, compact_hash
 from cnas_hpc.space.genotype import Genotype, genotype_to_json
+from cnas_hpc.study.budget import ClaimStatus, claim_trial
+from cnas_hpc.study.lifecycle import load_study
+from cnas_hpc.study.optuna_internals import record_heartbeat, storage_of, trial_id_of
+from cnas_hpc.study.retry import with_db_retry
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,11 @@ class TrialOwner:
         self.study = self._retry(lambda: load_study(settings, worker=settings.worker), "load")
         self.trial: optuna.Trial | None = None
 
+    @property
+    def storage(self) -> BaseStorage:
+        """The study's storage (heartbeats and trial reads go straight to it)."""
+        return storage_of(self.study)
+
     def _retry(self, operation: Callable[[], T], what: str) -> T:
         return with_db_retry(operation, what=what, deadline_s=self.settings.study.retry_deadline_s)
 
@@ -95,7 +102,7 @@ class TrialOwner:
                 and attrs.GENOTYPE in frozen.user_attrs
             )
             if mine:
-                trial = optuna.Trial(self.study, frozen._trial_id)
+                trial = optuna.Trial(self.study, trial_id_of(frozen))
                 requeues = int(frozen.user_attrs.get(attrs.REQUEUES, 0)) + 1
                 self._retry(partial(trial.set_user_attr, attrs.REQUEUES, requeues), "set attr")
                 log.info("resuming in-flight trial %d after a requeue", frozen.number)
@@ -145,7 +152,7 @@ class TrialOwner:
         # A first heartbeat at once: Optuna never declares a trial without any heartbeat stale,
         # so a trial orphaned between ask and training (e.g. by a database outage) would hold
         # its budget slot forever.
-        self.study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+        record_heartbeat(self.storage, trial_id_of(trial))
         trial.set_user_attr(attrs.GENOTYPE, genotype_to_json(genotype))
         trial.set_user_attr(attrs.ARCH_HASH, arch_hash)
         trial.set_user_attr(attrs.WORKER, self.env.worker_label)
@@ -182,7 +189,7 @@ class TrialOwner:
         pending.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "number": trial.number,
-            "trial_id": trial._trial_id,
+            "trial_id": trial_id_of(trial),
             "state": state.name,
             "value": value,
             "attrs": {k: v for k, v in values.items() if v is not None},
@@ -215,7 +222,7 @@ class TrialOwner:
         for path in sorted(folder.glob("trial-*.json")) if folder.exists() else []:
             payload = json.loads(path.read_text())
             frozen = self._retry(
-                partial(self.study._storage.get_trial, int(payload["trial_id"])),
+                partial(self.storage.get_trial, int(payload["trial_id"])),
                 "read a pending trial",
             )
             if frozen.state.is_finished():

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import BaseTrial
 
+from cnas_hpc.config.space import SpaceConfig
 from cnas_hpc.space.genotype import (
     HASH_CHARS,
     Genotype,
@@ -397,6 +398,17 @@ def make_encoding(
     if name not in ENCODINGS:
         raise ValueError(f"unknown encoding {name!r}; choose one of {', '.join(ENCODINGS)}")
     return ENCODINGS[name](n_nodes=n_nodes, ops=ops, concat_last=concat_last)
+
+
+def encoding_from_config(cfg: SpaceConfig) -> CellEncoding:
+    """The encoding the ``space`` config group describes (see :func:`make_encoding`).
+
+    Raises:
+        ValueError: an unknown encoding or op, or a size out of its domain (one line).
+    """
+    return make_encoding(
+        cfg.encoding, n_nodes=cfg.n_nodes, ops=cfg.ops, concat_last=cfg.concat_last
+    )
 
 
 # --------------------------------------------------------------------------------------------

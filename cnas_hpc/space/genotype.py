@@ -339,3 +339,13 @@ def load_genotype(spec: str) -> Genotype:
         f"unknown genotype {spec!r}: not a preset ({', '.join(PRESETS)}), "
         "a JSON file, or a JSON string"
     )
+
+
+def cell_text(genotype: Genotype, cell: str) -> str:
+    """One cell on one line: ``op<-input`` pairs, nodes separated by ``|``."""
+    edges = list(getattr(genotype, cell))
+    nodes = [
+        " ".join(f"{op}<-{int(index)}" for op, index in edges[k : k + 2])
+        for k in range(0, len(edges), 2)
+    ]
+    return " | ".join(nodes)

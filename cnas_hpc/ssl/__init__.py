@@ -6,7 +6,8 @@ Augmentations (:mod:`cnas_hpc.ssl.augment`) live apart from the losses
 
 from __future__ import annotations
 
-from cnas_hpc.ssl.augment import AugmentConfig, BatchAugment
+from cnas_hpc.config.augment import AugmentConfig
+from cnas_hpc.ssl.augment import BatchAugment
 from cnas_hpc.ssl.losses import MemoryBankNCE, nt_xent_loss
 
 __all__ = ["AugmentConfig", "BatchAugment", "MemoryBankNCE", "nt_xent_loss"]

@@ -1,7 +1,7 @@
 """Contrastive losses: SimCLR's NT-Xent and the reference code's memory-bank NCE.
 
 Both take unnormalised projections (any float dtype; compute in float32 or wider) and are
-distribution-aware through :mod:`cnas_hpc.dist.collectives`: with a process group, every rank
+distribution-aware through :mod:`cnas_hpc.distributed.collectives`: with a process group, every rank
 passes its slice of the global batch and the negatives come from all ranks. In a single process
 the collectives are identities, so the same code serves 1 and N ranks.
 """
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnas_hpc.dist.collectives import all_gather_nograd, gather_with_grad, get_rank
+from cnas_hpc.distributed.collectives import all_gather_nograd, gather_with_grad, get_rank
 
 
 def _check_pair(z1: torch.Tensor, z2: torch.Tensor, name1: str, name2: str) -> None:
@@ -41,11 +41,11 @@ def nt_xent_loss(
     """SimCLR's normalized-temperature cross entropy over the (global) batch.
 
     The ``2N`` projections of the global batch (``N = W * B`` images, two views each) are
-    L2-normalised; for every one of the ``2B`` LOCAL anchors the positive is the other view of
-    the same image and the negatives are the other ``2N - 2`` projections (all ranks', gathered
-    with :func:`~cnas_hpc.dist.collectives.gather_with_grad`). The loss is the mean over local
-    anchors of ``-log softmax(cos / temperature)`` at the positive. Averaging it over ranks (as
-    DDP averages gradients) gives exactly the single-process loss of the global batch.
+    L2-normalised; for every one of the ``2B`` LOCAL anchors the positive is the other view of the
+    same image and the negatives are the other ``2N - 2`` projections (all ranks', gathered with
+    :func:`~cnas_hpc.distributed.collectives.gather_with_grad`). The loss is the mean over local
+    anchors of ``-log softmax(cos / temperature)`` at the positive. Averaging it over ranks (as DDP
+    averages gradients) gives exactly the single-process loss of the global batch.
 
     Args:
         z1: ``[B, D]`` projections of the first view of this rank's ``B`` images.

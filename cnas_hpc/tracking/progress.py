@@ -3,7 +3,8 @@
 On an interactive terminal a study bar (trials done / budget, best so far, ETA) and a per-trial
 epoch bar are drawn with tqdm. In a SLURM log (not a TTY) bars would fill the file with carriage
 returns and escape codes, so the same events become ordinary log lines instead.
-Only global rank 0 reports progress.
+Only global rank 0 reports progress. An adapter of the search worker's observer protocol
+(:class:`cnas_hpc.search.observer.TrialObserver`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from cnas_hpc.tracking.observer import TrialInfo
+from cnas_hpc.search.observer import TrialInfo
 
 log = logging.getLogger("cnas_hpc.progress")
 
@@ -47,7 +48,7 @@ class SearchProgress:
         self._trial: int | None = None
         self._epochs: int | None = None
 
-    def update_study(self, complete: int, best: float | None) -> None:
+    def study_updated(self, complete: int, best: float | None) -> None:
         """Record the study's COMPLETE count and best value (from any worker)."""
         if self._complete_at_start is None:
             self._complete_at_start = complete

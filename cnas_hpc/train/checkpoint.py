@@ -15,32 +15,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CheckpointConfig:
-    """Where and how often trial checkpoints are written.
-
-    Attributes:
-        enabled: save checkpoints at all.
-        dir: root folder (default ``<output_dir>/checkpoints``; must be shared by the workers).
-        every_minutes: also save within an epoch when this much time passed since the last save.
-    """
-
-    enabled: bool = True
-    dir: str | None = None
-    every_minutes: float = 10.0
-
-    def __post_init__(self) -> None:
-        if self.every_minutes <= 0:
-            raise ValueError(f"checkpoint.every_minutes must be > 0, got {self.every_minutes}")
 
 
 @dataclass
@@ -65,6 +46,9 @@ class TrainState:
     extra: dict[str, torch.Tensor]
     history: list[dict[str, float | None]]
     wall_s: float
+    #: the learning-rate scheduler's ``state_dict`` (empty in checkpoints written before it
+    #: was saved: the scheduler is then fast-forwarded by ``step`` steps).
+    scheduler: dict[str, Any] = field(default_factory=dict)
 
     def to_payload(self) -> dict[str, Any]:
         """A ``weights_only``-loadable dict."""

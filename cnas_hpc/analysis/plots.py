@@ -1,0 +1,302 @@
+"""Pictures of a study's progress (PNG) and the self-contained HTML page that shows them.
+
+Every figure is built with :class:`matplotlib.figure.Figure` on an Agg canvas, never through
+pyplot: nothing needs a display, nothing is left in pyplot's figure registry, and the
+functions can run on a login node or inside a long-lived process. Each plot function writes
+one PNG (parent folders created, an existing file replaced) and returns its path; a study with
+too little data still gets a figure that says so, so a report always has all its pictures.
+
+Only COMPLETE trials with a finite value are plotted as results; FAIL trials are marked on the
+history so a broken stretch of a search stays visible.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import os
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import optuna
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from cnas_hpc.common import attrs
+
+log = logging.getLogger(__name__)
+
+_DPI = 120
+#: At most this many parameters are shown in the importance chart (csnas has 40).
+MAX_IMPORTANCES = 20
+IMPORTANCE_PLACEHOLDER = "needs >= 2 complete trials with varying params"
+
+
+def _figure(width: float = 7.5, height: float = 4.2) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(width, height), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=_DPI, facecolor="white")
+    return out
+
+
+def _placeholder(ax: Axes, message: str) -> None:
+    ax.set_axis_off()
+    ax.text(
+        0.5,
+        0.5,
+        message,
+        ha="center",
+        va="center",
+        fontsize=12,
+        color="#555555",
+        transform=ax.transAxes,
+    )
+
+
+def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE trials with a finite objective value, by trial number."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(
+        (t for t in trials if t.value is not None and math.isfinite(t.value)),
+        key=lambda t: t.number,
+    )
+
+
+def best_so_far(values: Sequence[float], direction: StudyDirection) -> list[float]:
+    """The running best of ``values`` (minimum or maximum after each one)."""
+    pick = max if direction == StudyDirection.MAXIMIZE else min
+    out: list[float] = []
+    for value in values:
+        out.append(value if not out else pick(out[-1], value))
+    return out
+
+
+def _objective_label(study: optuna.Study) -> str:
+    name = study.user_attrs.get(attrs.STUDY_OBJECTIVE)
+    arrow = "higher is better" if study.direction == StudyDirection.MAXIMIZE else "lower is better"
+    return f"{name} ({arrow})" if name else f"objective ({arrow})"
+
+
+def plot_history(study: optuna.Study, path: str | Path) -> Path:
+    """Objective of every COMPLETE trial and the best so far, against the trial number.
+
+    FAIL trials are marked as red ticks along the bottom edge.
+
+    Args:
+        study: Any Optuna study (single objective).
+        path: The PNG to write.
+
+    Returns:
+        The path written.
+    """
+    fig, ax = _figure()
+    trials = complete_trials(study)
+    failed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
+    ax.set_title(f"{study.study_name}: objective per trial")
+    if not trials:
+        _placeholder(ax, "no complete trial yet")
+        return _save(fig, path)
+    numbers = [t.number for t in trials]
+    values = [float(t.value) for t in trials if t.value is not None]
+    ax.scatter(numbers, values, s=22, color="#1f5fa8", alpha=0.75, label="trial", zorder=3)
+    ax.step(
+        numbers,
+        best_so_far(values, study.direction),
+        where="post",
+        color="#c45a00",
+        linewidth=2,
+        label="best so far",
+        zorder=4,
+    )
+    if failed:
+        ax.plot(
+            failed,
+            [0.0] * len(failed),
+            linestyle="none",
+            marker="|",
+            markersize=12,
+            color="#c0392b",
+            transform=ax.get_xaxis_transform(),
+            clip_on=False,
+            label=f"failed ({len(failed)})",
+        )
+    ax.set_xlabel("trial number")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(_objective_label(study))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _hours_since(start: datetime, moment: datetime) -> float:
+    return (moment - start).total_seconds() / 3600.0
+
+
+def plot_best_vs_time(study: optuna.Study, path: str | Path) -> Path:
+    """Best objective so far against wall time (hours) since the first trial started.
+
+    Args:
+        study: Any Optuna study (single objective).
+        path: The PNG to write.
+
+    Returns:
+        The path written.
+    """
+    fig, ax = _figure()
+    ax.set_title(f"{study.study_name}: best objective over wall time")
+    starts = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start]
+    trials = [t for t in complete_trials(study) if t.datetime_complete is not None]
+    if not trials or not starts:
+        _placeholder(ax, "no complete trial yet")
+        return _save(fig, path)
+    first = min(starts)
+    trials.sort(key=lambda t: (t.datetime_complete or first, t.number))
+    hours = [_hours_since(first, t.datetime_complete or first) for t in trials]
+    values = [float(t.value) for t in trials if t.value is not None]
+    ax.scatter(hours, values, s=18, color="#1f5fa8", alpha=0.5, label="trial finished", zorder=3)
+    ax.step(
+        hours,
+        best_so_far(values, study.direction),
+        where="post",
+        color="#c45a00",
+        linewidth=2,
+        label="best so far",
+        zorder=4,
+    )
+    ax.set_xlabel("hours since the first trial started")
+    ax.set_ylabel(_objective_label(study))
+    ax.set_xlim(left=0.0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def param_importances(study: optuna.Study) -> dict[str, float] | None:
+    """fANOVA importances (seeded) of the parameters that matter, or None when meaningless.
+
+    Parameters with importance 0 (never varied) are left out. None when fewer than two
+    COMPLETE trials with a finite value exist, when no parameter varies across them, or when
+    Optuna cannot compute them.
+    """
+    trials = complete_trials(study)
+    if len(trials) < 2:
+        return None
+    try:
+        importances = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+        )
+    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+        log.info("parameter importances unavailable: %s", exc)
+        return None
+    # Zero means a parameter that never varied (e.g. node 2's only input pair): not worth a bar.
+    cleaned = {name: float(v) for name, v in importances.items() if math.isfinite(float(v))}
+    varying = {name: v for name, v in cleaned.items() if v > 0}
+    return varying or None
+
+
+def plot_importances(study: optuna.Study, path: str | Path) -> Path:
+    """Parameter importances as a horizontal bar chart (most important on top).
+
+    Shows at most :data:`MAX_IMPORTANCES` parameters. When importances cannot be computed
+    (see :func:`param_importances`) the figure says :data:`IMPORTANCE_PLACEHOLDER` instead.
+
+    Args:
+        study: Any Optuna study (single objective).
+        path: The PNG to write.
+
+    Returns:
+        The path written.
+    """
+    importances = param_importances(study)
+    shown = sorted((importances or {}).items(), key=lambda kv: -kv[1])[:MAX_IMPORTANCES]
+    fig, ax = _figure(7.5, max(3.0, 0.32 * len(shown) + 1.4))
+    if importances is None:
+        ax.set_title(f"{study.study_name}: parameter importances")
+        _placeholder(ax, IMPORTANCE_PLACEHOLDER)
+        return _save(fig, path)
+    names = [name for name, _ in reversed(shown)]
+    values = [value for _, value in reversed(shown)]
+    ax.barh(names, values, color="#1f5fa8")
+    for y, value in enumerate(values):
+        ax.text(value, y, f" {value:.2f}", va="center", fontsize=8)
+    extra = f" (top {len(shown)} of {len(importances)})" if len(importances) > len(shown) else ""
+    ax.set_title(f"{study.study_name}: parameter importances (fANOVA){extra}")
+    ax.set_xlabel("importance (sums to 1)")
+    ax.set_xlim(0, max(values) * 1.15)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def write_html(
+    report_dir: str | Path,
+    status_text: str,
+    images: Sequence[str | Path],
+    *,
+    title: str = "cnas-hpc study report",
+) -> Path:
+    """Write ``<report_dir>/index.html``: the status text in ``<pre>`` and the pictures.
+
+    The page needs nothing but the PNGs next to it (no script, no stylesheet, no network).
+    Images are referenced relative to ``report_dir`` when they lie under it, so the folder can
+    be copied off the cluster as a whole. All text is HTML-escaped.
+
+    Args:
+        report_dir: Folder of the page (created if missing).
+        status_text: Plain text shown verbatim (e.g. what ``report.format_status`` returns).
+        images: PNG paths, shown in this order, each captioned by its file name.
+        title: The page's title and heading.
+
+    Returns:
+        The path of ``index.html``.
+    """
+    folder = Path(report_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = []
+    for image in images:
+        path = Path(image)
+        source = Path(os.path.relpath(path.resolve(), folder.resolve())).as_posix()
+        if source.startswith("../"):
+            source = path.resolve().as_uri()
+        caption = html.escape(path.stem.replace("_", " "))
+        figures.append(
+            f'<figure><img src="{html.escape(source, quote=True)}" alt="{caption}">'
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
+    page = "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{html.escape(title)}</title>",
+            "<style>body{font-family:sans-serif;margin:2em;max-width:80em}"
+            "pre{background:#f6f6f6;padding:1em;overflow-x:auto}"
+            "figure{display:inline-block;margin:1em;vertical-align:top}"
+            "img{max-width:100%;border:1px solid #ddd}</style>",
+            "</head><body>",
+            f"<h1>{html.escape(title)}</h1>",
+            f"<pre>{html.escape(status_text)}</pre>",
+            *figures,
+            "</body></html>",
+            "",
+        ]
+    )
+    out = folder / "index.html"
+    tmp = out.with_suffix(".html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return out

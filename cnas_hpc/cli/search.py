@@ -1,0 +1,239 @@
+"""Glue between Hydra and the library: the bootstrap callback and the search task function.
+
+Contract:
+    * :class:`BootstrapCallback` runs in the SUBMITTING process (``on_run_start`` for a single
+      run, ``on_multirun_start`` before the launcher queues anything): it validates the config,
+      the data and the launcher request, then creates or checks the study. On bad input it prints
+      one line ``error: ...`` and exits with status 2: nothing is queued, nothing is written.
+    * :func:`run_search_task` is the body of every worker (every rank of every array task): it
+      only loads the study, runs the worker loop, and on a single local run prints the best
+      trials and writes ``best_genotype.json``.
+
+What the submitting side refuses (each with its own line): invalid values (unknown op or
+encoding, impossible sizes, fractions outside (0, 1], ``search.n_trials <= 0``, ...: see
+:mod:`cnas_hpc.config`), missing data files, a search split smaller than one batch (digits and
+npz, whose image counts are cheap to read), a launcher asking for more GPUs than tasks or a batch
+the world size does not divide, an unreachable database, refused credentials, a study name taken
+by another search space or objective, and a password written into ``study.storage``.
+
+Secrets: the database password comes from ``PGPASSWORD``, ``~/.pgpass`` or an
+``${oc.env:VAR}`` interpolation inside the URL; never from text Hydra saves. The callback runs
+before Hydra writes anything (``.hydra/*.yaml``, ``multirun.yaml``, submitit pickles), so a
+literal password is refused before it reaches a file (see
+:func:`cnas_hpc.common.storage_url.check_storage_secret`); the URL is only ever printed masked.
+
+The observers of each worker (terminal progress, W&B trial runs, the W&B study view) are
+composed here (:func:`make_observers`) and handed to the worker, which knows them only through
+its observer protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from cnas_hpc.analysis.study_view import StudyViewObserver
+from cnas_hpc.analysis.summary import best_trials, format_table, write_best_genotypes
+from cnas_hpc.cli.common import USER_ERRORS, check_config_secrets, fail, settings_of
+from cnas_hpc.common.errors import ConfigError
+from cnas_hpc.common.storage_url import mask_url
+from cnas_hpc.config import Settings
+from cnas_hpc.config.data import DataConfig
+from cnas_hpc.config.train import check_global_batch
+from cnas_hpc.data.datasets import ImageArrays, check_available
+from cnas_hpc.data.splits import make_search_data
+from cnas_hpc.distributed.env import DistEnv
+from cnas_hpc.search.observer import TrialObserver
+from cnas_hpc.search.worker import run_worker
+from cnas_hpc.study.lifecycle import bootstrap_study, load_study
+from cnas_hpc.tracking.progress import SearchProgress
+from cnas_hpc.tracking.wandb_tracker import WandbTracker
+
+log = logging.getLogger("cnas_hpc")
+
+
+def check_launcher(launcher: DictConfig | None, settings: Settings) -> None:
+    """Refuse launcher requests that cannot work, before anything is queued.
+
+    Raises:
+        ConfigError: more GPUs per node than tasks per node (ranks are one per GPU), or a global
+            batch that the world size does not divide.
+    """
+    if launcher is None:
+        return
+    tasks = int(launcher.get("tasks_per_node") or 1)
+    nodes = int(launcher.get("nodes") or 1)
+    gpus = launcher.get("gpus_per_node")
+    if gpus is not None and not isinstance(gpus, int):
+        gpus = int(str(gpus).split(":")[-1])
+    if gpus is not None and gpus > tasks:
+        raise ConfigError(
+            f"hydra.launcher.gpus_per_node={gpus} exceeds tasks_per_node={tasks}: "
+            "one rank drives one GPU, set tasks_per_node to the number of GPUs"
+        )
+    check_global_batch(settings.train.batch_size, tasks * nodes, hint=" (tasks_per_node x nodes)")
+
+
+def _source_size(cfg: DataConfig) -> tuple[int, bool] | None:
+    """``(number of images, has labels)`` of the source, where that is cheap; else ``None``.
+
+    digits: scikit-learn's bundled set (1,797). npz: read from the ``images.npy`` header in the
+    zip archive, without decompressing the images.
+
+    Raises:
+        ValueError: the npz file is not a zip archive (``np.savez`` output).
+    """
+    if cfg.source == "digits":
+        from sklearn.datasets import load_digits
+
+        return int(load_digits().target.shape[0]), True
+    if cfg.source != "npz" or cfg.path is None:
+        return None
+    path = Path(cfg.path).expanduser()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if "images.npy" not in names:
+                return None  # the loader names the missing key
+            with archive.open("images.npy") as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape = np.lib.format.read_array_header_1_0(member)[0]
+                elif version == (2, 0):
+                    shape = np.lib.format.read_array_header_2_0(member)[0]
+                else:
+                    return None
+    except zipfile.BadZipFile:
+        raise ValueError(f"npz file {path} is not an .npz archive (data.path)") from None
+    if not shape:
+        return None
+    return int(shape[0]), "labels.npy" in names
+
+
+def check_search_split(settings: Settings) -> None:
+    """Refuse a search split with fewer training images than one global batch.
+
+    Only for sources whose size is cheap to know (digits, npz); other sources are checked by
+    the worker when it loads them.
+
+    Raises:
+        ConfigError: the training split is smaller than ``train.batch_size``.
+        ValueError: the split leaves no training image, or wants labels the source lacks.
+    """
+    data = settings.data
+    found = _source_size(data)
+    if found is None:
+        return
+    n, labeled = found
+    if data.max_images is not None:
+        n = min(n, data.max_images)
+    # The real split function on 1x1 stand-in images: its sizes can never drift from the
+    # worker's, and n bytes x 3 is cheap even for large sources.
+    stand_in = ImageArrays(
+        torch.zeros((n, 3, 1, 1), dtype=torch.uint8),
+        torch.zeros(n, dtype=torch.int64) if labeled else None,
+        str(data.path) if data.source == "npz" else data.source,
+    )
+    n_train = len(make_search_data(stand_in, data).train)
+    check_global_batch(settings.train.batch_size, 1, n_train)
+
+
+def validate_and_bootstrap(cfg: DictConfig, launcher: DictConfig | None) -> Settings:
+    """Everything the submitting side checks, then the one-time study bootstrap.
+
+    The order puts what needs nothing first and the database last, so that a refused config
+    never writes to the database (the bootstrap is the only writer).
+    """
+    check_config_secrets(cfg)
+    settings = settings_of(cfg)
+    check_config_secrets(cfg, settings)
+    check_available(settings.data)
+    check_search_split(settings)
+    check_launcher(launcher, settings)
+    result = bootstrap_study(settings)
+    log.info(
+        "study %r in %s: %s, %d/%d trials complete",
+        result.study_name,
+        mask_url(result.storage_url),
+        "created" if result.created else "resumed",
+        result.n_complete,
+        settings.search.n_trials,
+    )
+    return settings
+
+
+class BootstrapCallback(Callback):
+    """Hydra callback: validate and bootstrap once, in the submitting process."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # A single run may itself be one rank of a torchrun job: only rank 0 bootstraps.
+        if DistEnv.from_environment().global_rank != 0:
+            return
+        self._bootstrap(config, launcher=None)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        launcher = config.hydra.get("launcher")
+        self._bootstrap(config, launcher=launcher if "tasks_per_node" in launcher else None)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            print_summary(settings_of(config))
+        except Exception as exc:
+            log.warning("could not summarise the study: %s", exc)
+
+    @staticmethod
+    def _bootstrap(config: DictConfig, launcher: DictConfig | None) -> None:
+        try:
+            validate_and_bootstrap(config, launcher)
+        except USER_ERRORS as exc:
+            fail(str(exc))
+
+
+def print_summary(settings: Settings, k: int = 5) -> Path | None:
+    """Print the best trials and write ``<output_dir>/<study>/best_genotype.json``."""
+    study = load_study(settings, worker=settings.worker)
+    ranked = best_trials(study, k)
+    if not ranked:
+        log.warning("study %r has no COMPLETE trial yet", study.study_name)
+        return None
+    path = Path(settings.output_dir) / study.study_name / "best_genotype.json"
+    write_best_genotypes(ranked, path, study_name=study.study_name)
+    best = ranked[0]
+    print(f"\nBest trials of study {study.study_name!r} ({settings.search.objective}):")
+    print(format_table(ranked, settings.search.objective))
+    print(f"\nBest genotype (trial {best.number}):\n{best.genotype}")
+    print(f"Written to {path}", flush=True)
+    return path
+
+
+def make_observers(settings: Settings, study: optuna.Study) -> list[TrialObserver]:
+    """Rank 0's observers: terminal progress, and with W&B on, trial runs and the study view."""
+    observers: list[TrialObserver] = [SearchProgress(settings.search.n_trials)]
+    if settings.wandb.enabled:
+        observers.append(WandbTracker(settings))
+        observers.append(StudyViewObserver(settings, study=lambda: study))
+    return observers
+
+
+def run_search_task(cfg: DictConfig) -> int:
+    """Body of every worker process. Returns the number of trials this worker completed."""
+    try:
+        settings = settings_of(cfg)
+        env = DistEnv.from_environment()
+        report = run_worker(settings, env, observers=partial(make_observers, settings))
+        if env.is_main and HydraConfig.get().mode == RunMode.RUN:
+            print_summary(settings)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    return report.completed

@@ -1,0 +1,31 @@
+"""The value a trial reports to the study, and which way is better (ground floor: pure data)."""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+Direction = Literal["minimize", "maximize"]
+
+#: objective name -> study direction. The first is the default.
+OBJECTIVES: Final[dict[str, Direction]] = {
+    # Contrastive loss on held-out unlabeled images, same fixed views for every trial.
+    "val_contrastive_loss": "minimize",
+    # Mean contrastive loss of the last training epoch (what the reference code reports).
+    "train_contrastive_loss": "minimize",
+    # Leave-one-out kNN accuracy on a small labeled split: NOT label-free, off by default.
+    "knn_accuracy": "maximize",
+}
+
+
+def direction_of(objective: str) -> Direction:
+    """Study direction for ``objective``.
+
+    Raises:
+        ValueError: unknown objective.
+    """
+    try:
+        return OBJECTIVES[objective]
+    except KeyError:
+        raise ValueError(
+            f"unknown objective {objective!r} (known: {', '.join(OBJECTIVES)})"
+        ) from None

@@ -1,0 +1,34 @@
+"""The ``study`` config group: where the shared Optuna study lives and how TPE samples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """TPE settings, all explicit: their defaults changed between Optuna 4.x and 5.x."""
+
+    n_startup_trials: int = 4
+    n_ei_candidates: int = 24
+    multivariate: bool = True
+    group: bool = False
+    constant_liar: bool = True
+    seed: int | None = 0
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Where the study lives. ``storage`` is an SQLAlchemy URL (sqlite or postgresql)."""
+
+    name: str = "cnas"
+    # repr=False: a resolved URL may hold a password; never let a log of the settings show it.
+    storage: str = field(default="sqlite:///runs/cnas.db", repr=False)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    heartbeat_interval: int = 30
+    grace_period: int = 180
+    max_retry: int = 2
+    pool_size: int = 0
+    connect_timeout: int = 10
+    #: keep retrying a failing database operation this long before the worker gives up
+    retry_deadline_s: float = 600.0

@@ -1,0 +1,91 @@
+"""The ``train`` config group: contrastive training of one candidate (the proxy task)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cnas_hpc.common.errors import ConfigError
+from cnas_hpc.config.checks import check_positive
+
+LOSSES = ("ntxent", "membank_nce")
+
+
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Contrastive training of one candidate (the proxy task).
+
+    ``batch_size`` is the GLOBAL batch over all ranks of a worker; each rank gets
+    ``batch_size // world_size`` images per step.
+    """
+
+    epochs: int = 2
+    batch_size: int = 128
+    max_steps_per_epoch: int | None = None
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.0
+    loss: str = "ntxent"
+    temperature: float = 0.5
+    membank_negatives: int = 510
+    membank_momentum: float = 0.5
+    amp: str = "none"
+    grad_clip: float | None = 5.0
+    knn_k: int = 20
+    log_every_steps: int = 10
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        check_positive("train", self, ("epochs", "batch_size", "lr", "temperature", "knn_k"))
+        check_positive("train", self, ("membank_negatives", "log_every_steps"))
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ConfigError(
+                f"train.max_steps_per_epoch must be >= 1, got {self.max_steps_per_epoch}"
+            )
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"train.optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if not 0.0 <= self.membank_momentum < 1.0:
+            raise ConfigError(
+                f"train.membank_momentum must be in [0, 1), got {self.membank_momentum}"
+            )
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise ConfigError(
+                f"train.warmup_epochs must be in [0, epochs], got {self.warmup_epochs}"
+            )
+
+
+def check_global_batch(
+    batch_size: int, world_size: int, n_images: int | None = None, *, hint: str = ""
+) -> None:
+    """The one rule of the global batch: the world size divides it, and one batch fits the data.
+
+    ``train.batch_size`` is the GLOBAL batch over all ranks of a worker; every rank trains on
+    ``batch_size // world_size`` images per step, and an epoch has ``n_images // batch_size``
+    steps (the last partial batch is dropped).
+
+    Args:
+        batch_size: ``train.batch_size``.
+        world_size: Ranks that train together (``tasks_per_node x nodes``).
+        n_images: Training images of the split, when known.
+        hint: Appended to the divisibility message (e.g. where the world size comes from).
+
+    Raises:
+        ConfigError: one line naming ``train.batch_size``.
+    """
+    if batch_size % world_size:
+        raise ConfigError(
+            f"train.batch_size={batch_size} is not divisible by the world size {world_size}{hint}"
+        )
+    if n_images is not None and n_images < batch_size:
+        raise ConfigError(
+            f"the search split has {n_images} images, fewer than one batch "
+            f"(train.batch_size={batch_size}): raise data.fraction or lower the batch size"
+        )

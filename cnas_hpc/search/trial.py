@@ -1,0 +1,292 @@
+"""One trial on every rank of a worker: build the candidate, train it, score it, record it.
+
+Contract:
+    * Every rank runs a :class:`TrialRunner` for the same assignment
+      (:class:`~cnas_hpc.search.owner.Assignment`); only global rank 0 holds the
+      :class:`~cnas_hpc.search.owner.TrialOwner` (the study) and the observers, so only rank 0
+      records heartbeats, attributes and the result.
+    * :meth:`TrialRunner.run` returns ``None`` when the trial completed, ``"stopped"`` when a
+      preemption stopped it (checkpointed, still RUNNING for the requeued job), else the failure
+      reason (rank 0 told it PRUNED or FAIL).
+    * A diverging or out-of-memory candidate is told PRUNED: TPE ranks pruned trials below every
+      COMPLETE one and so learns to avoid such cells, whereas it ignores FAIL trials and would
+      keep proposing them. Any other exception (a bug, an invalid architecture) is told FAIL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from optuna.trial import TrialState
+
+from cnas_hpc.common import attrs
+from cnas_hpc.config import Settings, public_hparams
+from cnas_hpc.data.splits import SearchData
+from cnas_hpc.distributed.env import DistEnv
+from cnas_hpc.distributed.preemption import Preemption
+from cnas_hpc.models.complexity import count_macs, count_parameters
+from cnas_hpc.search.observer import ObserverGroup, TrialInfo
+from cnas_hpc.search.owner import Assignment, TrialOwner
+from cnas_hpc.space.genotype import Genotype, genotype_from_json
+from cnas_hpc.study.heartbeat import Heartbeat
+from cnas_hpc.study.optuna_internals import trial_id_of
+from cnas_hpc.train.checkpoint import (
+    TrainState,
+    checkpoint_path,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+)
+from cnas_hpc.train.loop import Checkpointing, build_candidate, train_candidate
+from cnas_hpc.train.memory import memory_mb, release_memory
+from cnas_hpc.train.outcome import EpochMetrics, TrainingAbortedError, TrainResult
+from cnas_hpc.train.step import ProxyTask
+
+log = logging.getLogger(__name__)
+
+#: Failures that say "this architecture is bad" rather than "the worker is broken".
+PRUNED_REASONS = ("non_finite_loss", "out_of_memory")
+
+#: Result fields of a trial -> the user attribute they are stored in.
+RESULT_ATTRS = {
+    "resumed_from_epoch": attrs.RESUMED_FROM_EPOCH,
+    "wall_s": attrs.WALL_S,
+    "epochs_done": attrs.EPOCHS_DONE,
+    "train_loss": attrs.TRAIN_LOSS,
+    "val_loss": attrs.VAL_LOSS,
+    "knn_accuracy": attrs.KNN_ACCURACY,
+    "images_per_s": attrs.IMAGES_PER_S,
+}
+
+
+def proxy_task(settings: Settings) -> ProxyTask:
+    """The proxy task a search's settings describe."""
+    return ProxyTask(settings.train, settings.augment, settings.data.image_size, settings.seed)
+
+
+def objective_of(metrics: EpochMetrics, objective: str) -> float | None:
+    """The value of ``objective`` after one epoch (None when not computed)."""
+    return {
+        "val_contrastive_loss": metrics.val_loss,
+        "train_contrastive_loss": metrics.train_loss,
+        "knn_accuracy": metrics.knn_accuracy,
+    }[objective]
+
+
+class TrialRunner:
+    """Trains one assigned trial on this rank; see the module docstring for the contract.
+
+    Args:
+        assignment: what rank 0 broadcast (trial number, genotype, checkpoint key).
+        settings: the search's validated settings.
+        env: this process's place in its job.
+        device: this rank's training device.
+        data: the search splits (CPU).
+        owner: rank 0's study handle (None on other ranks).
+        observers: rank 0's observers (empty on other ranks).
+        preemption: the process's USR2 flag, polled by the training loop.
+    """
+
+    def __init__(
+        self,
+        assignment: Assignment,
+        settings: Settings,
+        env: DistEnv,
+        device: torch.device,
+        data: SearchData,
+        owner: TrialOwner | None,
+        observers: ObserverGroup,
+        preemption: Preemption,
+    ) -> None:
+        self.assignment, self.settings, self.env = assignment, settings, env
+        self.device, self.data, self.owner = device, data, owner
+        self.observers, self.preemption = observers, preemption
+        self.genotype: Genotype = genotype_from_json(assignment.genotype_json)
+        self.ckpt_path: Path = checkpoint_path(
+            settings.checkpoint_root, settings.study.name, assignment.checkpoint_key
+        )
+        self.summary: dict[str, Any] = {}
+        self.started = time.perf_counter()
+        self._last_step = (self.started, 0)
+
+    # -- the trial ------------------------------------------------------------------------------
+
+    def run(self) -> str | None:
+        """Train and record the trial; see the module docstring for the return value."""
+        resume = (
+            load_checkpoint(self.ckpt_path, genotype_json=self.assignment.genotype_json)
+            if self.settings.checkpoint.enabled
+            else None
+        )
+        heartbeat = self._heartbeat()
+        try:
+            with heartbeat:
+                result = self._train(resume)
+        except TrainingAbortedError as exc:
+            if exc.reason == "stopped":
+                self.observers.notify("trial_finished", "INTERRUPTED", None, self.summary)
+                return "stopped"
+            return self._fail(exc)
+        except (ValueError, RuntimeError) as exc:
+            return self._fail(exc)
+        finally:
+            release_memory(self.device)
+        self._complete(result)
+        return None
+
+    def _heartbeat(self) -> contextlib.AbstractContextManager[object]:
+        owner = self.owner
+        if owner is None or owner.trial is None:
+            return contextlib.nullcontext()
+        trial_id = trial_id_of(owner.trial)
+        return Heartbeat(owner.storage, trial_id, self.settings.study.heartbeat_interval)
+
+    def _train(self, resume: TrainState | None) -> TrainResult:
+        model = build_candidate(self.genotype, self.settings.model, self.settings.seed, self.device)
+        if self.owner is not None and self.owner.trial is not None:
+            self._record_complexity(model, resume)
+        result = train_candidate(
+            model,
+            self.data,
+            proxy_task(self.settings),
+            self.device,
+            on_step=self.on_step,
+            on_epoch=self.on_epoch,
+            should_stop=self.stop_requested,
+            checkpointing=self._checkpointing(resume),
+        )
+        log.info(
+            "rank %d/%d trained trial %d: %d steps, %.0f images/s%s",
+            self.env.global_rank,
+            self.env.world_size,
+            self.assignment.number,
+            result.steps,
+            result.images_per_s,
+            f", resumed at epoch {result.resumed_from_epoch}" if resume is not None else "",
+        )
+        return result
+
+    def _record_complexity(self, model: torch.nn.Module, resume: TrainState | None) -> None:
+        assert self.owner is not None and self.owner.trial is not None
+        image = (3, self.settings.data.image_size, self.settings.data.image_size)
+        self.summary.update(n_params=count_parameters(model), macs=count_macs(model, image))
+        self.owner.set_attrs(
+            {attrs.N_PARAMS: self.summary["n_params"], attrs.MACS: self.summary["macs"]}
+        )
+        self.observers.notify("trial_started", self._info(resume), **self.summary)
+
+    def _info(self, resume: TrainState | None) -> TrialInfo:
+        assert self.owner is not None and self.owner.trial is not None
+        trial, settings, env = self.owner.trial, self.settings, self.env
+        return TrialInfo(
+            study_name=settings.study.name,
+            number=self.assignment.number,
+            genotype=self.genotype,
+            params=dict(trial.params),
+            worker=env.worker_label,
+            worker_index=settings.worker,
+            world_size=env.world_size,
+            array_job_id=env.array_job_id,
+            array_task_id=env.array_task_id,
+            hparams=public_hparams(settings),
+            segment=int(trial.user_attrs.get(attrs.REQUEUES, 0)) + (resume is not None),
+            start_epoch=resume.epoch if resume is not None else 0,
+        )
+
+    def _checkpointing(self, resume: TrainState | None) -> Checkpointing:
+        enabled = self.settings.checkpoint.enabled
+        return Checkpointing(
+            save=self.save if self.env.is_main and enabled else None,
+            every_s=self.settings.checkpoint.every_minutes * 60 if enabled else math.inf,
+            resume=resume,
+            trial=self.assignment.number,
+            genotype_json=self.assignment.genotype_json,
+        )
+
+    # -- hooks of the training loop -------------------------------------------------------------
+
+    def stop_requested(self) -> bool:
+        """Whether a preemption or timeout signal asked this process to stop."""
+        return self.preemption.requested
+
+    def save(self, state: TrainState) -> None:
+        """Persist the trial's training state (rank 0)."""
+        save_checkpoint(state, self.ckpt_path)
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        """Per-step metrics with throughput and memory, to the observers."""
+        now = time.perf_counter()
+        last_time, last_step = self._last_step
+        images_per_s = (step - last_step) * self.settings.train.batch_size
+        metrics = {
+            **metrics,
+            "images_per_s": images_per_s / max(now - last_time, 1e-9),
+            "memory_mb": memory_mb(self.device),
+        }
+        self._last_step = (now, step)
+        self.observers.notify("step", step, metrics)
+
+    def on_epoch(self, metrics: EpochMetrics) -> None:
+        """Report the epoch's objective to the study (rank 0) and the metrics to observers."""
+        value = objective_of(metrics, self.settings.search.objective)
+        if self.owner is not None and value is not None and math.isfinite(value):
+            self.owner.report(value, metrics.epoch)
+        self.observers.notify(
+            "epoch",
+            metrics.epoch,
+            {
+                "train_loss": metrics.train_loss,
+                "val_loss": metrics.val_loss,
+                "knn_accuracy": metrics.knn_accuracy,
+                "objective": value,
+                "images_per_s": metrics.images_per_s,
+                "lr": metrics.lr,
+            },
+        )
+
+    # -- the outcome ----------------------------------------------------------------------------
+
+    def _complete(self, result: TrainResult) -> None:
+        value = result.objective(self.settings.search.objective)
+        if self.owner is None:
+            return
+        self.summary.update(
+            wall_s=time.perf_counter() - self.started,
+            epochs_done=result.epochs_done,
+            train_loss=result.train_loss,
+            val_loss=result.val_loss,
+            knn_accuracy=result.knn_accuracy,
+            images_per_s=result.images_per_s,
+            resumed_from_epoch=result.resumed_from_epoch,
+        )
+        self.owner.finish(
+            TrialState.COMPLETE,
+            value,
+            {attr: self.summary.get(key) for key, attr in RESULT_ATTRS.items()},
+        )
+        self.observers.notify("trial_finished", "COMPLETE", value, self.summary)
+        remove_checkpoint(self.ckpt_path)
+
+    def _fail(self, exc: BaseException) -> str:
+        """End the trial with its reason (rank 0 tells); every rank returns the reason."""
+        reason = getattr(exc, "reason", type(exc).__name__)
+        if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+            reason = "out_of_memory"
+        message = f"{reason}: {exc}".splitlines()[0]
+        log.debug("trial %d failed:\n%s", self.assignment.number, traceback.format_exc())
+        if self.owner is not None:
+            state = TrialState.PRUNED if reason in PRUNED_REASONS else TrialState.FAIL
+            self.summary.update(wall_s=time.perf_counter() - self.started, fail_reason=message)
+            self.owner.finish(
+                state, None, {attrs.FAIL_REASON: message, attrs.WALL_S: self.summary["wall_s"]}
+            )
+            self.observers.notify("trial_finished", state.name, None, self.summary)
+            remove_checkpoint(self.ckpt_path)
+        return message

@@ -1,0 +1,64 @@
+"""A heartbeat for ask/tell workers.
+
+Optuna records heartbeats only inside ``study.optimize``; our workers use ask/tell, so a
+background thread records them while a trial trains. Unlike Optuna's own thread, this one
+survives database errors: it logs, backs off and keeps trying, so a short outage does not
+leave a trial without heartbeats while it still trains. A trial is declared stale by other
+workers after ``study.grace_period`` seconds without a heartbeat: that period is therefore the
+longest database outage a running trial survives (README, "Fault tolerance").
+
+Only global rank 0 runs a heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import TracebackType
+
+from optuna.storages import BaseStorage
+
+from cnas_hpc.study.optuna_internals import record_heartbeat
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """Context manager recording heartbeats of one RUNNING trial every ``interval`` seconds."""
+
+    def __init__(self, storage: BaseStorage, trial_id: int, interval: float) -> None:
+        self._storage = storage
+        self._trial_id = trial_id
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cnas-heartbeat", daemon=True)
+        self.failures = 0
+
+    def _beat(self) -> None:
+        try:
+            record_heartbeat(self._storage, self._trial_id)
+            self.failures = 0
+        except Exception as exc:  # an outage must not kill the thread
+            self.failures += 1
+            log.warning("heartbeat of trial id %d failed (%s); retrying", self._trial_id, exc)
+
+    def _run(self) -> None:
+        while True:
+            self._beat()
+            # Retry sooner after a failure, so the outage costs at most a few seconds of grace.
+            wait = self._interval if self.failures == 0 else min(self._interval, 2.0)
+            if self._stop.wait(wait):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

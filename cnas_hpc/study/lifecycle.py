@@ -1,0 +1,119 @@
+"""Creating and loading a search's study: the bootstrap (once, submitting side) and the load.
+
+Contract:
+    * The study (SQLite file or PostgreSQL database) is the single source of truth of a search:
+      running the same command again resumes it.
+    * Exactly one process creates the schema and the study: :func:`bootstrap_study`, called on the
+      submitting side before anything is queued (or by the single local worker). Workers call
+      :func:`load_study`, which never creates tables.
+    * A study remembers the search space and objective it was built for (study user attrs
+      ``cnas:space`` and ``cnas:objective``); loading it with another one is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import optuna
+import sqlalchemy
+
+from cnas_hpc.common import attrs
+from cnas_hpc.common.errors import StudyError
+from cnas_hpc.common.objectives import direction_of
+from cnas_hpc.common.storage_url import mask_url, normalize_storage_url
+from cnas_hpc.config import Settings
+from cnas_hpc.space.encoding import encoding_from_config
+from cnas_hpc.study.sampler import make_sampler
+from cnas_hpc.study.storage import describe_db_error, make_storage
+
+log = logging.getLogger(__name__)
+
+
+def _fingerprint(settings: Settings) -> tuple[str, str]:
+    space = json.dumps(encoding_from_config(settings.space).fingerprint(), sort_keys=True)
+    return space, settings.search.objective
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """What :func:`bootstrap_study` found or made."""
+
+    storage_url: str
+    study_name: str
+    created: bool
+    n_complete: int
+
+
+def _check_compatible(study: optuna.Study, settings: Settings) -> None:
+    space, objective = _fingerprint(settings)
+    recorded = study.user_attrs
+    if recorded.get(attrs.STUDY_OBJECTIVE, objective) != objective:
+        raise StudyError(
+            f"study {study.study_name!r} was built for objective "
+            f"{recorded[attrs.STUDY_OBJECTIVE]!r}, not {objective!r}: choose another study.name"
+        )
+    if recorded.get(attrs.STUDY_SPACE, space) != space:
+        raise StudyError(
+            f"study {study.study_name!r} was built for another search space "
+            f"({recorded[attrs.STUDY_SPACE]}): choose another study.name"
+        )
+
+
+def bootstrap_study(settings: Settings) -> BootstrapResult:
+    """Create the schema and the study once, or check an existing one. Submitting side only.
+
+    Nothing is written when the existing study is incompatible.
+
+    Raises:
+        StudyError: unreachable database, wrong credentials, incompatible existing study.
+    """
+    cfg = settings.study
+    url = normalize_storage_url(cfg.storage)
+    storage = make_storage(cfg, create_tables=True, url=url)
+    direction = direction_of(settings.search.objective)
+    try:
+        existing = {s.study_name for s in storage.get_all_studies()}
+        created = cfg.name not in existing
+        if created:
+            study = optuna.create_study(storage=storage, study_name=cfg.name, direction=direction)
+            space, objective = _fingerprint(settings)
+            study.set_user_attr(attrs.STUDY_SPACE, space)
+            study.set_user_attr(attrs.STUDY_OBJECTIVE, objective)
+        else:
+            study = optuna.load_study(study_name=cfg.name, storage=storage)
+            _check_compatible(study, settings)
+        n_complete = len(
+            study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        )
+    except StudyError:
+        raise
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise StudyError(describe_db_error(exc, url)) from None
+    finally:
+        storage.engine.dispose()
+    return BootstrapResult(url, cfg.name, created, n_complete)
+
+
+def load_study(settings: Settings, *, worker: int) -> optuna.Study:
+    """Load the bootstrapped study with this worker's sampler. Never creates anything.
+
+    Raises:
+        StudyError: unreachable database, missing or incompatible study.
+    """
+    cfg = settings.study
+    url = normalize_storage_url(cfg.storage)
+    storage = make_storage(cfg, create_tables=False, url=url)
+    try:
+        study = optuna.load_study(study_name=cfg.name, storage=storage)
+        n_existing = len(study.get_trials(deepcopy=False))
+        study.sampler = make_sampler(cfg.sampler, worker=worker, n_existing=n_existing)
+    except KeyError:
+        raise StudyError(
+            f"study {cfg.name!r} does not exist in {mask_url(url)}: bootstrap it first"
+        ) from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise StudyError(describe_db_error(exc, url)) from None
+    _check_compatible(study, settings)
+    return study

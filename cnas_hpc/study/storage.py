@@ -1,0 +1,120 @@
+"""Opening the study's database: connection pools sized for many workers, and one-line errors.
+
+Contract:
+    * Only global rank 0 of a worker (and the submitting process) opens a storage; other ranks
+      never touch the database.
+    * Exactly one process creates the schema (``create_tables=True``): the submitting side's
+      bootstrap. Workers never create tables (concurrent schema creation on a fresh PostgreSQL
+      database races on ``alembic_version``).
+    * Every message built here names the URL through
+      :func:`~cnas_hpc.common.storage_url.mask_url` only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+import optuna
+from sqlalchemy.engine import make_url
+from sqlalchemy.engine.url import URL
+from sqlalchemy.pool import NullPool
+
+from cnas_hpc.common.errors import StudyError
+from cnas_hpc.common.storage_url import mask_url, normalize_storage_url
+from cnas_hpc.config.study import StudyConfig
+from cnas_hpc.study.budget import RequeueStaleTrial
+
+
+def _engine_kwargs(url: URL, cfg: StudyConfig) -> dict[str, Any]:
+    if url.get_backend_name() == "sqlite":
+        # Several local processes may share one file: wait for the write lock instead of failing.
+        return {"connect_args": {"timeout": 60}}
+    kwargs: dict[str, Any] = {
+        "connect_args": {"connect_timeout": cfg.connect_timeout},
+        "pool_pre_ping": True,
+    }
+    if cfg.pool_size <= 0:
+        # A worker talks to the database a few times per trial: holding no idle connection
+        # lets hundreds of workers share max_connections (see README, "PostgreSQL sizing").
+        kwargs["poolclass"] = NullPool
+    else:
+        kwargs.update(pool_size=cfg.pool_size, max_overflow=1, pool_recycle=300)
+    return kwargs
+
+
+def make_storage(
+    cfg: StudyConfig, *, create_tables: bool, url: str | None = None
+) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats enabled and pools sized for many workers.
+
+    Args:
+        cfg: study settings (URL, heartbeat, pool).
+        create_tables: True only for the one bootstrapping process.
+        url: an already normalised URL (default: normalise ``cfg.storage``).
+
+    Raises:
+        StudyError: the database is unreachable, refuses the credentials, or lacks the schema.
+    """
+    url = url or normalize_storage_url(cfg.storage)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and create_tables:
+        Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=_engine_kwargs(parsed, cfg),
+            skip_table_creation=not create_tables,
+            heartbeat_interval=cfg.heartbeat_interval,
+            grace_period=cfg.grace_period,
+            heartbeat_stale_trial_callback=RequeueStaleTrial(cfg.max_retry),
+        )
+    except Exception as exc:
+        raise StudyError(describe_db_error(exc, url)) from None
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """The DB-API error under ``exc`` (SQLAlchemy's ``.orig``, through ``__cause__`` and
+    ``__context__``), or ``exc`` itself when there is none."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        orig = getattr(current, "orig", None)
+        if isinstance(orig, BaseException):
+            return orig
+        current = current.__cause__ or current.__context__
+    return exc
+
+
+def describe_db_error(exc: BaseException, url: str) -> str:
+    """One line explaining a database failure, naming the masked URL and never the password.
+
+    The driver's message is scrubbed of the URL's password (raw and percent-encoded) before any
+    of it is used: drivers do not normally echo it, but a DSN in an exception would. Optuna wraps
+    some driver errors (``StorageInternalError: An exception is raised during the commit``), so
+    the chain of causes is searched for the driver's own error.
+    """
+    text = str(_driver_error(exc))
+    masked = mask_url(url)
+    try:
+        password = make_url(url).password
+    except Exception:
+        password = None
+    if password:
+        secret = str(password)
+        for form in sorted({secret, quote(secret, safe=""), quote_plus(secret)}, key=len)[::-1]:
+            text = text.replace(form, "***")
+    lowered = text.lower()
+    if "password authentication failed" in lowered or "no password supplied" in lowered:
+        why = "the server refused the credentials (check PGPASSWORD or ~/.pgpass)"
+    elif "does not exist" in lowered and "database" in lowered:
+        why = "the database does not exist (create it first)"
+    elif "could not connect" in lowered or "connection refused" in lowered or "timeout" in lowered:
+        why = "the server is unreachable"
+    elif "no such table" in lowered or "undefinedtable" in lowered or "relation" in lowered:
+        why = "the database has no Optuna schema: bootstrap the study first"
+    else:
+        why = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"cannot use study storage {masked}: {why}"

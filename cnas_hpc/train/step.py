@@ -1,0 +1,259 @@
+"""One optimisation step of the contrastive proxy task, as named pieces.
+
+A step is ``views -> forward -> loss -> finite check -> backward -> update``; each piece is a
+method of :class:`ContrastiveStep`, testable on its own, and :meth:`ContrastiveStep.__call__`
+chains them. Data parallelism:
+
+* The model is wrapped in DistributedDataParallel (DDP broadcasts rank 0's weights at
+  construction) but every forward and backward runs under ``no_sync``: both are rank-local
+  (no buffer broadcast, no bucket all-reduce), and :meth:`ContrastiveStep.update` averages the
+  gradients afterwards in one coalesced all-reduce, which is what DDP's hooks would do. Unlike
+  the hooks, this lets the ranks AGREE on an out-of-memory error in the forward or in the
+  backward pass before any gradient collective starts, so no rank is left waiting.
+* BatchNorm statistics stay per rank.
+* Augmentation randomness depends only on ``(seed, rank, global step)``
+  (:func:`step_seed`): a resumed run draws exactly the views an unbroken one would.
+
+Tensor shapes: images ``[N, 3, H, W]`` uint8 on the device; a batch index ``[b]`` int64 with
+``b = batch_size // world_size``; views ``[b, 3, S, S]`` float; projections ``[b, proj_dim]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from cnas_hpc.config.augment import AugmentConfig
+from cnas_hpc.config.train import TrainConfig
+from cnas_hpc.distributed.collectives import any_across_ranks, average_gradients, is_distributed
+from cnas_hpc.models.networks import ProxyNetwork
+from cnas_hpc.ssl.augment import BatchAugment
+from cnas_hpc.ssl.losses import MemoryBankNCE, nt_xent_loss
+from cnas_hpc.train.outcome import TrainingAbortedError
+from cnas_hpc.train.schedule import warmup_cosine
+
+
+@dataclass(frozen=True)
+class ProxyTask:
+    """What the contrastive proxy task needs from a config; any app can build one.
+
+    Attributes:
+        train: optimiser, loss, batch (GLOBAL over all ranks), epochs, AMP.
+        augment: the SimCLR view parameters.
+        image_size: side of the square views.
+        seed: seed of model initialisation, augmentation and the memory bank's negatives.
+    """
+
+    train: TrainConfig
+    augment: AugmentConfig
+    image_size: int
+    seed: int
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The augmentation seed of global step ``step`` on ``rank`` (no state to checkpoint)."""
+    return ((seed * 1_000_003 + rank) * 1_000_033 + step) % (2**63 - 1)
+
+
+def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The AMP context of ``train.amp`` (a no-op on the CPU and for ``none``)."""
+    if cfg.amp == "none" or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (default) or AdamW, as ``train.optimizer`` says."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+
+
+def _oom_agreed(oom: bool, device: torch.device, where: str) -> None:
+    if any_across_ranks(oom, device):
+        raise TrainingAbortedError("out_of_memory", f"CUDA out of memory {where}")
+
+
+class ContrastiveStep:
+    """The optimiser, scheduler, AMP scaler, loss and augmentation of one candidate on one rank.
+
+    Every rank builds one with the same arguments; rank ``r`` trains on its slice of each
+    global batch. ``state_dict()`` / ``load_state_dict()`` cover everything a resume needs
+    besides the model (optimizer, scheduler, scaler, memory bank and its negative sampler).
+    """
+
+    def __init__(
+        self,
+        model: ProxyNetwork,
+        task: ProxyTask,
+        device: torch.device,
+        *,
+        n_train: int,
+        total_steps: int,
+        warmup_steps: int,
+        rank: int = 0,
+    ) -> None:
+        cfg = task.train
+        self.model, self.task, self.device, self.rank = model, task, device, rank
+        self.net: nn.Module = (
+            DistributedDataParallel(model, broadcast_buffers=False) if is_distributed() else model
+        )
+        self.optimizer = make_optimizer(model, cfg)
+        self.scheduler = warmup_cosine(
+            self.optimizer, total_steps=total_steps, warmup_steps=warmup_steps
+        )
+        self.scaler = torch.amp.GradScaler(enabled=cfg.amp == "fp16" and device.type == "cuda")
+        self.augment = BatchAugment(task.augment, task.image_size)
+        self.generator = torch.Generator(device=device)
+        self.membank: MemoryBankNCE | None = None
+        if cfg.loss == "membank_nce":
+            self.membank = MemoryBankNCE(
+                n_train,
+                model.proj_dim,
+                temperature=cfg.temperature,
+                num_negatives=cfg.membank_negatives,
+                momentum=cfg.membank_momentum,
+                seed=task.seed,
+            ).to(device)
+
+    # -- the pieces of a step -------------------------------------------------------------------
+
+    def views(
+        self, images: torch.Tensor, index: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two augmented views of ``images[index]``, seeded by ``(seed, rank, step)``."""
+        self.generator.manual_seed(step_seed(self.task.seed, self.rank, step))
+        return self.augment.two_views(images[index], self.generator)
+
+    def forward(
+        self, view1: torch.Tensor, view2: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projections of both views (rank-local); an out-of-memory error on any rank is agreed.
+
+        Raises:
+            TrainingAbortedError: ``out_of_memory`` on every rank when any rank ran out.
+        """
+        with autocast(self.task.train, self.device):
+            try:
+                z1, z2 = self.net(view1), self.net(view2)
+                oom = False
+            except torch.cuda.OutOfMemoryError:
+                oom = True
+        _oom_agreed(oom, self.device, "in the forward pass")
+        return z1, z2
+
+    def loss(self, z1: torch.Tensor, z2: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The contrastive loss of this rank's slice (negatives gathered from every rank)."""
+        with autocast(self.task.train, self.device):
+            if self.membank is not None:
+                return self.membank(z1.float(), z2.float(), index)
+            return nt_xent_loss(z1.float(), z2.float(), self.task.train.temperature)
+
+    def check_finite(self, loss: torch.Tensor, where: str) -> None:
+        """Stop every rank when the loss of any rank is not finite.
+
+        Raises:
+            TrainingAbortedError: ``non_finite_loss``.
+        """
+        if any_across_ranks(not math.isfinite(loss.item()), self.device):
+            raise TrainingAbortedError(
+                "non_finite_loss",
+                f"non-finite contrastive loss at {where}: the candidate diverged",
+            )
+
+    def backward(self, loss: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> None:
+        """Gradients of ``loss`` on this rank, in two phases.
+
+        The gradient with respect to the projections crosses the gathered negatives (a
+        collective on small tensors); the backward through the network is rank-local, so an
+        out-of-memory error there can still be agreed.
+
+        Raises:
+            TrainingAbortedError: ``out_of_memory`` on every rank when any rank ran out.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        grad_z = torch.autograd.grad(self.scaler.scale(loss), [z1, z2])
+        try:
+            torch.autograd.backward([z1, z2], list(grad_z))
+            oom = False
+        except torch.cuda.OutOfMemoryError:
+            oom = True
+        _oom_agreed(oom, self.device, "in the backward pass")
+
+    def update(self) -> None:
+        """Average the gradients over ranks, clip them, step the optimizer and the scheduler."""
+        average_gradients(self.model.parameters())
+        if self.task.train.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.task.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    def __call__(
+        self, images: torch.Tensor, index: torch.Tensor, step: int, where: str
+    ) -> torch.Tensor:
+        """One full step on ``images[index]``; returns this rank's loss (detached).
+
+        Raises:
+            TrainingAbortedError: an agreed out-of-memory error or non-finite loss.
+        """
+        view1, view2 = self.views(images, index, step)
+        no_sync = (
+            self.net.no_sync()
+            if isinstance(self.net, DistributedDataParallel)
+            else contextlib.nullcontext()
+        )
+        with no_sync:
+            z1, z2 = self.forward(view1, view2)
+            loss = self.loss(z1, z2, index)
+            self.check_finite(loss, where)
+            self.backward(loss, z1, z2)
+        self.update()
+        return loss.detach()
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next step uses."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer, scheduler, scaler and memory-bank state (CPU tensors where large)."""
+        extra: dict[str, Any] = {}
+        if self.membank is not None:
+            extra = {
+                "bank": self.membank.bank.detach().cpu(),
+                "negatives_rng": self.membank.negatives_generator().get_state(),
+            }
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "extra": extra,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *, steps_done: int) -> None:
+        """Restore :meth:`state_dict`; a state without a scheduler (older checkpoints) is
+        fast-forwarded by ``steps_done`` scheduler steps instead."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        else:
+            for _ in range(steps_done):
+                self.scheduler.step()
+        extra = state.get("extra") or {}
+        if self.membank is not None and "bank" in extra:
+            self.membank.bank.copy_(extra["bank"].to(self.device))
+            self.membank.negatives_generator().set_state(extra["negatives_rng"])

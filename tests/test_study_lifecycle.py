@@ -1,0 +1,170 @@
+"""Study storage, bootstrap and budget claims, against every storage we support.
+
+Like Optuna's own storage conformance suites, each test runs on SQLite and on a REAL PostgreSQL
+server (``postgres`` marker: the dev cluster, see conftest.py).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from cnas_hpc.common import attrs
+from cnas_hpc.common.errors import StudyError
+from cnas_hpc.common.storage_url import mask_url, normalize_storage_url
+from cnas_hpc.config import Settings
+from cnas_hpc.study.budget import ClaimStatus, claim_trial, count_budget
+from cnas_hpc.study.lifecycle import bootstrap_study, load_study
+from cnas_hpc.study.sampler import make_sampler, worker_seed
+from tests.helpers import tiny_settings
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/study.db"
+    return str(request.getfixturevalue("fresh_pg_url"))
+
+
+def settings_for(tmp_path: Path, url: str, *overrides: str) -> Settings:
+    return tiny_settings(tmp_path, f"study.storage={url}", "study.name=t", *overrides)
+
+
+def test_plain_postgresql_urls_get_the_psycopg2_driver() -> None:
+    assert normalize_storage_url("postgresql://u@h:5432/db") == "postgresql+psycopg2://u@h:5432/db"
+    assert normalize_storage_url("postgres://u@h/db").startswith("postgresql+psycopg2://")
+    with pytest.raises(StudyError, match="psycopg2"):
+        normalize_storage_url("postgresql+psycopg://u@h/db")
+    with pytest.raises(StudyError, match="not supported"):
+        normalize_storage_url("mysql://u@h/db")
+
+
+def test_relative_sqlite_paths_become_absolute(tmp_path: Path) -> None:
+    url = normalize_storage_url("sqlite:///runs/x.db", base_dir=tmp_path)
+    assert url == f"sqlite:///{tmp_path}/runs/x.db"
+
+
+def test_passwords_are_masked() -> None:
+    masked = mask_url("postgresql+psycopg2://me:s3cr3t@db:5432/nas")
+    assert "s3cr3t" not in masked
+    assert masked == "postgresql+psycopg2://me:***@db:5432/nas"
+
+
+def test_worker_seeds_differ_and_are_reproducible() -> None:
+    seeds = [worker_seed(0, w) for w in range(64)]
+    assert len(set(seeds)) == 64
+    assert seeds == [worker_seed(0, w) for w in range(64)]
+    assert worker_seed(None, 3) is None
+    assert worker_seed(1, 0) != worker_seed(0, 0)
+
+
+def test_sampler_settings_are_explicit(tmp_path: Path) -> None:
+    s = tiny_settings(
+        tmp_path, "study.sampler.multivariate=false", "study.sampler.n_startup_trials=7"
+    )
+    sampler = make_sampler(s.study.sampler, worker=2)
+    assert sampler._n_startup_trials == 7
+    assert sampler._multivariate is False
+    assert sampler._constant_liar is True
+
+
+def test_bootstrap_creates_once_then_resumes(storage_url: str, tmp_path: Path) -> None:
+    s = settings_for(tmp_path, storage_url)
+    first = bootstrap_study(s)
+    assert first.created and first.n_complete == 0
+    again = bootstrap_study(s)
+    assert not again.created
+    study = load_study(s, worker=0)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert study.user_attrs[attrs.STUDY_OBJECTIVE] == "val_contrastive_loss"
+
+
+def test_a_study_built_for_another_space_or_objective_is_refused(
+    storage_url: str, tmp_path: Path
+) -> None:
+    bootstrap_study(settings_for(tmp_path, storage_url))
+    with pytest.raises(StudyError, match="another search space"):
+        bootstrap_study(settings_for(tmp_path, storage_url, "space.n_nodes=3"))
+    with pytest.raises(StudyError, match="objective"):
+        bootstrap_study(
+            settings_for(tmp_path, storage_url, "search.objective=train_contrastive_loss")
+        )
+    with pytest.raises(StudyError, match="another search space"):
+        load_study(settings_for(tmp_path, storage_url, "space=csnas"), worker=0)
+
+
+def test_loading_a_missing_study_fails_clearly(storage_url: str, tmp_path: Path) -> None:
+    bootstrap_study(settings_for(tmp_path, storage_url))
+    s = tiny_settings(tmp_path, f"study.storage={storage_url}", "study.name=other")
+    with pytest.raises(StudyError, match="does not exist"):
+        load_study(s, worker=0)
+
+
+def _claim_and_finish(url: str, tmp: str, n_trials: int, worker: int) -> int:
+    """A fake worker: claim trials and complete them at once, until the budget is spent."""
+    settings = settings_for(Path(tmp), url)
+    study = load_study(settings, worker=worker)
+    done = 0
+    while True:
+        claim = claim_trial(study, n_trials)
+        if claim.status is ClaimStatus.DONE:
+            return done
+        if claim.status is ClaimStatus.WAIT:
+            time.sleep(0.05)
+            continue
+        assert claim.trial is not None
+        claim.trial.suggest_float("x", 0, 1)
+        study.tell(claim.trial, 1.0)
+        done += 1
+
+
+def test_concurrent_claims_never_overshoot_the_budget(storage_url: str, tmp_path: Path) -> None:
+    bootstrap_study(settings_for(tmp_path, storage_url))
+    n_trials, n_workers = 13, 6
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(n_workers) as pool:
+        done = pool.starmap(
+            _claim_and_finish, [(storage_url, str(tmp_path), n_trials, w) for w in range(n_workers)]
+        )
+    study = load_study(settings_for(tmp_path, storage_url), worker=0)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states.count(TrialState.COMPLETE) == n_trials == sum(done)
+    assert len(states) == n_trials  # no surplus trial was ever asked
+
+
+def test_a_stale_trial_is_failed_and_retried_with_the_same_params(
+    storage_url: str, tmp_path: Path
+) -> None:
+    s = settings_for(tmp_path, storage_url, "study.heartbeat_interval=1", "study.grace_period=2")
+    bootstrap_study(s)
+    study = load_study(s, worker=0)
+    dead = claim_trial(study, 3).trial
+    assert dead is not None
+    dead.suggest_categorical("c", ["a", "b", "c"])
+    study._storage.record_heartbeat(dead._trial_id)  # type: ignore[attr-defined]
+    time.sleep(3.5)  # no heartbeat for longer than the grace period: the worker "died"
+    retry = claim_trial(study, 3)
+    assert retry.trial is not None
+    assert study.get_trials(deepcopy=False)[dead.number].state == TrialState.FAIL
+    assert retry.trial.suggest_categorical("c", ["a", "b", "c"]) == dead.params["c"]
+    assert retry.trial.user_attrs[attrs.RETRY_OF] == dead.number
+    assert retry.trial.user_attrs[attrs.RETRY_COUNT] == 1
+    assert count_budget(study).running == 1
+
+
+def test_a_trial_that_never_sent_a_heartbeat_is_failed_as_orphaned(
+    storage_url: str, tmp_path: Path
+) -> None:
+    s = settings_for(tmp_path, storage_url, "study.heartbeat_interval=1", "study.grace_period=2")
+    bootstrap_study(s)
+    study = load_study(s, worker=0)
+    orphan = study.ask()  # a worker lost the database right after asking: no heartbeat ever
+    time.sleep(3.5)
+    claim = claim_trial(study, 1)
+    assert claim.status is ClaimStatus.CLAIMED  # the orphan no longer holds the only slot
+    assert study.get_trials(deepcopy=False)[orphan.number].state == TrialState.FAIL
