@@ -91,13 +91,15 @@ def add_running(study: optuna.Study, *, worker: str, job: str, task: int, host: 
     trial.set_user_attr(attrs.ARRAY_JOB, job)
     trial.set_user_attr(attrs.ARRAY_TASK, task)
     trial.set_user_attr(attrs.HOST, host)
-    study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+    optuna_internals.record_heartbeat(
+        optuna_internals.storage_of(study), optuna_internals.trial_id_of(trial)
+    )
     return trial.number
 
 
 def age_heartbeat(study: optuna.Study, number: int, hours: float) -> None:
     """Move a trial's last heartbeat ``hours`` into the past (its worker died)."""
-    trial_id = study.get_trials(deepcopy=False)[number]._trial_id
+    trial_id = optuna_internals.trial_id_of(study.get_trials(deepcopy=False)[number])
     with engine_of(study).begin() as conn:
         (beat,) = conn.execute(
             sqlalchemy.text("SELECT heartbeat FROM trial_heartbeats WHERE trial_id = :t"),

@@ -18,6 +18,7 @@ from cnas_hpc.common import attrs
 from cnas_hpc.common.errors import StudyError
 from cnas_hpc.common.storage_url import mask_url, normalize_storage_url
 from cnas_hpc.config import Settings
+from cnas_hpc.study import optuna_internals
 from cnas_hpc.study.budget import ClaimStatus, claim_trial, count_budget
 from cnas_hpc.study.lifecycle import bootstrap_study, load_study
 from cnas_hpc.study.sampler import make_sampler, worker_seed
@@ -146,7 +147,9 @@ def test_a_stale_trial_is_failed_and_retried_with_the_same_params(
     dead = claim_trial(study, 3).trial
     assert dead is not None
     dead.suggest_categorical("c", ["a", "b", "c"])
-    study._storage.record_heartbeat(dead._trial_id)  # type: ignore[attr-defined]
+    optuna_internals.record_heartbeat(
+        optuna_internals.storage_of(study), optuna_internals.trial_id_of(dead)
+    )
     time.sleep(3.5)  # no heartbeat for longer than the grace period: the worker "died"
     retry = claim_trial(study, 3)
     assert retry.trial is not None

@@ -1,8 +1,11 @@
 """Pictures of a study's progress (PNG) and the self-contained HTML page that shows them.
 
-Every figure is built with :class:`matplotlib.figure.Figure` on an Agg canvas, never through
-pyplot: nothing needs a display, nothing is left in pyplot's figure registry, and the
-functions can run on a login node or inside a long-lived process. Each plot function writes
+The optimization history and the parameter importances are Optuna's own matplotlib plots
+(``optuna.visualization.matplotlib``), drawn through pyplot on the Agg backend and closed once
+saved, so nothing stays in pyplot's registry of a long-lived process. Best-so-far against WALL
+TIME has no Optuna plot (its history is by trial number; ``plot_timeline`` shows durations, not
+values), so :func:`plot_best_vs_time` draws it on an Agg :class:`~matplotlib.figure.Figure`
+itself. Nothing needs a display. Each plot function writes
 one PNG (parent folders created, an existing file replaced) and returns its path; a study with
 too little data still gets a figure that says so, so a report always has all its pictures.
 
@@ -20,7 +23,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import optuna
+import optuna.visualization.matplotlib as optuna_plots
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -92,7 +97,8 @@ def _objective_label(study: optuna.Study) -> str:
 def plot_history(study: optuna.Study, path: str | Path) -> Path:
     """Objective of every COMPLETE trial and the best so far, against the trial number.
 
-    FAIL trials are marked as red ticks along the bottom edge.
+    Drawn by Optuna (``optuna.visualization.matplotlib.plot_optimization_history``); FAIL
+    trials are added as red ticks along the bottom edge, so a broken stretch stays visible.
 
     Args:
         study: Any Optuna study (single objective).
@@ -101,25 +107,13 @@ def plot_history(study: optuna.Study, path: str | Path) -> Path:
     Returns:
         The path written.
     """
-    fig, ax = _figure()
-    trials = complete_trials(study)
-    failed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
-    ax.set_title(f"{study.study_name}: objective per trial")
-    if not trials:
+    if not complete_trials(study):
+        fig, ax = _figure()
+        ax.set_title(f"{study.study_name}: objective per trial")
         _placeholder(ax, "no complete trial yet")
         return _save(fig, path)
-    numbers = [t.number for t in trials]
-    values = [float(t.value) for t in trials if t.value is not None]
-    ax.scatter(numbers, values, s=22, color="#1f5fa8", alpha=0.75, label="trial", zorder=3)
-    ax.step(
-        numbers,
-        best_so_far(values, study.direction),
-        where="post",
-        color="#c45a00",
-        linewidth=2,
-        label="best so far",
-        zorder=4,
-    )
+    ax = optuna_plots.plot_optimization_history(study, target_name=_objective_label(study))
+    failed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
     if failed:
         ax.plot(
             failed,
@@ -132,13 +126,23 @@ def plot_history(study: optuna.Study, path: str | Path) -> Path:
             clip_on=False,
             label=f"failed ({len(failed)})",
         )
-    ax.set_xlabel("trial number")
+        ax.legend(loc="best", fontsize=9)
+    # Optuna titles its plots on the left: replace that title rather than add a second one.
+    ax.set_title(f"{study.study_name}: objective per trial", loc="left")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(_objective_label(study))
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
+    return _save_optuna(ax, path)
+
+
+def _save_optuna(ax: Axes, path: str | Path) -> Path:
+    """Save a figure Optuna drew (through pyplot) and drop it from pyplot's registry."""
+    fig = ax.get_figure()
+    assert isinstance(fig, Figure)
+    fig.set_size_inches(7.5, 4.2)
     fig.tight_layout()
-    return _save(fig, path)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def _hours_since(start: datetime, moment: datetime) -> float:
@@ -211,8 +215,11 @@ def param_importances(study: optuna.Study) -> dict[str, float] | None:
 def plot_importances(study: optuna.Study, path: str | Path) -> Path:
     """Parameter importances as a horizontal bar chart (most important on top).
 
-    Shows at most :data:`MAX_IMPORTANCES` parameters. When importances cannot be computed
-    (see :func:`param_importances`) the figure says :data:`IMPORTANCE_PLACEHOLDER` instead.
+    Drawn by Optuna (``optuna.visualization.matplotlib.plot_param_importances``, seeded
+    fANOVA) over at most :data:`MAX_IMPORTANCES` parameters: those that matter most, never one
+    that did not vary (a csnas study has 40 parameters, many constant at first). When
+    importances cannot be computed (see :func:`param_importances`) the figure says
+    :data:`IMPORTANCE_PLACEHOLDER` instead.
 
     Args:
         study: Any Optuna study (single objective).
@@ -222,25 +229,20 @@ def plot_importances(study: optuna.Study, path: str | Path) -> Path:
         The path written.
     """
     importances = param_importances(study)
-    shown = sorted((importances or {}).items(), key=lambda kv: -kv[1])[:MAX_IMPORTANCES]
-    fig, ax = _figure(7.5, max(3.0, 0.32 * len(shown) + 1.4))
     if importances is None:
+        fig, ax = _figure(7.5, 3.0)
         ax.set_title(f"{study.study_name}: parameter importances")
         _placeholder(ax, IMPORTANCE_PLACEHOLDER)
         return _save(fig, path)
-    names = [name for name, _ in reversed(shown)]
-    values = [value for _, value in reversed(shown)]
-    ax.barh(names, values, color="#1f5fa8")
-    for y, value in enumerate(values):
-        ax.text(value, y, f" {value:.2f}", va="center", fontsize=8)
+    shown = [name for name, _ in sorted(importances.items(), key=lambda kv: -kv[1])]
+    shown = shown[:MAX_IMPORTANCES]
+    ax = optuna_plots.plot_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=shown
+    )
     extra = f" (top {len(shown)} of {len(importances)})" if len(importances) > len(shown) else ""
-    ax.set_title(f"{study.study_name}: parameter importances (fANOVA){extra}")
-    ax.set_xlabel("importance (sums to 1)")
-    ax.set_xlim(0, max(values) * 1.15)
+    ax.set_title(f"{study.study_name}: parameter importances (fANOVA){extra}", loc="left")
     ax.tick_params(axis="y", labelsize=8)
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save_optuna(ax, path)
 
 
 def write_html(

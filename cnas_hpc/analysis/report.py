@@ -31,6 +31,7 @@ import sqlalchemy
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
+from tabulate import tabulate
 
 from cnas_hpc.analysis.cells import draw_genotype
 from cnas_hpc.analysis.plots import plot_best_vs_time, plot_history, plot_importances, write_html
@@ -393,9 +394,8 @@ def _resume_lines(status: StudyStatus) -> list[str]:
 
 
 def _running_table(running: Sequence[RunningTrial], grace: float) -> list[str]:
-    header = f"{'trial':>5}  {'worker':<22} {'array':<14} {'host':<16} {'running':>8}  heartbeat"
-    lines = [header, "-" * len(header)]
     now = datetime.now()
+    rows = []
     for r in running:
         array = f"{r.array_job}_{r.array_task}" if r.array_job is not None else "-"
         ran = _duration((now - r.started).total_seconds()) if r.started else "-"
@@ -406,11 +406,12 @@ def _running_table(running: Sequence[RunningTrial], grace: float) -> list[str]:
             if r.stale:
                 beat += f"  STALE (> grace {_duration(grace)})"
         retry = f"  (retry of {r.retry_of})" if r.retry_of is not None else ""
-        lines.append(
-            f"{r.number:>5}  {r.worker[:22]:<22} {array[:14]:<14} {(r.host or '-')[:16]:<16} "
-            f"{ran:>8}  {beat}{retry}"
+        rows.append(
+            [r.number, r.worker[:22], array[:14], (r.host or "-")[:16], ran, f"{beat}{retry}"]
         )
-    return lines
+    headers = ["trial", "worker", "array", "host", "running", "heartbeat"]
+    table = tabulate(rows, headers, tablefmt="simple", colalign=("right",) + ("left",) * 5)
+    return table.splitlines()
 
 
 def describe_genotype(genotype: Genotype) -> list[str]:

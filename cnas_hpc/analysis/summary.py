@@ -9,6 +9,7 @@ from pathlib import Path
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+from tabulate import tabulate
 
 from cnas_hpc.common import attrs as A
 from cnas_hpc.space.genotype import Genotype, genotype_from_json, genotype_to_dict
@@ -56,17 +57,20 @@ def _ranked(rank: int, trial: FrozenTrial) -> RankedTrial:
 
 def format_table(ranked: list[RankedTrial], objective: str) -> str:
     """A plain-text table of ranked trials (one line each)."""
-    header = (
-        f"{'rank':>4} {'trial':>5} {objective:>22} {'params':>9} {'MMACs':>8} {'time s':>7}  worker"
-    )
-    lines = [header, "-" * len(header)]
-    for r in ranked:
-        params = f"{r.n_params:,}" if r.n_params is not None else "-"
-        macs = f"{r.macs / 1e6:.1f}" if r.macs is not None else "-"
-        wall = f"{r.wall_s:.1f}" if r.wall_s is not None else "-"
-        row = f"{r.rank:>4} {r.number:>5} {r.value:>22.5f} {params:>9} {macs:>8} {wall:>7}"
-        lines.append(f"{row}  {r.worker}")
-    return "\n".join(lines)
+    rows = [
+        [
+            r.rank,
+            r.number,
+            f"{r.value:.5f}",
+            f"{r.n_params:,}" if r.n_params is not None else "-",
+            f"{r.macs / 1e6:.1f}" if r.macs is not None else "-",
+            f"{r.wall_s:.1f}" if r.wall_s is not None else "-",
+            r.worker,
+        ]
+        for r in ranked
+    ]
+    headers = ["rank", "trial", objective, "params", "MMACs", "time s", "worker"]
+    return tabulate(rows, headers, tablefmt="simple", disable_numparse=True, stralign="right")
 
 
 def write_best_genotypes(ranked: list[RankedTrial], path: Path, *, study_name: str) -> None:

@@ -5,12 +5,13 @@ single process, tests, CPU debugging), so callers never branch on the world size
 When a group exists, every rank must make the same calls in the same order with tensors of the
 same shape and dtype, on the device that matches the backend (CUDA for NCCL, CPU for gloo).
 
-:func:`gather_with_grad` is the one with a gradient. Its backward ALL-REDUCES (sums) the
-incoming gradient before returning this rank's slice: every rank's loss depends on every
-rank's embeddings (they are the negatives), so the gradient of the global loss with respect to
-this rank's embeddings is the sum of the gradients coming from all ranks' losses. A backward
-that only returns the local slice (lightly issue #1528) silently drops the cross-rank terms, and
-1-GPU and N-GPU runs then disagree.
+:func:`gather_with_grad` is the one with a gradient (torch's
+``torch.distributed.nn.functional.all_gather``). Its backward SUMS the incoming gradient over
+ranks before returning this rank's slice: every rank's loss depends on every rank's embeddings
+(they are the negatives), so the gradient of the global loss with respect to this rank's
+embeddings is the sum of the gradients coming from all ranks' losses. A backward that only
+returns the local slice (lightly issue #1528) silently drops the cross-rank terms, and 1-GPU and
+N-GPU runs then disagree (``tests/test_distributed_collectives.py`` compares them).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 
 T = TypeVar("T")
 
@@ -47,25 +49,6 @@ def _all_gather_cat(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-class _GatherWithGrad(torch.autograd.Function):
-    """All-gather along dim 0 whose backward sums the gradient over ranks, then slices."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        ctx.batch = x.shape[0]
-        ctx.rank = dist.get_rank()
-        return _all_gather_cat(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:
-        # Each rank holds d(its own loss)/d(all embeddings); the sum over ranks is the gradient
-        # of the summed loss, and this rank owns the rows of its own embeddings.
-        grad = grad_output.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = ctx.rank * ctx.batch
-        return grad[start : start + ctx.batch]
-
-
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """All ranks' ``x`` concatenated in rank order, differentiable with respect to ``x``.
 
@@ -81,9 +64,9 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """
     if not is_distributed():
         return x
-    out = _GatherWithGrad.apply(x)
-    assert isinstance(out, torch.Tensor)
-    return out
+    # torch's differentiable all-gather sums the incoming gradients over ranks in its backward
+    # (reduce-scatter on NCCL, all-to-all + sum on gloo), which is exactly the rule above.
+    return torch.cat(dist_nn.all_gather(x.contiguous()), dim=0)
 
 
 @torch.no_grad()

@@ -2,21 +2,28 @@
 
 Contract: rank 0 wraps every study operation of the worker loop (claim, attributes, tell) in
 :func:`with_db_retry`. Transient failures (connection refused or reset, server restart,
-serialization failure) are retried with exponential backoff and full jitter until
-``deadline_s`` has passed since the first failure; then :class:`DatabaseUnavailableError` is
-raised. Anything else (a bug, a logic error) propagates at once.
+serialization failure) are retried (tenacity) with exponential backoff and full jitter until
+``deadline_s`` has passed; then :class:`DatabaseUnavailableError` is raised. Anything else (a
+bug, a logic error) propagates at once.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import optuna
 import sqlalchemy
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,21 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
+def _log_retry(what: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        text = str(exc).strip().splitlines()[0][:120] if exc and str(exc).strip() else ""
+        log.warning(
+            "%s failed (%s); retry %d in %.1f s",
+            what,
+            text or type(exc).__name__,
+            state.attempt_number,
+            state.upcoming_sleep,
+        )
+
+    return before_sleep
+
+
 def with_db_retry(
     operation: Callable[[], T],
     *,
@@ -59,38 +81,30 @@ def with_db_retry(
 ) -> T:
     """Run ``operation``, retrying transient database failures until ``deadline_s``.
 
+    Backoff is exponential with full jitter (tenacity's ``wait_random_exponential``), capped by
+    ``max_delay_s``; the deadline counts from the first attempt.
+
     Args:
         operation: the study call (no arguments; use a lambda).
         what: a few words for the log ("tell trial 3").
-        deadline_s: give up this long after the first failure.
-        base_delay_s: first backoff; doubled per attempt, capped by ``max_delay_s``, jittered.
+        deadline_s: give up this long after the first attempt.
+        base_delay_s: scale of the first backoff; doubled per attempt, jittered.
 
     Raises:
         DatabaseUnavailableError: still failing at the deadline (the message has no secrets).
     """
-    first_failure: float | None = None
-    attempt = 0
-    while True:
-        try:
-            return operation()
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            now = time.monotonic()
-            first_failure = first_failure or now
-            waited = now - first_failure
-            if waited >= deadline_s:
-                raise DatabaseUnavailableError(
-                    f"database unreachable for {waited:.0f} s during {what}"
-                ) from None
-            delay = random.uniform(0, min(max_delay_s, base_delay_s * 2**attempt))
-            delay = min(delay, max(0.0, deadline_s - waited))
-            attempt += 1
-            log.warning(
-                "%s failed (%s); retry %d in %.1f s",
-                what,
-                str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__,
-                attempt,
-                delay,
-            )
-            time.sleep(delay)
+    started = time.monotonic()
+    retrying = Retrying(
+        retry=retry_if_exception(is_transient),
+        wait=wait_random_exponential(multiplier=base_delay_s, max=max_delay_s),
+        stop=stop_after_delay(deadline_s),
+        before_sleep=_log_retry(what),
+        reraise=False,
+    )
+    try:
+        return retrying(operation)
+    except RetryError:
+        waited = time.monotonic() - started
+        raise DatabaseUnavailableError(
+            f"database unreachable for {waited:.0f} s during {what}"
+        ) from None

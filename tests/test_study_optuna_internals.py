@@ -1,0 +1,98 @@
+"""Pins every assumption cnas_hpc.study.optuna_internals makes about Optuna's private API.
+
+An Optuna upgrade that renames an attribute or changes the RDB schema fails HERE, with the
+assumption named, instead of inside a worker on the cluster. Run against every RDB storage we
+support (SQLite always; PostgreSQL with the dev cluster).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+from cnas_hpc.config.study import StudyConfig
+from cnas_hpc.study import optuna_internals as internals
+from cnas_hpc.study.storage import make_storage
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def study(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[optuna.Study]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'pin.db'}"
+    else:
+        url = request.getfixturevalue("fresh_pg_url")
+    storage = make_storage(
+        StudyConfig(storage=url, heartbeat_interval=5, grace_period=60), create_tables=True
+    )
+    study = optuna.create_study(storage=storage, study_name="pin")
+    yield study
+    storage.engine.dispose()
+
+
+def test_the_installed_optuna_is_in_the_checked_range() -> None:
+    low, high = internals.SUPPORTED_OPTUNA
+    version = tuple(int(part) for part in optuna.__version__.split(".")[:2])
+    assert low <= version < high, (
+        f"optuna {optuna.__version__} is outside {low}..{high}: re-check "
+        "cnas_hpc/study/optuna_internals.py and widen SUPPORTED_OPTUNA"
+    )
+
+
+def test_private_attributes_match_the_public_api(study: optuna.Study) -> None:
+    storage = internals.storage_of(study)
+    assert isinstance(storage, optuna.storages.BaseStorage), "Study._storage"
+    assert internals.study_id_of(study) == storage.get_study_id_from_name("pin"), "Study._study_id"
+    trial = study.ask()
+    public_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name("pin"), trial.number
+    )
+    assert internals.trial_id_of(trial) == public_id, "Trial._trial_id"
+    frozen = study.get_trials(deepcopy=False)[0]
+    assert internals.trial_id_of(frozen) == public_id, "FrozenTrial._trial_id"
+    assert internals.rdb_backend(study) is not None, "_CachedStorage._backend is an RDBStorage"
+    assert isinstance(internals.engine_of(study), sqlalchemy.Engine), "RDBStorage.engine"
+    assert internals.grace_period_of(study) == 60, "RDBStorage.grace_period"
+
+
+def test_the_rdb_schema_has_what_the_queries_read(study: optuna.Study) -> None:
+    engine = internals.engine_of(study)
+    assert engine is not None
+    with engine.connect() as conn:
+        version = conn.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).scalar()
+    assert version in internals.KNOWN_SCHEMA_VERSIONS, (
+        f"Optuna's RDB schema is now {version!r}: re-check the SQL in optuna_internals.py, then "
+        "add it to KNOWN_SCHEMA_VERSIONS"
+    )
+    inspector = sqlalchemy.inspect(engine)
+    columns = {
+        t: {c["name"] for c in inspector.get_columns(t)} for t in inspector.get_table_names()
+    }
+    assert {"trial_id", "number", "study_id", "state", "datetime_start"} <= columns["trials"]
+    assert {"trial_id", "heartbeat"} <= columns["trial_heartbeats"]
+
+
+def test_the_queries_agree_with_the_public_api(study: optuna.Study) -> None:
+    done = study.ask()
+    study.tell(done, 1.0)
+    beating = study.ask()
+    silent = study.ask()
+    storage = internals.storage_of(study)
+    internals.record_heartbeat(storage, internals.trial_id_of(beating))
+    counts = internals.count_by_state(study)
+    assert counts == {"COMPLETE": 1, "RUNNING": 2}
+    public = {s.name: 0 for s in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        public[t.state.name] += 1
+    assert all(public[state] == n for state, n in counts.items())
+    ages = internals.heartbeat_ages(study)
+    assert set(ages) == {beating.number} and 0.0 <= ages[beating.number] < 60
+    orphans = internals.running_without_heartbeat(study)
+    assert [number for _, number, _ in orphans] == [silent.number]
+    assert internals.fail_trial(study, internals.trial_id_of(silent))
+    assert not internals.fail_trial(study, internals.trial_id_of(silent))  # already finished
+    assert study.get_trials(deepcopy=False)[silent.number].state == TrialState.FAIL
