@@ -14,14 +14,11 @@ of truth.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cnas_hpc.space.genotype import Genotype
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,21 +61,3 @@ class TrialObserver(Protocol):
 
     def close(self) -> None:
         """The worker stops: release what the observer holds (bars, runs)."""
-
-
-class ObserverGroup:
-    """The observers of one worker, called together; a failing observer never breaks a trial.
-
-    Empty on every rank but global rank 0.
-    """
-
-    def __init__(self, observers: Sequence[TrialObserver] = ()) -> None:
-        self.observers = list(observers)
-
-    def notify(self, method: str, *args: Any, **kwargs: Any) -> None:
-        """Call ``method`` on every observer; an exception is logged, not raised."""
-        for observer in self.observers:
-            try:
-                getattr(observer, method)(*args, **kwargs)
-            except Exception:  # tracking is best effort by contract
-                log.warning("observer %s.%s failed", type(observer).__name__, method, exc_info=True)

@@ -27,12 +27,13 @@ import torch
 from optuna.trial import TrialState
 
 from cnas_hpc.common import attrs
+from cnas_hpc.common.observers import ObserverGroup
 from cnas_hpc.config import Settings, public_hparams
 from cnas_hpc.data.splits import SearchData
 from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.distributed.preemption import Preemption
 from cnas_hpc.models.complexity import count_macs, count_parameters
-from cnas_hpc.search.observer import ObserverGroup, TrialInfo
+from cnas_hpc.search.observer import TrialInfo
 from cnas_hpc.search.owner import Assignment, TrialOwner
 from cnas_hpc.space.genotype import Genotype, genotype_from_json
 from cnas_hpc.study.heartbeat import Heartbeat

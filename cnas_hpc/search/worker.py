@@ -27,13 +27,14 @@ from dataclasses import dataclass
 import optuna
 import torch
 
+from cnas_hpc.common.observers import ObserverGroup
 from cnas_hpc.config import Settings
 from cnas_hpc.data.datasets import load_images
 from cnas_hpc.data.splits import SearchData, make_search_data
 from cnas_hpc.distributed.collectives import broadcast_object
 from cnas_hpc.distributed.env import DistEnv, distributed_session, select_device
 from cnas_hpc.distributed.preemption import Preemption
-from cnas_hpc.search.observer import ObserverGroup, TrialObserver
+from cnas_hpc.search.observer import TrialObserver
 from cnas_hpc.search.owner import Assignment, TrialOwner
 from cnas_hpc.search.trial import TrialRunner
 from cnas_hpc.space.encoding import encoding_from_config
