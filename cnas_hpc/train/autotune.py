@@ -8,9 +8,11 @@ candidate a few times and keeps the fastest. The choice is cached as JSON under 
 worker sees (``<output_dir>/autotune``), keyed by what decides it (device name, torch version,
 the caller's description of the workload), so a fleet of workers measures once.
 
-Contract: every rank of a process group must call :func:`choose_fastest` with the same options;
-rank 0's choice is broadcast, so all ranks run the same way. Timing runs real steps (they change
-the model's weights: callers time a throwaway copy or re-initialise afterwards).
+Contract: every rank of a process group must call :func:`choose_fastest` with the same options.
+Rank 0 reads the cache and tells the others; when nothing is cached, EVERY rank runs every
+option in the same order (so an option may be a real DDP step with its collectives) and rank 0's
+choice is broadcast: all ranks then run the same way. Timing runs real steps (they change the
+model's weights: callers time a throwaway copy or re-initialise afterwards).
 """
 
 from __future__ import annotations
@@ -100,20 +102,21 @@ def choose_fastest(
         return names[0]
     key = _cache_key(device, workload, names)
     path = cache_dir / f"{key}.json" if cache_dir is not None else None
+    cached = broadcast_object(_read_cached(path, names) if get_rank() == 0 else None)
+    if cached is not None:
+        return cached
+    timings = {name: time_option(options[name], device, warmup=warmup, repeat=repeat)
+               for name in names}  # fmt: skip
     choice: str | None = None
     if get_rank() == 0:
-        choice = _read_cached(path, names)
-        if choice is None:
-            timings = {name: time_option(options[name], device, warmup=warmup, repeat=repeat)
-                       for name in names}  # fmt: skip
-            choice = min(timings, key=lambda name: timings[name])
-            log.info(
-                "autotune on %s: %s -> %s",
-                device_name(device),
-                ", ".join(f"{n} {t * 1e3:.1f} ms" for n, t in timings.items()),
-                choice,
-            )
-            _write_cached(path, choice, timings, device, workload)
+        choice = min(timings, key=lambda name: timings[name])
+        log.info(
+            "autotune on %s: %s -> %s",
+            device_name(device),
+            ", ".join(f"{n} {t * 1e3:.1f} ms" for n, t in timings.items()),
+            choice,
+        )
+        _write_cached(path, choice, timings, device, workload)
     chosen = broadcast_object(choice)
     assert chosen is not None
     return chosen
