@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 from tabulate import tabulate
 
 from cnas_hpc.analysis.cells import draw_genotype
+from cnas_hpc.analysis.evaluations import format_results, study_rows
 from cnas_hpc.analysis.plots import plot_best_vs_time, plot_history, plot_importances, write_html
 from cnas_hpc.analysis.study_view import log_study_view
 from cnas_hpc.analysis.summary import RankedTrial, best_trials, format_table, write_best_genotypes
@@ -499,6 +500,24 @@ def format_status(status: StudyStatus) -> str:
     return re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", "?", text)
 
 
+def _evaluations_text(study: optuna.Study) -> str:
+    """The evaluation phase's results for this study's trials (empty when there are none)."""
+    engine = engine_of(study)
+    if engine is None:
+        return ""
+    try:
+        rows = study_rows(engine, study.study_name)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        log.warning("cannot read the evaluations: %s", str(exc).splitlines()[0])
+        return ""
+    if not rows:
+        return ""
+    return (
+        f"\n\nevaluations ({len(rows)} cell(s) of this study trained from scratch)\n"
+        + format_results(rows)
+    )
+
+
 def dashboard_command(settings: Settings) -> str:
     """The optuna-dashboard command for the study's storage, password masked."""
     url = normalize_storage_url(settings.study.storage)
@@ -554,7 +573,7 @@ def run_report(settings: Settings, report_cfg: ReportConfig | Mapping[str, Any])
     study = load_study(settings, worker=settings.worker)
     try:
         status = collect_status(study, settings, top_k=cfg.top_k, recent=cfg.recent)
-        text = format_status(status)
+        text = format_status(status) + _evaluations_text(study)
         out_dir = (
             Path(cfg.out_dir).expanduser()
             if cfg.out_dir

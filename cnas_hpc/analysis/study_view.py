@@ -155,7 +155,7 @@ def log_study_view(
         "n_trials_budget": settings.search.n_trials,
     }
     run = init_run(
-        settings,
+        settings.output_dir,
         cfg,
         name=f"study-view-{len(by_time)}",
         job_type=STUDY_JOB_TYPE,

@@ -21,6 +21,8 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from cnas_hpc.common.errors import ConfigError, StudyError
 from cnas_hpc.common.storage_url import check_storage_secret
 from cnas_hpc.config import Settings, settings_from_config
+from cnas_hpc.config.evaluate import EvalSettings
+from cnas_hpc.config.train import check_global_batch
 from cnas_hpc.search.worker import WorkerError
 from cnas_hpc.space.encoding import encoding_from_config
 
@@ -73,7 +75,7 @@ def written_storage(cfg: DictConfig) -> str | None:
     return raw if isinstance(raw, str) else None
 
 
-def check_config_secrets(cfg: DictConfig, settings: Settings | None = None) -> None:
+def check_config_secrets(cfg: DictConfig, settings: Settings | EvalSettings | None = None) -> None:
     """Refuse a database password that Hydra would save (see the module docstring).
 
     Args:
@@ -92,3 +94,29 @@ def check_config_secrets(cfg: DictConfig, settings: Settings | None = None) -> N
     else:
         # to_yaml does not resolve: the same text Hydra writes to config/hydra/multirun.yaml.
         check_storage_secret(written, settings.study.storage, saved=OmegaConf.to_yaml(cfg))
+
+
+def check_launcher(launcher: DictConfig | None, batch_size: int) -> None:
+    """Refuse launcher requests that cannot work, before anything is queued.
+
+    Args:
+        launcher: the ``hydra.launcher`` node of a multirun (None: a local run, nothing to check).
+        batch_size: the GLOBAL batch the app trains with.
+
+    Raises:
+        ConfigError: more GPUs per node than tasks per node (ranks are one per GPU), or a global
+            batch that the world size does not divide.
+    """
+    if launcher is None:
+        return
+    tasks = int(launcher.get("tasks_per_node") or 1)
+    nodes = int(launcher.get("nodes") or 1)
+    gpus = launcher.get("gpus_per_node")
+    if gpus is not None and not isinstance(gpus, int):
+        gpus = int(str(gpus).split(":")[-1])
+    if gpus is not None and gpus > tasks:
+        raise ConfigError(
+            f"hydra.launcher.gpus_per_node={gpus} exceeds tasks_per_node={tasks}: "
+            "one rank drives one GPU, set tasks_per_node to the number of GPUs"
+        )
+    check_global_batch(batch_size, tasks * nodes, hint=" (tasks_per_node x nodes)")

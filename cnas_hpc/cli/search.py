@@ -45,8 +45,13 @@ from omegaconf import DictConfig
 
 from cnas_hpc.analysis.study_view import StudyViewObserver
 from cnas_hpc.analysis.summary import best_trials, format_table, write_best_genotypes
-from cnas_hpc.cli.common import USER_ERRORS, check_config_secrets, fail, settings_of
-from cnas_hpc.common.errors import ConfigError
+from cnas_hpc.cli.common import (
+    USER_ERRORS,
+    check_config_secrets,
+    check_launcher,
+    fail,
+    settings_of,
+)
 from cnas_hpc.common.storage_url import mask_url
 from cnas_hpc.config import Settings
 from cnas_hpc.config.data import DataConfig
@@ -61,28 +66,6 @@ from cnas_hpc.tracking.progress import SearchProgress
 from cnas_hpc.tracking.wandb_tracker import WandbTracker
 
 log = logging.getLogger("cnas_hpc")
-
-
-def check_launcher(launcher: DictConfig | None, settings: Settings) -> None:
-    """Refuse launcher requests that cannot work, before anything is queued.
-
-    Raises:
-        ConfigError: more GPUs per node than tasks per node (ranks are one per GPU), or a global
-            batch that the world size does not divide.
-    """
-    if launcher is None:
-        return
-    tasks = int(launcher.get("tasks_per_node") or 1)
-    nodes = int(launcher.get("nodes") or 1)
-    gpus = launcher.get("gpus_per_node")
-    if gpus is not None and not isinstance(gpus, int):
-        gpus = int(str(gpus).split(":")[-1])
-    if gpus is not None and gpus > tasks:
-        raise ConfigError(
-            f"hydra.launcher.gpus_per_node={gpus} exceeds tasks_per_node={tasks}: "
-            "one rank drives one GPU, set tasks_per_node to the number of GPUs"
-        )
-    check_global_batch(settings.train.batch_size, tasks * nodes, hint=" (tasks_per_node x nodes)")
 
 
 def _source_size(cfg: DataConfig) -> tuple[int, bool] | None:
@@ -160,7 +143,7 @@ def validate_and_bootstrap(cfg: DictConfig, launcher: DictConfig | None) -> Sett
     check_config_secrets(cfg, settings)
     check_available(settings.data)
     check_search_split(settings)
-    check_launcher(launcher, settings)
+    check_launcher(launcher, settings.train.batch_size)
     result = bootstrap_study(settings)
     log.info(
         "study %r in %s: %s, %d/%d trials complete",

@@ -42,6 +42,10 @@ class DataConfig:
         max_images: Read at most this many images (the first ones after a seeded shuffle).
         seed: Seed of every data permutation (cap, split, epoch order), ``>= 0``.
         download: Let torchvision download missing files (only where there is internet).
+        test_path: The evaluation phase's test images where the source has no test split of
+            its own: a second ``.npz`` file (``npz``) or image folder (``folder``). Without it
+            (and for ``digits``) the evaluation holds out a seeded ``val_fraction`` of the
+            images as its test set. The search never reads it.
 
     Raises:
         ValueError: on construction, one line naming the first invalid field.
@@ -58,6 +62,7 @@ class DataConfig:
     max_images: int | None = None
     seed: int = 0
     download: bool = False
+    test_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -94,6 +99,11 @@ class DataConfig:
         check_int("data.seed", self.seed, minimum=0)
         if not isinstance(self.download, bool):
             raise ValueError(f"data.download must be true or false, got {self.download!r}")
+        if self.test_path is not None and self.source not in ("npz", "folder"):
+            raise ValueError(
+                f"data.test_path is for the npz and folder sources; {self.source} has its own "
+                "test split"
+            )
         if (
             self.source == "stl10"
             and self.split in ("unlabeled", "train+unlabeled")

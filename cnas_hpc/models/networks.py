@@ -27,7 +27,7 @@ from cnas_hpc.models.cell import Cell
 from cnas_hpc.space.genotype import Genotype
 
 
-def _check_positive(**values: int) -> None:
+def check_positive(**values: int) -> None:
     """Raise ``ValueError`` naming the first argument that is not an integer ``>= 1``."""
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -41,6 +41,37 @@ def reduction_indices(layers: int) -> tuple[int, ...]:
     2 cells give two (cells 0 and 1).
     """
     return tuple(sorted({layers // 3, 2 * layers // 3}))
+
+
+def build_cells(
+    genotype: Genotype, C: int, layers: int, C_stem: int, *, reduction_prev: bool
+) -> tuple[nn.ModuleList, int, int]:
+    """DARTS's stack of ``layers`` cells after a stem of ``C_stem`` channels.
+
+    Returns:
+        The cells, the channels of the last cell's output, and the channels of the output of
+        cell ``2 * layers // 3`` (where DARTS attaches its auxiliary head).
+    """
+    reductions = reduction_indices(layers)
+    aux_index, aux_channels = 2 * layers // 3, 0
+    C_prev_prev, C_prev, C_curr = C_stem, C_stem, C
+    cells = nn.ModuleList()
+    for i in range(layers):
+        reduction = i in reductions
+        if reduction:
+            C_curr *= 2
+        cell_genotype, concat = (
+            (genotype.reduce, genotype.reduce_concat)
+            if reduction
+            else (genotype.normal, genotype.normal_concat)
+        )
+        cell = Cell(cell_genotype, concat, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
+        cells.append(cell)
+        reduction_prev = reduction
+        C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+        if i == aux_index:
+            aux_channels = C_prev
+    return cells, C_prev, aux_channels
 
 
 class _CellStack(nn.Module):
@@ -63,35 +94,15 @@ class _CellStack(nn.Module):
         self, genotype: Genotype, C: int, layers: int, stem_multiplier: int, in_channels: int
     ) -> None:
         super().__init__()
-        C_curr = stem_multiplier * C
+        C_stem = stem_multiplier * C
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
-            nn.BatchNorm2d(C_curr),
+            nn.Conv2d(in_channels, C_stem, 3, padding=1, bias=False),
+            nn.BatchNorm2d(C_stem),
         )
-        reductions = reduction_indices(layers)
         self.aux_index = 2 * layers // 3
-        self.aux_channels = 0
-        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(layers):
-            reduction = i in reductions
-            if reduction:
-                C_curr *= 2
-            cell_genotype, concat = (
-                (genotype.reduce, genotype.reduce_concat)
-                if reduction
-                else (genotype.normal, genotype.normal_concat)
-            )
-            cell = Cell(
-                cell_genotype, concat, C_prev_prev, C_prev, C_curr, reduction, reduction_prev
-            )
-            self.cells.append(cell)
-            reduction_prev = reduction
-            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
-            if i == self.aux_index:
-                self.aux_channels = C_prev
-        self.out_channels = C_prev
+        self.cells, self.out_channels, self.aux_channels = build_cells(
+            genotype, C, layers, C_stem, reduction_prev=False
+        )
 
 
 class ProxyNetwork(nn.Module):
@@ -137,7 +148,7 @@ class ProxyNetwork(nn.Module):
         proj_dim: int = 64,
     ) -> None:
         super().__init__()
-        _check_positive(
+        check_positive(
             C=C,
             layers=layers,
             stem_multiplier=stem_multiplier,
@@ -145,7 +156,7 @@ class ProxyNetwork(nn.Module):
             proj_dim=proj_dim,
         )
         if proj_hidden_dim is not None:
-            _check_positive(proj_hidden_dim=proj_hidden_dim)
+            check_positive(proj_hidden_dim=proj_hidden_dim)
         self.genotype = genotype
         self.body = _CellStack(genotype, C, layers, stem_multiplier, in_channels)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -277,7 +288,7 @@ class NetworkCIFAR(nn.Module):
         drop_path_prob: float = 0.0,
     ) -> None:
         super().__init__()
-        _check_positive(C=C, num_classes=num_classes, layers=layers)
+        check_positive(C=C, num_classes=num_classes, layers=layers)
         if not 0.0 <= drop_path_prob < 1.0:
             raise ValueError(f"drop_path_prob must be in [0, 1), got {drop_path_prob}")
         self.genotype = genotype

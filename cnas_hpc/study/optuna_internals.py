@@ -17,6 +17,7 @@ the test are :data:`KNOWN_SCHEMA_VERSIONS`.
 from __future__ import annotations
 
 import datetime
+import json
 from typing import Any
 
 import optuna
@@ -156,3 +157,36 @@ def fail_trial(study: optuna.Study, trial_id: int) -> bool:
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
     return True
+
+
+def set_user_attr_of_finished_trial(
+    study: optuna.Study, trial_id: int, key: str, value: Any
+) -> None:
+    """Set a user attribute of a trial that may already be finished (COMPLETE).
+
+    Optuna's storages refuse any change to a finished trial (``UpdateFinishedTrialError``), but
+    the evaluation phase must put a cell's test accuracy next to the trial that proposed it, where
+    users look (optuna-dashboard, ``study.trials``). So the row is written straight into Optuna's
+    ``trial_user_attributes`` table (``value_json`` holds the JSON text, as Optuna writes it).
+    Processes that cached the trial before see the value after they reload the study.
+
+    Raises:
+        ValueError: the study has no SQL storage.
+    """
+    engine = engine_of(study)
+    if engine is None:
+        raise ValueError("user attributes of finished trials need an RDB storage")
+    table = sqlalchemy.table(
+        "trial_user_attributes",
+        sqlalchemy.column("trial_id"),
+        sqlalchemy.column("key"),
+        sqlalchemy.column("value_json"),
+    )
+    text = json.dumps(value)
+    where = (table.c.trial_id == trial_id) & (table.c.key == key)
+    with engine.begin() as conn:
+        updated = conn.execute(sqlalchemy.update(table).where(where).values(value_json=text))
+        if updated.rowcount == 0:
+            conn.execute(
+                sqlalchemy.insert(table).values(trial_id=trial_id, key=key, value_json=text)
+            )

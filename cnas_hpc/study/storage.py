@@ -27,7 +27,8 @@ from cnas_hpc.config.study import StudyConfig
 from cnas_hpc.study.budget import RequeueStaleTrial
 
 
-def _engine_kwargs(url: URL, cfg: StudyConfig) -> dict[str, Any]:
+def engine_kwargs(url: URL, cfg: StudyConfig) -> dict[str, Any]:
+    """SQLAlchemy engine options for the study's database (pools sized for many workers)."""
     if url.get_backend_name() == "sqlite":
         # Several local processes may share one file: wait for the write lock instead of failing.
         return {"connect_args": {"timeout": 60}}
@@ -64,7 +65,7 @@ def make_storage(
     try:
         return optuna.storages.RDBStorage(
             url,
-            engine_kwargs=_engine_kwargs(parsed, cfg),
+            engine_kwargs=engine_kwargs(parsed, cfg),
             skip_table_creation=not create_tables,
             heartbeat_interval=cfg.heartbeat_interval,
             grace_period=cfg.grace_period,

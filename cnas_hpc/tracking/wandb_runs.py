@@ -50,10 +50,9 @@ def wandb_config_of(settings: Settings) -> WandbConfig:
     return cfg if isinstance(cfg, WandbConfig) else WandbConfig()
 
 
-def wandb_root(settings: Settings, config: WandbConfig | None = None) -> Path:
+def wandb_root(output_dir: str, config: WandbConfig) -> Path:
     """The ``dir`` handed to ``wandb.init``: ``wandb.dir`` or ``<output_dir>/wandb``."""
-    cfg = config or wandb_config_of(settings)
-    return Path(cfg.dir or Path(settings.output_dir) / "wandb").expanduser()
+    return Path(config.dir or Path(output_dir) / "wandb").expanduser()
 
 
 def sync_command(path: str | Path) -> str:
@@ -111,7 +110,7 @@ def _wandb_settings() -> Any:
 
 
 def init_run(
-    settings: Settings,
+    output_dir: str,
     config: WandbConfig,
     *,
     name: str,
@@ -123,7 +122,7 @@ def init_run(
     """Start one W&B run (several may exist in one process). Raises what wandb raises."""
     import wandb
 
-    root = wandb_root(settings, config)
+    root = wandb_root(output_dir, config)
     root.mkdir(parents=True, exist_ok=True)
     mode: Literal["online", "offline"] = "online" if config.mode == "online" else "offline"
     return wandb.init(

@@ -121,7 +121,7 @@ class WandbTracker:
         self._n_params: int | None = None
         self._macs: int | None = None
         self._started = 0.0
-        self.root = wandb_root(settings, self.config)
+        self.root = wandb_root(settings.output_dir, self.config)
         if self.config.mode == "offline":
             log.info(
                 "W&B offline: runs are written under %s; upload them later with: %s",
@@ -175,7 +175,7 @@ class WandbTracker:
 
     def _open_trial_run(self, info: TrialInfo) -> Run:
         run = init_run(
-            self._settings,
+            self._settings.output_dir,
             self.config,
             name=trial_run_name(info.number, info.segment),
             job_type=TRIAL_JOB_TYPE,

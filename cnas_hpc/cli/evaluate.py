@@ -1,0 +1,168 @@
+"""Glue between Hydra and the evaluation phase: plan the cells once, then every task evaluates.
+
+Contract:
+    * :class:`EvalCallback` runs in the SUBMITTING process (``on_run_start`` of a local run,
+      ``on_multirun_start`` before the launcher queues anything). It validates the config, the
+      data (labels!) and the launcher request, resolves the cells (the study's top-k trials,
+      genotype files, presets) and plans them into the ``evaluations`` table. Bad input ends the
+      process with one ``error:`` line and exit status 2: nothing is queued.
+    * With ``-m``, the cells sweeper (``hydra/sweeper=cells``, the evaluate config's default)
+      turns the plan into ONE array: one task per cell (``eval.cell=<i>``).
+    * :func:`run_evaluate_task` is the body of every task (every rank): it evaluates its cell(s)
+      and, on a local run, prints the results table and writes ``results.md`` / ``results.csv``.
+      A task whose cell failed exits with status 1 (SLURM's accounting shows it FAILED); the
+      other tasks are not affected.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from cnas_hpc.analysis.evaluations import write_results
+from cnas_hpc.cli.common import USER_ERRORS, check_config_secrets, check_launcher, fail
+from cnas_hpc.common.errors import ConfigError
+from cnas_hpc.common.storage_url import mask_url
+from cnas_hpc.config.evaluate import EvalSettings, eval_settings_from_config
+from cnas_hpc.data.datasets import check_available
+from cnas_hpc.data.labeled import check_labeled
+from cnas_hpc.distributed.env import DistEnv
+from cnas_hpc.evaluate import store
+from cnas_hpc.evaluate.app import run_evaluation
+from cnas_hpc.evaluate.cells import resolve_cells
+from cnas_hpc.evaluate.observer import EvalObserver
+from cnas_hpc.tracking.eval_progress import EvalProgress
+from cnas_hpc.tracking.wandb_eval import WandbEvalTracker
+
+log = logging.getLogger("cnas_hpc")
+
+
+def eval_settings_of(cfg: DictConfig) -> EvalSettings:
+    """Resolve and validate the composed evaluate config (without the ``hydra`` node).
+
+    Raises:
+        ConfigError: one line naming the first invalid key.
+    """
+    keys = [str(key) for key in cfg if key != "hydra"]
+    try:
+        container = OmegaConf.to_container(
+            OmegaConf.masked_copy(cfg, keys), resolve=True, throw_on_missing=True
+        )
+    except MissingMandatoryValue as exc:
+        raise ConfigError(f"{exc.full_key} is required: set {exc.full_key}=...") from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{exc.full_key}: {exc.msg}") from None
+    assert isinstance(container, dict)
+    return eval_settings_from_config({str(k): v for k, v in container.items()})
+
+
+def plan_evaluation(cfg: DictConfig, launcher: DictConfig | None) -> list[store.Row]:
+    """Everything the submitting side checks, then the plan (idempotent: a rerun resumes).
+
+    Raises:
+        ConfigError, StudyError, FileNotFoundError, ValueError: one line each.
+    """
+    check_config_secrets(cfg)
+    settings = eval_settings_of(cfg)
+    check_config_secrets(cfg, settings)
+    check_available(settings.data)
+    check_labeled(settings.data)
+    check_launcher(launcher, settings.protocol.batch_size)
+    decisive, protocol_hash = settings.protocol_fingerprint()
+    with store.opened(settings.study) as engine:
+        # A rerun keeps the cells of the first submission: they are resolved only once.
+        planned = store.rows(engine, settings.name)
+        cells = [] if planned else resolve_cells(settings.eval, settings.study)
+        rows = store.plan(
+            engine,
+            settings.name,
+            cells,
+            method=settings.eval.method,
+            protocol_name=settings.protocol.name,
+            protocol=decisive,
+            protocol_hash=protocol_hash,
+            seed=settings.eval.seed,
+            epochs=settings.protocol.epochs,
+        )
+    done = sum(row.state == store.COMPLETE for row in rows)
+    log.info(
+        "evaluation %r in %s: %d cell(s) (%s), %d already complete",
+        settings.name,
+        mask_url(settings.study.storage),
+        len(rows),
+        ", ".join(row.cell_key for row in rows),
+        done,
+    )
+    return rows
+
+
+def planned_cells(cfg: DictConfig) -> int:
+    """How many cells the evaluation of ``cfg`` has planned (the array's size)."""
+    settings = eval_settings_of(cfg)
+    with store.opened(settings.study) as engine:
+        return len(store.rows(engine, settings.name))
+
+
+class EvalCallback(Callback):
+    """Hydra callback: validate and plan once, in the submitting process; summarise at the end."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if DistEnv.from_environment().global_rank != 0:
+            return
+        self._plan(config, launcher=None)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        launcher = config.hydra.get("launcher")
+        self._plan(config, launcher=launcher if "tasks_per_node" in launcher else None)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            print_results(eval_settings_of(config))
+        except Exception as exc:
+            log.warning("could not summarise the evaluation: %s", exc)
+
+    @staticmethod
+    def _plan(config: DictConfig, launcher: DictConfig | None) -> None:
+        try:
+            plan_evaluation(config, launcher)
+        except USER_ERRORS as exc:
+            fail(str(exc))
+
+
+def make_eval_observers(settings: EvalSettings) -> list[EvalObserver]:
+    """Rank 0's observers: terminal progress, and with W&B on, one run per cell."""
+    observers: list[EvalObserver] = [EvalProgress()]
+    if settings.wandb.enabled:
+        observers.append(WandbEvalTracker(settings))
+    return observers
+
+
+def print_results(settings: EvalSettings) -> None:
+    """Print the results table and write ``results.md`` / ``results.csv``."""
+    with store.opened(settings.study) as engine:
+        table, paths = write_results(engine, settings.name, settings.results_dir)
+    print(f"\nEvaluation {settings.name!r}:")
+    print(table)
+    print("Written to " + ", ".join(str(p) for p in paths), flush=True)
+
+
+def run_evaluate_task(cfg: DictConfig) -> int:
+    """Body of every evaluation task; returns the number of cells it completed."""
+    try:
+        settings = eval_settings_of(cfg)
+        env = DistEnv.from_environment()
+        report = run_evaluation(settings, env, observers=lambda: make_eval_observers(settings))
+        if env.is_main and HydraConfig.get().mode == RunMode.RUN:
+            print_results(settings)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    if report.failed:
+        first = next(iter(report.failed.items()))
+        fail(f"{len(report.failed)} cell(s) failed; cell {first[0]}: {first[1]}", code=1)
+    return len(report.completed)

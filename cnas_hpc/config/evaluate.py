@@ -1,0 +1,203 @@
+"""The sections of ``configs/evaluate.yaml``: which cells (``eval``), the label-free probe
+(``probe``), and the validated :class:`EvalSettings` of ``launch/evaluate.py`` (how a cell is
+trained is the ``protocol`` group: :mod:`cnas_hpc.config.protocol`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from cnas_hpc.common.errors import ConfigError
+from cnas_hpc.config.augment import AugmentConfig
+from cnas_hpc.config.build import build_section
+from cnas_hpc.config.checkpoint import CheckpointConfig
+from cnas_hpc.config.data import DataConfig
+from cnas_hpc.config.protocol import ProtocolConfig
+from cnas_hpc.config.study import StudyConfig
+from cnas_hpc.config.wandb import WandbConfig
+
+#: What an evaluation measures: supervised training from scratch, the label-free probe, or both.
+METHODS: Final[tuple[str, ...]] = ("supervised", "probe", "both")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The ``eval`` section: which cells an evaluation trains.
+
+    The cells are, in this order: the ``top_k`` best COMPLETE trials of study ``from_study``
+    (in ``study.storage``), then every genotype of the JSON files in ``genotypes`` (a bare
+    genotype, or a ``best_genotype(s).json`` written by a search: its ``top`` list), then the
+    presets named in ``presets`` (``DARTS_V2``, ...).
+
+    Attributes:
+        from_study: Study whose best trials are evaluated (None: none from a study).
+        top_k: How many of its best trials, ``>= 1``.
+        genotypes: Genotype JSON files.
+        presets: Names of published genotypes (see :data:`cnas_hpc.space.genotype.PRESETS`).
+        name: The evaluation's name: its rows in the ``evaluations`` table, its checkpoints and
+            results folder. Rerunning with the same name resumes. Default: derived from the
+            study (or ``cells``) and the protocol.
+        method: ``supervised`` (train from scratch with labels), ``probe`` (the label-free
+            probe) or ``both``.
+        cell: Which planned cell THIS process evaluates (set by the array sweeper: one cell per
+            array task); None: every cell, one after the other.
+        seed: Seed of initialisation, data order and augmentation.
+    """
+
+    from_study: str | None = None
+    top_k: int = 1
+    genotypes: tuple[str, ...] = ()
+    presets: tuple[str, ...] = ()
+    name: str | None = None
+    method: str = "supervised"
+    cell: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k <= 0:
+            raise ConfigError(f"eval.top_k must be an integer > 0, got {self.top_k!r}")
+        if self.method not in METHODS:
+            raise ConfigError(
+                f"eval.method must be one of {', '.join(METHODS)}, got {self.method!r}"
+            )
+        if self.cell is not None and (isinstance(self.cell, bool) or self.cell < 0):
+            raise ConfigError(f"eval.cell must be null or an integer >= 0, got {self.cell!r}")
+        if self.from_study is None and not self.genotypes and not self.presets:
+            raise ConfigError(
+                "nothing to evaluate: set eval.from_study=<study>, eval.genotypes=[file.json] "
+                "or eval.presets=[DARTS_V2]"
+            )
+        if self.name is not None and not _safe_name(self.name):
+            raise ConfigError(
+                f"eval.name may hold letters, digits, '-', '_' and '.', got {self.name!r}"
+            )
+
+
+def _safe_name(name: str) -> bool:
+    return bool(name) and all(c.isalnum() or c in "-_." for c in name)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The ``probe`` section: the label-free probe of a cell.
+
+    The proxy network (at this larger size) is trained contrastively, WITHOUT labels, on the
+    training images; its frozen features are then scored with a kNN classifier and a linear
+    classifier (logistic regression) fitted on the labeled training images and tested on the
+    test split. Cheap next to training from scratch, and the encoder never saw a label.
+    """
+
+    cells: int = 8
+    channels: int = 16
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 0.3
+    temperature: float = 0.5
+    knn_k: int = 20
+    linear_epochs: int = 100
+    linear_lr: float = 0.1
+
+    def __post_init__(self) -> None:
+        for key in ("cells", "channels", "epochs", "batch_size", "knn_k", "linear_epochs"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"probe.{key} must be an integer >= 1, got {value!r}")
+        if self.lr <= 0 or self.temperature <= 0 or self.linear_lr <= 0:
+            raise ConfigError("probe.lr, probe.temperature and probe.linear_lr must be > 0")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Everything ``launch/evaluate.py`` needs, validated: see :func:`eval_settings_from_config`.
+
+    Attributes:
+        eval: which cells; protocol: how to train them; probe: the label-free probe.
+        data: the labeled images (train split, and the test split: see ``DataConfig.test_path``).
+        augment: the probe's contrastive views.
+        study: the database holding the source study and the ``evaluations`` table.
+        checkpoint, wandb: as in the search.
+        device, output_dir: as in the search.
+    """
+
+    eval: EvalConfig
+    protocol: ProtocolConfig
+    probe: ProbeConfig
+    data: DataConfig
+    augment: AugmentConfig
+    study: StudyConfig
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    device: str = "auto"
+    output_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+    @property
+    def name(self) -> str:
+        """The evaluation's name (``eval.name``, else derived from its cells and protocol)."""
+        if self.eval.name:
+            return self.eval.name
+        head = self.eval.from_study or "cells"
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in head)
+        return f"{safe}-{self.protocol.name}-{self.eval.method}"
+
+    @property
+    def checkpoint_root(self) -> Path:
+        """Root folder of evaluation checkpoints (shared by every array task)."""
+        root = self.checkpoint.dir or Path(self.output_dir) / "checkpoints"
+        return Path(root).expanduser() / "evaluations"
+
+    @property
+    def results_dir(self) -> Path:
+        """Where ``results.md`` / ``results.csv`` of this evaluation are written."""
+        return Path(self.output_dir) / "evaluations" / self.name
+
+    def protocol_fingerprint(self) -> tuple[dict[str, Any], str]:
+        """The settings that decide a cell's result, and their short hash.
+
+        Two evaluations with the same fingerprint are comparable (same protocol, probe, data
+        and seed); the results table only puts such rows side by side.
+        """
+        decisive = {
+            "protocol": dataclasses.asdict(self.protocol),
+            "probe": dataclasses.asdict(self.probe) if self.eval.method != "supervised" else None,
+            "method": self.eval.method,
+            "seed": self.eval.seed,
+            "data": {
+                k: v
+                for k, v in dataclasses.asdict(self.data).items()
+                if k not in ("root", "path", "test_path", "download")
+            },
+        }
+        text = json.dumps(decisive, sort_keys=True, default=str)
+        return decisive, hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def eval_settings_from_config(cfg: Mapping[str, Any]) -> EvalSettings:
+    """Validate a composed ``evaluate`` config (a resolved plain mapping).
+
+    Raises:
+        ConfigError: one line naming the first invalid key.
+    """
+    study_values = dict(cfg.get("study") or {})
+    study_values.pop("sampler", None)  # the evaluation never samples
+    return EvalSettings(
+        eval=build_section(EvalConfig, "eval", cfg.get("eval")),
+        protocol=build_section(ProtocolConfig, "protocol", cfg.get("protocol")),
+        probe=build_section(ProbeConfig, "probe", cfg.get("probe")),
+        data=build_section(DataConfig, "data", cfg.get("data")),
+        augment=build_section(AugmentConfig, "augment", cfg.get("augment")),
+        study=build_section(StudyConfig, "study", study_values),
+        checkpoint=build_section(CheckpointConfig, "checkpoint", cfg.get("checkpoint")),
+        wandb=build_section(WandbConfig, "wandb", cfg.get("wandb")),
+        device=str(cfg.get("device", "auto")),
+        output_dir=str(Path(str(cfg.get("output_dir", "runs"))).expanduser().absolute()),
+    )
