@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -90,3 +91,25 @@ def sacct_array_tasks(array_job_id: str, timeout: float = 120.0) -> list[str]:
         if not settling or time.monotonic() > deadline:
             return tasks
         time.sleep(1.0)
+
+
+#: The real CIFAR-10 arrays shared with the project (``../shared/data/cifar10``).
+CIFAR10_DIR = ROOT.parent / "shared" / "data" / "cifar10"
+
+
+def cifar10_npz() -> tuple[Path, Path]:
+    """``(train_10k, test)`` npz paths; skip when absent (a user's machine), FAIL in CI."""
+    train, test = CIFAR10_DIR / "cifar10_train_10k.npz", CIFAR10_DIR / "cifar10_test.npz"
+    if not (train.is_file() and test.is_file()):
+        reason = f"the CIFAR-10 arrays are not in {CIFAR10_DIR}"
+        if os.environ.get("CI", "").strip().lower() in {"true", "1"}:
+            pytest.fail(f"{reason} (CI=true: they must be there)", pytrace=False)
+        pytest.skip(reason)
+    return train, test
+
+
+def run_evaluate(
+    args: Sequence[str], *, home: Path, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``launch/evaluate.py`` as a user would (see :func:`run_launch`)."""
+    return run_launch("evaluate.py", args, home=home, timeout=timeout, env=env)

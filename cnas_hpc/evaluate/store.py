@@ -18,7 +18,6 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy
@@ -36,9 +35,8 @@ from sqlalchemy import (
 )
 
 from cnas_hpc.common.errors import StudyError
-from cnas_hpc.common.storage_url import normalize_storage_url
 from cnas_hpc.config.study import StudyConfig
-from cnas_hpc.study.storage import describe_db_error, engine_kwargs
+from cnas_hpc.study.storage import connect_engine, describe_db_error
 
 METADATA = MetaData()
 
@@ -153,17 +151,12 @@ def connect(cfg: StudyConfig) -> sqlalchemy.Engine:
     Raises:
         StudyError: the database is unreachable or refuses the credentials (one line, masked).
     """
-    url = normalize_storage_url(cfg.storage)
-    parsed = sqlalchemy.engine.make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        # Presets alone need no search: the evaluation may start the database file.
-        Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
-    engine = sqlalchemy.create_engine(url, **engine_kwargs(parsed, cfg))
+    engine = connect_engine(cfg)
     try:
         METADATA.create_all(engine, checkfirst=True)
     except sqlalchemy.exc.SQLAlchemyError as exc:
         engine.dispose()
-        raise StudyError(describe_db_error(exc, url)) from None
+        raise StudyError(describe_db_error(exc, cfg.storage)) from None
     return engine
 
 

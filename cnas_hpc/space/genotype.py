@@ -80,6 +80,68 @@ PC_DARTS = Genotype(
     ],
     reduce_concat=range(2, 6),
 )
+# More published DARTS-space cells (SNAS, P-DARTS, CDARTS, CARS), as their authors' code
+# defines them; all use DARTS's 7 edge ops, 4 nodes and concatenate nodes 2-5.
+SNAS = Genotype(
+    normal=[
+        ("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("skip_connect", 0), ("dil_conv_3x3", 1),
+        ("skip_connect", 1), ("skip_connect", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
+    ],
+    normal_concat=range(2, 6),
+    reduce=[
+        ("max_pool_3x3", 0), ("max_pool_3x3", 1), ("max_pool_3x3", 1), ("skip_connect", 2),
+        ("skip_connect", 2), ("max_pool_3x3", 1), ("max_pool_3x3", 0), ("dil_conv_5x5", 2),
+    ],
+    reduce_concat=range(2, 6),
+)
+P_DARTS = Genotype(
+    normal=[
+        ("skip_connect", 0), ("dil_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 1), ("sep_conv_3x3", 3), ("sep_conv_3x3", 0), ("dil_conv_5x5", 4),
+    ],
+    normal_concat=range(2, 6),
+    reduce=[
+        ("avg_pool_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_3x3", 0), ("dil_conv_5x5", 2),
+        ("max_pool_3x3", 0), ("dil_conv_3x3", 1), ("dil_conv_3x3", 1), ("dil_conv_5x5", 3),
+    ],
+    reduce_concat=range(2, 6),
+)
+CDARTS = Genotype(
+    normal=[
+        ("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2),
+        ("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 2),
+    ],
+    normal_concat=range(2, 6),
+    reduce=[
+        ("sep_conv_5x5", 1), ("max_pool_3x3", 0), ("dil_conv_5x5", 2), ("skip_connect", 0),
+        ("sep_conv_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_3x3", 0), ("dil_conv_5x5", 2),
+    ],
+    reduce_concat=range(2, 6),
+)
+CARS_I = Genotype(
+    normal=[
+        ("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_5x5", 1),
+        ("skip_connect", 2), ("sep_conv_3x3", 3), ("sep_conv_3x3", 0), ("dil_conv_5x5", 4),
+    ],
+    normal_concat=range(2, 6),
+    reduce=[
+        ("dil_conv_3x3", 0), ("skip_connect", 1), ("max_pool_3x3", 0), ("max_pool_3x3", 2),
+        ("skip_connect", 1), ("sep_conv_5x5", 3), ("dil_conv_3x3", 1), ("max_pool_3x3", 4),
+    ],
+    reduce_concat=range(2, 6),
+)
+CARS_H = Genotype(
+    normal=[
+        ("sep_conv_5x5", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("dil_conv_5x5", 2),
+        ("avg_pool_3x3", 0), ("skip_connect", 1), ("sep_conv_5x5", 2), ("max_pool_3x3", 0),
+    ],
+    normal_concat=range(2, 6),
+    reduce=[
+        ("sep_conv_5x5", 0), ("max_pool_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 1),
+        ("dil_conv_3x3", 2), ("max_pool_3x3", 0), ("sep_conv_5x5", 0), ("avg_pool_3x3", 3),
+    ],
+    reduce_concat=range(2, 6),
+)
 # fmt: on
 
 #: Named presets, addressable from configs (``eval.genotype=DARTS_V2``) without ``eval()``.
@@ -88,6 +150,11 @@ PRESETS: dict[str, Genotype] = {
     "DARTS": DARTS_V2,
     "DARTS_V2": DARTS_V2,
     "PC_DARTS": PC_DARTS,
+    "SNAS": SNAS,
+    "P_DARTS": P_DARTS,
+    "CDARTS": CDARTS,
+    "CARS_I": CARS_I,
+    "CARS_H": CARS_H,
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import optuna
+import sqlalchemy
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.url import URL
 from sqlalchemy.pool import NullPool
@@ -119,3 +120,27 @@ def describe_db_error(exc: BaseException, url: str) -> str:
     else:
         why = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return f"cannot use study storage {masked}: {why}"
+
+
+def connect_engine(cfg: StudyConfig) -> sqlalchemy.Engine:
+    """A SQLAlchemy engine on the study's database, for cnas-hpc's own tables next to Optuna's.
+
+    Pools as for the study (see :func:`engine_kwargs`); a SQLite file's folder is created
+    (presets alone need no search, so an evaluation may start the file). The connection is
+    tried once, so a bad URL or an unreachable server fails here, in one line.
+
+    Raises:
+        StudyError: unreachable database or refused credentials (the URL masked).
+    """
+    url = normalize_storage_url(cfg.storage)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
+    engine = sqlalchemy.create_engine(url, **engine_kwargs(parsed, cfg))
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        engine.dispose()
+        raise StudyError(describe_db_error(exc, url)) from None
+    return engine

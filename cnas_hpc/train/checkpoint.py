@@ -73,8 +73,7 @@ def save_checkpoint(state: TrainState, path: Path) -> None:
     torch.save(state.to_payload(), tmp)
     tmp.replace(path)
     log.info(
-        "checkpoint of trial %d at epoch %d step %d: %s",
-        state.trial,
+        "checkpoint at epoch %d step %d: %s",
         state.epoch,
         state.step_in_epoch,
         path,

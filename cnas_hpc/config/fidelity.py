@@ -1,0 +1,146 @@
+"""The ``fidelity`` section of ``configs/fidelity.yaml`` and the validated fidelity settings.
+
+A fidelity study scores the same cells two ways: with the label-free search score (the search's
+own config: ``space``, ``model``, ``data``, ``augment``, ``train``, ``search.objective``) and with
+supervised accuracy after a short training from scratch (``protocol``), then measures how well
+the first ranks the cells like the second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cnas_hpc.common.errors import ConfigError
+from cnas_hpc.config.build import build_section
+from cnas_hpc.config.protocol import ProtocolConfig
+from cnas_hpc.config.settings import Settings, settings_from_config
+
+
+@dataclass(frozen=True)
+class FidelityConfig:
+    """Which cells a fidelity study measures, and how its statistics are computed.
+
+    Attributes:
+        n_random: Random cells drawn from the search space (seeded by ``seed``: a larger value
+            keeps the first cells and adds new ones).
+        seed: Seed of the random cells.
+        presets: Known cells measured too (``DARTS_V2``, ...): "seeded" cells.
+        genotypes: Genotype JSON files measured too.
+        noise_cells: The first this many cells are scored under every seed of ``noise_seeds``
+            as well: the score's own noise.
+        noise_seeds: Extra seeds of the label-free score (``seed`` of the search config + 1..n).
+        bootstrap: Bootstrap resamples of the confidence intervals.
+        confidence: Level of the intervals.
+        top_k: Size of the top-k overlap.
+        unit: Which planned measurement THIS process makes (set by the array sweeper); None: all.
+    """
+
+    n_random: int = 24
+    seed: int = 0
+    presets: tuple[str, ...] = ()
+    genotypes: tuple[str, ...] = ()
+    noise_cells: int = 4
+    noise_seeds: int = 3
+    bootstrap: int = 2000
+    confidence: float = 0.95
+    top_k: int = 5
+    unit: int | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("n_random", "noise_cells", "noise_seeds"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"fidelity.{key} must be an integer >= 0, got {value!r}")
+        for key in ("bootstrap", "top_k"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"fidelity.{key} must be an integer >= 1, got {value!r}")
+        if not 0.5 <= self.confidence < 1.0:
+            raise ConfigError(f"fidelity.confidence must be in [0.5, 1), got {self.confidence}")
+        if self.n_random + len(self.presets) + len(self.genotypes) < 3:
+            raise ConfigError(
+                "a fidelity study needs at least 3 cells: raise fidelity.n_random or add "
+                "fidelity.presets / fidelity.genotypes"
+            )
+        if self.unit is not None and (isinstance(self.unit, bool) or self.unit < 0):
+            raise ConfigError(f"fidelity.unit must be null or an integer >= 0, got {self.unit!r}")
+
+
+@dataclass(frozen=True)
+class FidelitySettings:
+    """The search's settings (the label-free score), the short protocol (the accuracy), and
+    the fidelity section."""
+
+    search: Settings
+    protocol: ProtocolConfig
+    fidelity: FidelityConfig
+
+    def score_fingerprint(self) -> tuple[dict[str, Any], str]:
+        """What decides a cell's label-free score (and its short hash): proxy, data, training."""
+        s = self.search
+        decisive = {
+            "space": dataclasses.asdict(s.space),
+            "model": dataclasses.asdict(s.model),
+            "data": _data_identity(s),
+            "augment": dataclasses.asdict(s.augment),
+            "train": {
+                k: v
+                for k, v in dataclasses.asdict(s.train).items()
+                if k not in ("log_every_steps", "num_threads")
+            },
+        }
+        return decisive, _digest(decisive)
+
+    def accuracy_fingerprint(self) -> tuple[dict[str, Any], str]:
+        """What decides a cell's supervised accuracy (and its short hash)."""
+        decisive = {
+            "protocol": {
+                k: v
+                for k, v in dataclasses.asdict(self.protocol).items()
+                if k not in ("name", "log_every_steps", "amp", "memory_format", "eval_batch_size")
+            },
+            "data": _data_identity(self.search),
+            "seed": self.search.seed,
+        }
+        return decisive, _digest(decisive)
+
+    @property
+    def results_dir(self) -> Path:
+        """Where the report of this fidelity study is written."""
+        _, score = self.score_fingerprint()
+        _, accuracy = self.accuracy_fingerprint()
+        return Path(self.search.output_dir) / "fidelity" / f"{score}-{accuracy}"
+
+
+def _data_identity(s: Settings) -> dict[str, Any]:
+    data = dataclasses.asdict(s.data)
+    for path_key in ("root", "path", "test_path"):
+        if data.get(path_key):
+            data[path_key] = Path(str(data[path_key])).name  # the file, not where it lies
+    data.pop("download", None)
+    return data
+
+
+def _digest(payload: Mapping[str, Any]) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def fidelity_settings_from_config(cfg: Mapping[str, Any]) -> FidelitySettings:
+    """Validate a composed ``fidelity`` config (a resolved plain mapping).
+
+    Raises:
+        ConfigError: one line naming the first invalid key.
+    """
+    search_part = {k: v for k, v in cfg.items() if k not in ("protocol", "fidelity")}
+    return FidelitySettings(
+        search=settings_from_config(search_part),
+        protocol=build_section(ProtocolConfig, "protocol", cfg.get("protocol")),
+        fidelity=build_section(FidelityConfig, "fidelity", cfg.get("fidelity")),
+    )

@@ -1,0 +1,163 @@
+"""``launch/evaluate.py`` as a user runs it: a search's best cells beside a preset, end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import sqlalchemy
+from PIL import Image
+
+from tests.helpers import TINY, run_evaluate, run_launch, run_search
+from tests.wandb_offline import offline_runs
+
+STUDY = "cnas-digits-compact"
+#: A toy protocol on the embedded digits: seconds per cell on one CPU thread.
+QUICK = (
+    "protocol=debug",
+    "protocol.cells=3",
+    "protocol.channels=6",
+    "protocol.epochs=2",
+    "protocol.max_steps_per_epoch=4",
+    "protocol.amp=none",
+    "protocol.memory_format=contiguous",
+    "data=digits",
+)
+ENV = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("evaluate")
+    result = run_search([*TINY, "search.n_trials=3"], home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return home
+
+
+def test_the_best_trials_are_trained_beside_a_preset_and_recorded_where_users_look(
+    searched: Path,
+) -> None:
+    args = [*QUICK, f"eval.from_study={STUDY}", "eval.top_k=2", "eval.presets=[DARTS_V2]"]
+    result = run_evaluate(args, home=searched, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    name = f"{STUDY}-debug-supervised"
+    assert f"Evaluation '{name}'" in result.stdout and "DARTS_V2" in result.stdout
+    results = searched / "evaluations" / name
+    csv_rows = (results / "results.csv").read_text().splitlines()
+    assert len(csv_rows) == 4 and all(",COMPLETE," in row for row in csv_rows[1:])
+    assert "| DARTS_V2" in (results / "results.md").read_text()
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{searched / 'cnas.db'}")
+    evaluated = [t for t in study.trials if f"cnas:eval/{name}" in t.user_attrs]
+    assert len(evaluated) == 2
+    record = evaluated[0].user_attrs[f"cnas:eval/{name}"]
+    assert 0.0 <= record["test_accuracy"] <= 1.0 and record["protocol"] == "debug"
+    # The study report shows them too.
+    report = run_launch("report.py", [*TINY, "report.pictures=false"], home=searched)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "evaluations (2 cell(s) of this study" in report.stdout
+    # A rerun trains nothing again.
+    again = run_evaluate(args, home=searched, env=ENV)
+    logs = again.stdout + again.stderr
+    assert again.returncode == 0 and logs.count("already evaluated: skipped") == 3
+
+
+def test_the_label_free_probe_gives_a_number_without_training_on_labels(searched: Path) -> None:
+    args = [
+        *QUICK, "eval.presets=[PC_DARTS]", "eval.method=probe", "probe.cells=3",
+        "probe.channels=4", "probe.epochs=1", "probe.batch_size=64", "probe.linear_epochs=10",
+    ]  # fmt: skip
+    result = run_evaluate(args, home=searched, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    engine = sqlalchemy.create_engine(f"sqlite:///{searched / 'cnas.db'}")
+    with engine.connect() as conn:
+        row = conn.execute(
+            sqlalchemy.text(
+                "SELECT probe_knn_accuracy, probe_linear_accuracy, test_accuracy, state "
+                "FROM evaluations WHERE name = 'cells-debug-probe'"
+            )
+        ).one()
+    engine.dispose()
+    knn, linear, supervised, state = row
+    assert state == "COMPLETE" and supervised is None
+    assert 0.0 < knn <= 1.0 and 0.0 < linear <= 1.0
+
+
+def _unlabeled_npz(folder: Path) -> Path:
+    path = folder / "unlabeled.npz"
+    np.savez(path, images=np.zeros((64, 8, 8, 3), dtype=np.uint8))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("unknown-study", "study 'nope' does not exist"),
+        ("top-k", "eval.top_k must be an integer > 0"),
+        ("bad-file", "does not parse"),
+        ("no-labels", "has no labels"),
+        ("nothing", "nothing to evaluate"),
+    ],
+)
+def test_bad_input_is_refused_with_one_line_before_anything_runs(
+    searched: Path, tmp_path: Path, case: str, needle: str
+) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"normal": []}))
+    extra = {
+        "unknown-study": ["eval.from_study=nope"],
+        "top-k": [f"eval.from_study={STUDY}", "eval.top_k=0"],
+        "bad-file": [f"eval.genotypes=[{broken}]"],
+        "no-labels": [
+            "eval.presets=[DARTS_V2]",
+            "data=npz",
+            f"data.path={_unlabeled_npz(tmp_path)}",
+        ],
+        "nothing": [],
+    }[case]
+    result = run_evaluate(["-m", *QUICK, *extra, "eval.name=refused"], home=searched)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0], result.stderr[-2000:]
+    assert not list(searched.glob("hydra/evaluate/multirun/*/.submitit"))  # nothing queued
+
+
+def test_each_cell_writes_a_w_and_b_evaluation_run_grouped_with_its_study(
+    searched: Path,
+) -> None:
+    root = searched / "wb"
+    args = [*QUICK, f"eval.from_study={STUDY}", "eval.top_k=1", "eval.name=tracked",
+            "wandb=offline", f"wandb.dir={root}"]  # fmt: skip
+    result = run_evaluate(args, home=searched, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = offline_runs(root)
+    assert (run.job_type, run.group, run.name) == ("evaluation", STUDY, run.name)
+    assert run.name.startswith("eval-0-") and run.config["evaluation"] == "tracked"
+    assert run.summary["state"] == "COMPLETE" and 0.0 <= run.summary["test_accuracy"] <= 1.0
+    assert run.series("epoch") == [1, 2]
+
+
+def _image_folder(root: Path, per_class: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{i}.png")
+    return root
+
+
+def test_the_imagenet_mobile_protocol_runs_on_an_image_folder(tmp_path: Path) -> None:
+    train = _image_folder(tmp_path / "train", 8, 0)
+    val = _image_folder(tmp_path / "val", 4, 1)
+    args = [
+        "protocol=imagenet_mobile", "protocol.cells=3", "protocol.channels=4",
+        "protocol.epochs=1", "protocol.batch_size=8", "protocol.amp=none",
+        "protocol.memory_format=contiguous", "data=folder", f"data.root={train}",
+        f"data.test_path={val}", "data.image_size=224", "eval.presets=[DARTS_V2]",
+    ]  # fmt: skip
+    result = run_evaluate(args, home=tmp_path, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "COMPLETE" in result.stdout and "cells-imagenet_mobile-supervised" in result.stdout

@@ -1,0 +1,162 @@
+"""The evaluation phase on the real cluster: ONE array of cells, kills, requeues and reruns.
+
+A tiny search fills a PostgreSQL study; its top-2 cells and DARTS_V2 are trained from scratch on
+the real CIFAR-10 arrays (debug size, a few epochs) as one SLURM array; the accuracies land in the
+study, the evaluations table, the results files and the report. Then an evaluation is killed
+mid-run (SIGKILL), and one is preempted (USR2, requeued by submitit): both resume at their saved
+epoch and end with exactly the accuracy of the unbroken run with the same seed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+import torch
+
+from tests.helpers import (
+    ROOT,
+    cifar10_npz,
+    run_evaluate,
+    run_launch,
+    run_search,
+    sacct_array_tasks,
+)
+
+pytestmark = [pytest.mark.slurm, pytest.mark.postgres, pytest.mark.slow]
+
+STUDY = "eval-source"
+#: One torch thread per task (the node has 2 cores): also what makes reruns bit-exact.
+ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def _debug_cifar(url: str) -> list[str]:
+    train, test = cifar10_npz()
+    return [
+        "hydra/launcher=slurm_cpu",
+        "protocol=debug",
+        "protocol.epochs=3",
+        "protocol.test_every_epochs=3",  # the 10,000 test images once, at the end
+        "protocol.amp=none",
+        "protocol.memory_format=contiguous",
+        "data=npz",
+        f"data.path={train}",
+        f"data.test_path={test}",
+        "data.fraction=0.2",
+        "study=postgres",
+        f"study.storage={url}",
+    ]
+
+
+def _rows(url: str, name: str) -> list[dict[str, object]]:
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sqlalchemy.text(
+                "SELECT cell_key, state, test_accuracy, epochs_done, worker FROM evaluations "
+                "WHERE name = :n ORDER BY cell_index"
+            ),
+            {"n": name},
+        ).mappings()
+        out = [dict(row) for row in rows]
+    engine.dispose()
+    return out
+
+
+def _wait(condition: Callable[[], object], what: str, timeout: float = 400) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(1.0)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _checkpoint_at_epoch(home: Path, name: str) -> int | None:
+    for path in home.glob(f"checkpoints/evaluations/{name}/supervised/trial-*.pt"):
+        try:
+            epoch = int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+        except (OSError, RuntimeError, KeyError, EOFError):
+            continue
+        if epoch >= 1:
+            return epoch
+    return None
+
+
+def _start(args: list[str], home: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "launch" / "evaluate.py"), "-m", *args],
+        cwd=ROOT,
+        env={**os.environ, "CNAS_HOME": str(home), **ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_the_top_cells_and_a_preset_train_as_one_array_and_resume_after_a_kill(
+    fresh_pg_url: str, tmp_path: Path
+) -> None:
+    search = run_search(
+        [
+            "debug=tiny", "study=postgres", f"study.storage={fresh_pg_url}",
+            f"study.name={STUDY}", "search.n_trials=3",
+        ],
+        home=tmp_path,
+    )  # fmt: skip
+    assert search.returncode == 0, search.stderr[-3000:]
+    common = _debug_cifar(fresh_pg_url)
+    args = ["-m", *common, f"eval.from_study={STUDY}", "eval.top_k=2", "eval.presets=[DARTS_V2]"]
+    result = run_evaluate(args, home=tmp_path, env=ENV, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (array_id,) = {
+        line.split()[-4] for line in result.stdout.splitlines() if "submitted array" in line
+    }
+    tasks = sacct_array_tasks(array_id)
+    assert len(tasks) == 3 and all(t.endswith("|COMPLETED") for t in tasks), tasks
+    name = f"{STUDY}-debug-supervised"
+    rows = _rows(fresh_pg_url, name)
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 3
+    assert all(float(str(r["test_accuracy"])) > 0.2 for r in rows), rows  # chance is 0.1
+    study = optuna.load_study(study_name=STUDY, storage=fresh_pg_url)
+    assert sum(f"cnas:eval/{name}" in t.user_attrs for t in study.trials) == 2
+    assert "DARTS_V2" in (tmp_path / "evaluations" / name / "results.md").read_text()
+    report = run_launch(
+        "report.py",
+        [
+            "debug=tiny", "study=postgres", f"study.storage={fresh_pg_url}",
+            f"study.name={STUDY}", "report.pictures=false",
+        ],
+        home=tmp_path,
+    )  # fmt: skip
+    assert report.returncode == 0 and "evaluations (2 cell(s)" in report.stdout
+    unbroken = float(str(rows[2]["test_accuracy"]))
+
+    # The same cell under another name, killed once its first epoch is checkpointed.
+    again = [*common, "eval.presets=[DARTS_V2]", "eval.name=killed"]
+    proc = _start(again, tmp_path)
+    _wait(lambda: _checkpoint_at_epoch(tmp_path, "killed"), "a checkpoint after epoch 1")
+    (row,) = _rows(fresh_pg_url, "killed")
+    job = str(row["worker"]).split(":", 1)[1]
+    subprocess.run(["scancel", "--signal=KILL", job], check=True)
+    proc.communicate(timeout=600)
+    (row,) = _rows(fresh_pg_url, "killed")
+    assert row["state"] == "RUNNING"  # killed: nobody could record an end
+    rerun = run_evaluate(["-m", *again], home=tmp_path, env=ENV, timeout=1200)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    logs = "\n".join(
+        p.read_text(errors="replace")
+        for p in tmp_path.glob("hydra/evaluate/multirun/*/.submitit/*/*_log.*")
+    )
+    assert "resumed at epoch 1" in logs or "resumed at epoch 2" in logs
+    (row,) = _rows(fresh_pg_url, "killed")
+    assert row["state"] == "COMPLETE"
+    assert float(str(row["test_accuracy"])) == unbroken  # exactly the unbroken run's
