@@ -102,11 +102,13 @@ def plan_evaluation(cfg: DictConfig, launcher: DictConfig | None) -> list[store.
     return rows
 
 
-def planned_cells(cfg: DictConfig) -> int:
-    """How many cells the evaluation of ``cfg`` has planned (the array's size)."""
+def planned_cells(cfg: DictConfig) -> list[int]:
+    """The cells of the evaluation of ``cfg`` still to train (the array: one task per cell);
+    a rerun submits only the cells that are not COMPLETE."""
     settings = eval_settings_of(cfg)
     with store.opened(settings.study) as engine:
-        return len(store.rows(engine, settings.name))
+        rows = store.rows(engine, settings.name)
+    return [row.cell_index for row in rows if row.state != store.COMPLETE]
 
 
 class EvalCallback(Callback):

@@ -13,6 +13,7 @@ Contract:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -134,7 +135,11 @@ class _Data:
 
     def labeled(self) -> LabeledData:
         if self._labeled is None:
-            self._labeled = load_labeled(self.settings.search.data)
+            # The same images at the protocol's size (the search may score smaller images).
+            cfg = dataclasses.replace(
+                self.settings.search.data, image_size=self.settings.protocol.image_size
+            )
+            self._labeled = load_labeled(cfg)
         return self._labeled
 
 

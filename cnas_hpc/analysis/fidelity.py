@@ -1,0 +1,369 @@
+"""Does the label-free score rank cells the way accuracy does? The statistics and the report.
+
+Sign convention: every correlation is between "better by the score" and "better by accuracy"
+(a minimised score is negated first), so a positive Kendall tau means the score ranks cells like
+accuracy does, 0 means no better than chance, and a negative one means it ranks them backwards.
+
+Reported: Kendall tau-b and Spearman rho with percentile-bootstrap confidence intervals (cells
+resampled with replacement), the top-k overlap, the same tau for every objective the search can
+use (the validation and the training contrastive loss come from the same runs) and for every
+proxy epoch (how many epochs the score needs), the tau of the parameter count alone (a baseline
+any score should beat), and the score's own noise: the spread of one cell's score across seeds
+next to the spread of the scores across cells (a difference smaller than the noise means
+nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy import stats
+from tabulate import tabulate
+
+from cnas_hpc.analysis.plots import write_html
+from cnas_hpc.common.objectives import direction_of
+from cnas_hpc.fidelity.app import FidelityPlan
+from cnas_hpc.fidelity.store import COMPLETE, FAIL
+
+#: Objectives whose value every score measurement records.
+SCORE_OBJECTIVES = ("val_contrastive_loss", "train_contrastive_loss", "knn_accuracy")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A statistic and its bootstrap confidence interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.value:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b (ties handled); NaN when undefined."""
+    return float(stats.kendalltau(x, y).statistic)
+
+
+def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rho; NaN when undefined."""
+    return float(stats.spearmanr(x, y).statistic)
+
+
+def bootstrap(
+    x: Sequence[float],
+    y: Sequence[float],
+    statistic: Callable[[Sequence[float], Sequence[float]], float],
+    *,
+    resamples: int,
+    confidence: float,
+    seed: int = 0,
+) -> Interval:
+    """``statistic(x, y)`` and its percentile-bootstrap interval over resampled pairs."""
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    value = statistic(xs.tolist(), ys.tolist())
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        index = rng.integers(0, len(xs), len(xs))
+        drawn = statistic(xs[index].tolist(), ys[index].tolist())
+        if math.isfinite(drawn):
+            draws.append(drawn)
+    if not draws:
+        return Interval(value, math.nan, math.nan)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(draws, [tail, 1.0 - tail])
+    return Interval(value, float(low), float(high))
+
+
+def top_k_overlap(better_score: Sequence[float], accuracy: Sequence[float], k: int) -> float:
+    """Share of the k best cells by accuracy that are also among the k best by the score."""
+    k = min(k, len(accuracy))
+    by_score = set(np.argsort(-np.asarray(better_score))[:k].tolist())
+    by_accuracy = set(np.argsort(-np.asarray(accuracy))[:k].tolist())
+    return len(by_score & by_accuracy) / max(k, 1)
+
+
+@dataclass
+class CellRow:
+    """One cell's measurements."""
+
+    key: str
+    source: str
+    accuracy: float | None
+    score: float | None
+    score_seeds: list[float]
+    params: int | None
+    objectives: dict[str, float | None] = field(default_factory=dict)
+    epochs: dict[str, list[float | None]] = field(default_factory=dict)
+
+
+@dataclass
+class FidelitySummary:
+    """Everything the report says (also written as JSON)."""
+
+    objective: str
+    n_cells: int
+    n_measured: int
+    tau: Interval | None
+    rho: Interval | None
+    top_k: int
+    top_k_overlap: float | None
+    params_tau: Interval | None
+    by_objective: dict[str, Interval | None]
+    by_epoch: list[float]
+    noise_std: float | None
+    score_spread: float | None
+    failures: list[str]
+    rows: list[CellRow]
+
+
+def _sign(objective: str) -> float:
+    return 1.0 if direction_of(objective) == "maximize" else -1.0
+
+
+def collect_rows(
+    plan: FidelityPlan, objective: str, base_seed: int
+) -> tuple[list[CellRow], list[str]]:
+    """One row per cell from the plan's measurements, and the failures."""
+    rows, failures = [], []
+    for cell in plan.cells:
+        accuracy = plan.accuracy[cell.genotype_hash]
+        scores = plan.scores[cell.genotype_hash]
+        for m in [accuracy, *scores]:
+            if m.state == FAIL:
+                failures.append(f"{cell.key} {m.kind} seed {m.seed}: {m.fail_reason}")
+        done = [m for m in scores if m.state == COMPLETE]
+        main = next((m for m in done if m.seed == base_seed), None)
+        history = main.extra.get("history", []) if main is not None else []
+        rows.append(
+            CellRow(
+                key=cell.key,
+                source=cell.source,
+                accuracy=accuracy.value if accuracy.state == COMPLETE else None,
+                score=main.extra.get(objective) if main is not None else None,
+                score_seeds=[
+                    float(m.extra[objective]) for m in done if m.extra.get(objective) is not None
+                ],
+                params=accuracy.params,
+                objectives={o: main.extra.get(o) for o in SCORE_OBJECTIVES} if main else {},
+                epochs={
+                    "val_contrastive_loss": [h.get("val_loss") for h in history],
+                    "train_contrastive_loss": [h.get("train_loss") for h in history],
+                },
+            )
+        )
+    return rows, failures
+
+
+def _tau_of(
+    rows: Sequence[CellRow],
+    get: Callable[[CellRow], float | None],
+    sign: float,
+    resamples: int,
+    confidence: float,
+) -> Interval | None:
+    pairs = [
+        (sign * v, r.accuracy) for r in rows if (v := get(r)) is not None and r.accuracy is not None
+    ]
+    if len(pairs) < 3:
+        return None
+    x, y = zip(*pairs, strict=True)
+    return bootstrap(x, y, kendall_tau, resamples=resamples, confidence=confidence)
+
+
+def _objective(name: str) -> Callable[[CellRow], float | None]:
+    def value(row: CellRow) -> float | None:
+        return row.objectives.get(name)
+
+    return value
+
+
+def _at_epoch(objective: str, epoch: int) -> Callable[[CellRow], float | None]:
+    def value(row: CellRow) -> float | None:
+        series = row.epochs.get(objective, [])
+        return series[epoch] if len(series) > epoch else None
+
+    return value
+
+
+def summarise(
+    plan: FidelityPlan,
+    objective: str,
+    *,
+    base_seed: int,
+    top_k: int,
+    resamples: int,
+    confidence: float,
+) -> FidelitySummary:
+    """The statistics of a fidelity study (see the module docstring)."""
+    rows, failures = collect_rows(plan, objective, base_seed)
+    sign = _sign(objective)
+    measured = [r for r in rows if r.score is not None and r.accuracy is not None]
+    better = [sign * float(r.score or 0.0) for r in measured]
+    accuracy = [float(r.accuracy or 0.0) for r in measured]
+    enough = len(measured) >= 3
+    by_objective = {
+        name: _tau_of(rows, _objective(name), _sign(name), resamples, confidence)
+        for name in SCORE_OBJECTIVES
+    }
+    epochs = max((len(r.epochs.get(objective, [])) for r in rows), default=0)
+    by_epoch = []
+    for e in range(epochs):
+        interval = _tau_of(rows, _at_epoch(objective, e), sign, 1, confidence)
+        by_epoch.append(interval.value if interval is not None else math.nan)
+    noisy = [np.std(r.score_seeds) for r in rows if len(r.score_seeds) > 1]
+    return FidelitySummary(
+        objective=objective,
+        n_cells=len(rows),
+        n_measured=len(measured),
+        tau=bootstrap(better, accuracy, kendall_tau, resamples=resamples, confidence=confidence)
+        if enough
+        else None,
+        rho=bootstrap(better, accuracy, spearman_rho, resamples=resamples, confidence=confidence)
+        if enough
+        else None,
+        top_k=top_k,
+        top_k_overlap=top_k_overlap(better, accuracy, top_k) if enough else None,
+        params_tau=_tau_of(
+            rows, lambda r: float(r.params) if r.params else None, 1.0, resamples, confidence
+        ),
+        by_objective=by_objective,
+        by_epoch=by_epoch,
+        noise_std=float(np.mean(noisy)) if noisy else None,
+        score_spread=float(np.std(better)) if measured else None,
+        failures=failures,
+        rows=rows,
+    )
+
+
+def format_summary(summary: FidelitySummary, confidence: float) -> str:
+    """The summary as plain text."""
+    pct = f"{100 * confidence:.0f}%"
+    lines = [
+        f"cells: {summary.n_cells} ({summary.n_measured} with a score and an accuracy)",
+        f"score: {summary.objective} (correlations are 'better by the score' vs accuracy)",
+        f"Kendall tau   {summary.tau}  ({pct} bootstrap interval)"
+        if summary.tau
+        else "Kendall tau   -",
+        f"Spearman rho  {summary.rho}" if summary.rho else "Spearman rho  -",
+        f"top-{summary.top_k} overlap {summary.top_k_overlap:.2f}"
+        if summary.top_k_overlap is not None
+        else "top-k overlap -",
+        f"parameter count alone: tau {summary.params_tau}" if summary.params_tau else "",
+    ]
+    if summary.noise_std is not None and summary.score_spread:
+        share = summary.noise_std / summary.score_spread
+        lines.append(
+            f"score noise: std {summary.noise_std:.4f} across seeds of one cell vs "
+            f"{summary.score_spread:.4f} across cells ({share:.2f} of the spread)"
+        )
+    lines.append(
+        "by objective: "
+        + ", ".join(
+            f"{name} {interval}"
+            for name, interval in summary.by_objective.items()
+            if interval is not None
+        )
+    )
+    if summary.by_epoch:
+        lines.append("tau by proxy epoch: " + " ".join(f"{t:+.3f}" for t in summary.by_epoch))
+    table = tabulate(
+        [
+            [
+                r.key,
+                r.source,
+                "-" if r.score is None else f"{r.score:.4f}",
+                "-" if len(r.score_seeds) < 2 else f"{np.std(r.score_seeds):.4f}",
+                "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}",
+                "-" if r.params is None else f"{r.params / 1e6:.3f}",
+            ]
+            for r in summary.rows
+        ],
+        ["cell", "source", summary.objective, "std over seeds", "accuracy %", "params M"],
+        tablefmt="simple",
+        disable_numparse=True,
+    )
+    if summary.failures:
+        lines.append("failures: " + "; ".join(summary.failures))
+    return "\n".join(line for line in lines if line) + "\n\n" + table
+
+
+def _scatter(summary: FidelitySummary, path: Path) -> Path:
+    fig = Figure(figsize=(7, 5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for source, colour in (("random", "#1f5fa8"), ("preset", "#c45a00"), ("file", "#2a9d3a")):
+        points = [
+            (r.key, r.score, 100 * r.accuracy)
+            for r in summary.rows
+            if r.source == source and r.score is not None and r.accuracy is not None
+        ]
+        ax.scatter([p[1] for p in points], [p[2] for p in points], s=28, color=colour, label=source)
+        if source != "random":
+            for key, x, y in points:
+                ax.annotate(key, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    tau = f"Kendall tau {summary.tau}" if summary.tau else ""
+    ax.set_title(f"label-free score vs accuracy ({summary.n_measured} cells)\n{tau}", fontsize=10)
+    ax.set_xlabel(
+        f"{summary.objective} ({'higher' if _sign(summary.objective) > 0 else 'lower'} is better)"
+    )
+    ax.set_ylabel("test accuracy after the short training (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, facecolor="white")
+    return path
+
+
+def _by_epoch(summary: FidelitySummary, path: Path) -> Path:
+    fig = Figure(figsize=(6, 3.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(range(1, len(summary.by_epoch) + 1), summary.by_epoch, marker="o")
+    ax.axhline(0.0, color="#888888", linewidth=1)
+    ax.set_xlabel("proxy epochs")
+    ax.set_ylabel("Kendall tau")
+    ax.set_title(f"{summary.objective}: ranking quality by proxy epoch", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, facecolor="white")
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_report(
+    summary: FidelitySummary, folder: Path, confidence: float, title: str
+) -> list[Path]:
+    """Write ``summary.txt``, ``fidelity.json``, ``scatter.png``, ``tau_by_epoch.png`` and
+    ``index.html`` into ``folder``; returns the paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = format_summary(summary, confidence)
+    (folder / "summary.txt").write_text(text + "\n", encoding="utf-8")
+    (folder / "fidelity.json").write_text(
+        json.dumps(_jsonable(asdict(summary)), indent=2), encoding="utf-8"
+    )
+    images = [_scatter(summary, folder / "scatter.png")]
+    if summary.by_epoch:
+        images.append(_by_epoch(summary, folder / "tau_by_epoch.png"))
+    page = write_html(folder, text, images, title=title)
+    return [folder / "summary.txt", folder / "fidelity.json", *images, page]

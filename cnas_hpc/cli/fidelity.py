@@ -1,0 +1,164 @@
+"""Glue between Hydra and the fidelity app: plan the measurements once, make them, report.
+
+Contract:
+    * :class:`FidelityCallback` runs in the SUBMITTING process: it validates the search config
+      (the label-free score), the protocol (the accuracy) and the fidelity section, checks the
+      data has labels (accuracy needs them), resolves the cells and plans every missing
+      measurement into the ``fidelity_measurements`` table. Bad input: one ``error:`` line, exit 2.
+    * With ``-m`` the units sweeper (``hydra/sweeper=units``, the fidelity config's default)
+      submits ONE array: one task per measurement still to make.
+    * :func:`run_fidelity_task` makes this task's measurement(s); the report (Kendall tau with
+      its bootstrap interval, Spearman rho, top-k overlap, the score's noise, tau by objective and
+      by proxy epoch, the scatter plot) is written at the end of a local run or of the multirun.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from cnas_hpc.analysis.fidelity import format_summary, summarise, write_report
+from cnas_hpc.cli.common import USER_ERRORS, check_config_secrets, check_launcher, fail
+from cnas_hpc.common.errors import ConfigError
+from cnas_hpc.config.fidelity import FidelitySettings, fidelity_settings_from_config
+from cnas_hpc.data.datasets import check_available
+from cnas_hpc.data.labeled import check_labeled
+from cnas_hpc.distributed.env import DistEnv
+from cnas_hpc.fidelity import store
+from cnas_hpc.fidelity.app import plan_units, run_fidelity
+from cnas_hpc.space.encoding import encoding_from_config
+from cnas_hpc.study.storage import connect_engine
+
+log = logging.getLogger("cnas_hpc")
+
+
+def fidelity_settings_of(cfg: DictConfig) -> FidelitySettings:
+    """Resolve and validate the composed fidelity config (without the ``hydra`` node).
+
+    Raises:
+        ConfigError: one line naming the first invalid key.
+    """
+    keys = [str(key) for key in cfg if key != "hydra"]
+    try:
+        container = OmegaConf.to_container(
+            OmegaConf.masked_copy(cfg, keys), resolve=True, throw_on_missing=True
+        )
+    except MissingMandatoryValue as exc:
+        raise ConfigError(f"{exc.full_key} is required: set {exc.full_key}=...") from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{exc.full_key}: {exc.msg}") from None
+    assert isinstance(container, dict)
+    settings = fidelity_settings_from_config({str(k): v for k, v in container.items()})
+    try:
+        encoding_from_config(settings.search.space)
+    except ValueError as exc:
+        raise ConfigError(f"space: {exc}") from None
+    return settings
+
+
+def plan_fidelity(cfg: DictConfig, launcher: DictConfig | None) -> list[int]:
+    """Validate, then plan the missing measurements; returns the ids still to make."""
+    check_config_secrets(cfg)
+    settings = fidelity_settings_of(cfg)
+    check_config_secrets(cfg, settings.search)
+    check_available(settings.search.data)
+    check_labeled(settings.search.data)
+    check_launcher(launcher, settings.search.train.batch_size)
+    check_launcher(launcher, settings.protocol.batch_size)
+    engine = connect_engine(settings.search.study)
+    try:
+        plan = plan_units(engine, settings)
+    finally:
+        engine.dispose()
+    todo = [m.id for m in plan.measurements if m.state != store.COMPLETE]
+    log.info(
+        "fidelity study: %d cells, %d measurements, %d to make (%s)",
+        len(plan.cells),
+        len(plan.measurements),
+        len(todo),
+        settings.results_dir,
+    )
+    return todo
+
+
+def pending_units(cfg: DictConfig) -> list[int]:
+    """The measurements of ``cfg``'s fidelity study still to make (the array's tasks)."""
+    settings = fidelity_settings_of(cfg)
+    engine = connect_engine(settings.search.study)
+    try:
+        plan = plan_units(engine, settings)
+    finally:
+        engine.dispose()
+    return [m.id for m in plan.measurements if m.state != store.COMPLETE]
+
+
+def report_fidelity(settings: FidelitySettings) -> str:
+    """Compute the statistics of the study and write its report; returns the text."""
+    engine = connect_engine(settings.search.study)
+    try:
+        plan = plan_units(engine, settings)
+    finally:
+        engine.dispose()
+    fidelity = settings.fidelity
+    summary = summarise(
+        plan,
+        settings.search.search.objective,
+        base_seed=settings.search.seed,
+        top_k=fidelity.top_k,
+        resamples=fidelity.bootstrap,
+        confidence=fidelity.confidence,
+    )
+    paths = write_report(
+        summary,
+        settings.results_dir,
+        fidelity.confidence,
+        title=f"cnas-hpc fidelity: {settings.search.search.objective}",
+    )
+    text = format_summary(summary, fidelity.confidence)
+    print(f"\n{text}\nreport: {paths[-1]}", flush=True)
+    return text
+
+
+class FidelityCallback(Callback):
+    """Hydra callback: validate and plan once in the submitting process; report at the end."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if DistEnv.from_environment().global_rank != 0:
+            return
+        self._plan(config, None)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        launcher = config.hydra.get("launcher")
+        self._plan(config, launcher if "tasks_per_node" in launcher else None)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            report_fidelity(fidelity_settings_of(config))
+        except Exception as exc:
+            log.warning("could not write the fidelity report: %s", exc)
+
+    @staticmethod
+    def _plan(config: DictConfig, launcher: DictConfig | None) -> None:
+        try:
+            plan_fidelity(config, launcher)
+        except USER_ERRORS as exc:
+            fail(str(exc))
+
+
+def run_fidelity_task(cfg: DictConfig) -> int:
+    """Body of every fidelity task; returns how many measurements it made."""
+    try:
+        settings = fidelity_settings_of(cfg)
+        env = DistEnv.from_environment()
+        report = run_fidelity(settings, env)
+        if env.is_main and HydraConfig.get().mode == RunMode.RUN:
+            report_fidelity(settings)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    return len(report.made)

@@ -1,0 +1,36 @@
+"""A fidelity study as ONE SLURM array (one task per measurement), its report at the end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_launch, sacct_array_tasks
+
+pytestmark = [pytest.mark.slurm, pytest.mark.postgres, pytest.mark.slow]
+
+
+def test_the_measurements_run_as_one_array_and_a_rerun_submits_nothing(
+    fresh_pg_url: str, tmp_path: Path
+) -> None:
+    args = [
+        "-m", "hydra/launcher=slurm_cpu", "debug=tiny", "study=postgres",
+        f"study.storage={fresh_pg_url}", "fidelity.n_random=2", "fidelity.presets=[DARTS_V2]",
+        "fidelity.noise_cells=0", "fidelity.bootstrap=100", "protocol.cells=3",
+        "protocol.channels=4", "protocol.epochs=1", "protocol.max_steps_per_epoch=2",
+        "protocol.amp=none", "protocol.memory_format=contiguous", "train.num_threads=1",
+    ]  # fmt: skip
+    result = run_launch("fidelity.py", args, home=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    (array_id,) = {
+        line.split()[-4] for line in result.stdout.splitlines() if "submitted array" in line
+    }
+    tasks = sacct_array_tasks(array_id)
+    assert len(tasks) == 6 and all(t.endswith("|COMPLETED") for t in tasks), tasks
+    (folder,) = (tmp_path / "fidelity").iterdir()
+    assert json.loads((folder / "fidelity.json").read_text())["n_measured"] == 3
+    again = run_launch("fidelity.py", args, home=tmp_path)
+    assert again.returncode == 0 and "submitted array" not in again.stdout
+    assert "nothing left to do" in again.stdout + again.stderr
