@@ -15,9 +15,12 @@ import pytest
 from optuna.trial import TrialState
 
 from cnas_hpc.common import attrs
-from cnas_hpc.common.errors import StudyError
+from cnas_hpc.common.errors import ConfigError, StudyError
 from cnas_hpc.common.storage_url import mask_url, normalize_storage_url
 from cnas_hpc.config import Settings
+from cnas_hpc.search.worker import run_worker
+from cnas_hpc.space.encoding import compact_hash
+from cnas_hpc.space.genotype import DARTS_V2, PC_DARTS, genotype_from_json
 from cnas_hpc.study import optuna_internals
 from cnas_hpc.study.budget import ClaimStatus, claim_trial, count_budget
 from cnas_hpc.study.lifecycle import bootstrap_study, load_study
@@ -69,9 +72,42 @@ def test_sampler_settings_are_explicit(tmp_path: Path) -> None:
         tmp_path, "study.sampler.multivariate=false", "study.sampler.n_startup_trials=7"
     )
     sampler = make_sampler(s.study.sampler, worker=2)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
     assert sampler._n_startup_trials == 7
     assert sampler._multivariate is False
     assert sampler._constant_liar is True
+    random = make_sampler(
+        tiny_settings(tmp_path, "study.sampler.kind=random").study.sampler, worker=2
+    )
+    assert isinstance(random, optuna.samplers.RandomSampler)
+
+
+def test_known_cells_are_enqueued_once_and_evaluated_first(tmp_path: Path) -> None:
+    s = tiny_settings(tmp_path, "search.n_trials=3", "search.enqueue=[DARTS_V2,PC_DARTS]")
+    bootstrap_study(s)
+    bootstrap_study(s)  # a rerun adds nothing
+    study = load_study(s, worker=0)
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    assert [t.user_attrs[attrs.ENQUEUED_AS] for t in waiting] == ["DARTS_V2", "PC_DARTS"]
+    run_worker(s)
+    trials = load_study(s, worker=0).get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3  # the budget counts them: exactly n_trials
+    first = sorted(complete, key=lambda t: t.number)[:2]
+    evaluated = [compact_hash(genotype_from_json(t.user_attrs[attrs.GENOTYPE])) for t in first]
+    assert evaluated == [compact_hash(DARTS_V2), compact_hash(PC_DARTS)]  # the same cells
+    bootstrap_study(s)
+    assert len(load_study(s, worker=0).get_trials(deepcopy=False)) == len(trials)
+
+
+def test_a_known_cell_outside_the_space_is_refused(tmp_path: Path) -> None:
+    s = tiny_settings(
+        tmp_path, "space.ops=[sep_conv_3x3,max_pool_3x3]", "search.enqueue=[DARTS_V2]"
+    )
+    with pytest.raises(ConfigError, match=r"search\.enqueue: DARTS_V2"):
+        bootstrap_study(s)
+    with pytest.raises(ConfigError, match=r"more than search\.n_trials"):
+        tiny_settings(tmp_path, "search.n_trials=1", "search.enqueue=[DARTS_V2,PC_DARTS]")
 
 
 def test_bootstrap_creates_once_then_resumes(storage_url: str, tmp_path: Path) -> None:

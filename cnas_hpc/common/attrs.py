@@ -31,5 +31,8 @@ RETRIED_FROM: Final = "cnas:retried_from"
 STUDY_SPACE: Final = "cnas:space"
 STUDY_OBJECTIVE: Final = "cnas:objective"
 REQUEUES: Final = "cnas:requeues"
+# Known cells (search.enqueue): the study's list of enqueued specs, and a trial's own spec.
+ENQUEUED: Final = "cnas:enqueued"
+ENQUEUED_AS: Final = "cnas:enqueued_as"
 RESUMED_FROM_EPOCH: Final = "cnas:resumed_from_epoch"
 JOB: Final = "cnas:job_id"

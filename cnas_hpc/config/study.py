@@ -4,17 +4,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: ``study.sampler.kind``: Optuna's TPE (the method's), or uniform random sampling (a baseline).
+SAMPLERS: tuple[str, ...] = ("tpe", "random")
+
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """TPE settings, all explicit: their defaults changed between Optuna 4.x and 5.x."""
+    """The sampler: TPE with every setting explicit (their defaults changed between Optuna 4.x
+    and 5.x), or ``kind: random`` (the baseline TPE should beat; the TPE settings are unused)."""
 
+    kind: str = "tpe"
     n_startup_trials: int = 4
     n_ei_candidates: int = 24
     multivariate: bool = True
     group: bool = False
     constant_liar: bool = True
     seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SAMPLERS:
+            raise ValueError(
+                f"study.sampler.kind must be one of {', '.join(SAMPLERS)}, got {self.kind!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,18 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 import sqlalchemy
 
 from cnas_hpc.common import attrs
-from cnas_hpc.common.errors import StudyError
+from cnas_hpc.common.errors import ConfigError, StudyError
 from cnas_hpc.common.objectives import direction_of
 from cnas_hpc.common.storage_url import mask_url, normalize_storage_url
 from cnas_hpc.config import Settings
 from cnas_hpc.space.encoding import encoding_from_config
+from cnas_hpc.space.genotype import load_genotype
 from cnas_hpc.study.sampler import make_sampler
 from cnas_hpc.study.storage import describe_db_error, make_storage
 
@@ -61,6 +63,42 @@ def _check_compatible(study: optuna.Study, settings: Settings) -> None:
         )
 
 
+def known_cells(settings: Settings) -> list[tuple[str, dict[str, Any]]]:
+    """``search.enqueue`` as ``(spec, trial parameters)`` in the study's encoding.
+
+    Raises:
+        ConfigError: a spec that is no genotype, or a cell outside the search space (one line).
+    """
+    encoding = encoding_from_config(settings.space)
+    known = []
+    for spec in settings.search.enqueue:
+        try:
+            known.append((spec, encoding.to_params(load_genotype(spec))))
+        except ValueError as exc:
+            raise ConfigError(f"search.enqueue: {spec}: {exc}") from None
+    return known
+
+
+def enqueue_known_cells(study: optuna.Study, known: list[tuple[str, dict[str, Any]]]) -> int:
+    """Enqueue the known cells this study has not enqueued before; returns how many.
+
+    The study remembers what it enqueued (``cnas:enqueued``), so running the same command
+    again never adds them twice, even after they were evaluated.
+    """
+    done = set(study.user_attrs.get(attrs.ENQUEUED, []))
+    added = 0
+    for spec, params in known:
+        if spec in done:
+            continue
+        study.enqueue_trial(params, user_attrs={attrs.ENQUEUED_AS: spec}, skip_if_exists=True)
+        done.add(spec)
+        added += 1
+    if added:
+        study.set_user_attr(attrs.ENQUEUED, sorted(done))
+        log.info("enqueued %d known cell(s) to be evaluated first", added)
+    return added
+
+
 def bootstrap_study(settings: Settings) -> BootstrapResult:
     """Create the schema and the study once, or check an existing one. Submitting side only.
 
@@ -70,6 +108,7 @@ def bootstrap_study(settings: Settings) -> BootstrapResult:
         StudyError: unreachable database, wrong credentials, incompatible existing study.
     """
     cfg = settings.study
+    known = known_cells(settings)  # refused before anything is written
     url = normalize_storage_url(cfg.storage)
     storage = make_storage(cfg, create_tables=True, url=url)
     direction = direction_of(settings.search.objective)
@@ -84,6 +123,7 @@ def bootstrap_study(settings: Settings) -> BootstrapResult:
         else:
             study = optuna.load_study(study_name=cfg.name, storage=storage)
             _check_compatible(study, settings)
+        enqueue_known_cells(study, known)
         n_complete = len(
             study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         )

@@ -1,4 +1,4 @@
-"""The TPE sampler of a worker, with every setting explicit and a per-worker seed."""
+"""The sampler of a worker (TPE with every setting explicit, or random), with a per-worker seed."""
 
 from __future__ import annotations
 
@@ -24,8 +24,10 @@ def worker_seed(sampler_seed: int | None, worker: int, n_existing: int = 0) -> i
 
 def make_sampler(
     cfg: SamplerConfig, *, worker: int, n_existing: int = 0
-) -> optuna.samplers.TPESampler:
-    """TPE with every setting explicit (defaults differ between Optuna 4.x and 5.x)."""
+) -> optuna.samplers.BaseSampler:
+    """TPE with every setting explicit (defaults differ between Optuna 4.x and 5.x), or random."""
+    if cfg.kind == "random":
+        return optuna.samplers.RandomSampler(seed=worker_seed(cfg.seed, worker, n_existing))
     return optuna.samplers.TPESampler(
         n_startup_trials=cfg.n_startup_trials,
         n_ei_candidates=cfg.n_ei_candidates,

@@ -1,0 +1,56 @@
+"""``launch/compare_samplers.py``: equal budgets, several seeds, one report; reruns resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+
+from tests.helpers import run_launch
+
+QUICK = (
+    "debug=tiny",
+    "compare.n_trials=3",
+    "compare.seeds=[0,1]",
+    "compare.methods=[tpe-compact,random-compact,tpe-csnas]",
+    "train.max_steps_per_epoch=1",
+)
+
+
+def test_every_method_and_seed_runs_its_budget_and_the_report_compares_them(
+    tmp_path: Path,
+) -> None:
+    result = run_launch(
+        "compare_samplers.py", list(QUICK), home=tmp_path, env={"OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    storage = f"sqlite:///{tmp_path / 'cnas.db'}"
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+    assert names == [
+        "compare-random-compact-s0", "compare-random-compact-s1",
+        "compare-tpe-compact-s0", "compare-tpe-compact-s1",
+        "compare-tpe-csnas-s0", "compare-tpe-csnas-s1",
+    ]  # fmt: skip
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=storage)
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert len(done) == 3
+    report = json.loads((tmp_path / "compare" / "compare" / "comparison.json").read_text())
+    assert [m["method"] for m in report["methods"]] == [
+        "tpe-compact",
+        "random-compact",
+        "tpe-csnas",
+    ]
+    assert all(m["seeds"] == 2 and len(m["curve_mean"]) == 3 for m in report["methods"])
+    assert (tmp_path / "compare" / "compare" / "best_so_far.png").stat().st_size > 0
+    assert "trials to target" in result.stdout
+
+
+def test_a_bad_method_is_refused_with_one_line(tmp_path: Path) -> None:
+    result = run_launch(
+        "compare_samplers.py", [*QUICK, "compare.methods=[bayes-compact]"], home=tmp_path
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "'bayes-compact' is not <sampler>-<encoding>" in errors[0]
