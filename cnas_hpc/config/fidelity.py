@@ -18,6 +18,7 @@ from typing import Any
 
 from cnas_hpc.common.errors import ConfigError
 from cnas_hpc.config.build import build_section
+from cnas_hpc.config.data import DataConfig
 from cnas_hpc.config.protocol import ProtocolConfig
 from cnas_hpc.config.settings import Settings, settings_from_config
 
@@ -38,6 +39,9 @@ class FidelityConfig:
         bootstrap: Bootstrap resamples of the confidence intervals.
         confidence: Level of the intervals.
         top_k: Size of the top-k overlap.
+        accuracy_fraction: Share of the training images the short supervised training uses
+            (seeded). The label-free score uses ``data.fraction``: the two vary apart, so a study
+            of how the score's amount of data changes tau reuses every accuracy.
         unit: Which planned measurement THIS process makes (set by the array sweeper); None: all.
     """
 
@@ -50,6 +54,7 @@ class FidelityConfig:
     bootstrap: int = 2000
     confidence: float = 0.95
     top_k: int = 5
+    accuracy_fraction: float = 1.0
     unit: int | None = None
 
     def __post_init__(self) -> None:
@@ -61,6 +66,10 @@ class FidelityConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"fidelity.{key} must be an integer >= 1, got {value!r}")
+        if not 0.0 < self.accuracy_fraction <= 1.0:
+            raise ConfigError(
+                f"fidelity.accuracy_fraction must be in (0, 1], got {self.accuracy_fraction}"
+            )
         if not 0.5 <= self.confidence < 1.0:
             raise ConfigError(f"fidelity.confidence must be in [0.5, 1), got {self.confidence}")
         if self.n_random + len(self.presets) + len(self.genotypes) < 3:
@@ -87,7 +96,7 @@ class FidelitySettings:
         decisive = {
             "space": dataclasses.asdict(s.space),
             "model": dataclasses.asdict(s.model),
-            "data": _data_identity(s),
+            "data": _data_identity(s.data),
             "augment": dataclasses.asdict(s.augment),
             "train": {
                 k: v
@@ -97,6 +106,15 @@ class FidelitySettings:
         }
         return decisive, _digest(decisive)
 
+    def accuracy_data(self) -> DataConfig:
+        """The labeled images of the short training: the search's source, at the protocol's
+        image size, with ``fidelity.accuracy_fraction`` of the training images."""
+        return dataclasses.replace(
+            self.search.data,
+            image_size=self.protocol.image_size,
+            fraction=self.fidelity.accuracy_fraction,
+        )
+
     def accuracy_fingerprint(self) -> tuple[dict[str, Any], str]:
         """What decides a cell's supervised accuracy (and its short hash)."""
         decisive = {
@@ -105,7 +123,7 @@ class FidelitySettings:
                 for k, v in dataclasses.asdict(self.protocol).items()
                 if k not in ("name", "log_every_steps", "amp", "memory_format", "eval_batch_size")
             },
-            "data": _data_identity(self.search),
+            "data": _data_identity(self.accuracy_data()),
             "seed": self.search.seed,
         }
         return decisive, _digest(decisive)
@@ -118,8 +136,8 @@ class FidelitySettings:
         return Path(self.search.output_dir) / "fidelity" / f"{score}-{accuracy}"
 
 
-def _data_identity(s: Settings) -> dict[str, Any]:
-    data = dataclasses.asdict(s.data)
+def _data_identity(cfg: DataConfig) -> dict[str, Any]:
+    data = dataclasses.asdict(cfg)
     for path_key in ("root", "path", "test_path"):
         if data.get(path_key):
             data[path_key] = Path(str(data[path_key])).name  # the file, not where it lies

@@ -13,7 +13,6 @@ Contract:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -135,11 +134,7 @@ class _Data:
 
     def labeled(self) -> LabeledData:
         if self._labeled is None:
-            # The same images at the protocol's size (the search may score smaller images).
-            cfg = dataclasses.replace(
-                self.settings.search.data, image_size=self.settings.protocol.image_size
-            )
-            self._labeled = load_labeled(cfg)
+            self._labeled = load_labeled(self.settings.accuracy_data())
         return self._labeled
 
 
