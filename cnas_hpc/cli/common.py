@@ -13,7 +13,7 @@ is refused before it reaches a file (see
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
@@ -37,14 +37,12 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
-def settings_of(cfg: DictConfig) -> Settings:
-    """Resolve and validate the composed search config (without the ``hydra`` node).
-
-    Every section is checked by its schema (:mod:`cnas_hpc.config`), and the search space by
-    the space itself (:func:`~cnas_hpc.space.encoding.encoding_from_config`).
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The composed config without its ``hydra`` node, resolved to plain values.
 
     Raises:
-        ConfigError: one line naming the first invalid key.
+        ConfigError: a missing mandatory value or an interpolation that does not resolve
+            (one line naming the key).
     """
     # The hydra node holds values only set inside a job (e.g. hydra_help): leave it out.
     keys = [str(key) for key in cfg if key != "hydra"]
@@ -57,11 +55,32 @@ def settings_of(cfg: DictConfig) -> Settings:
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{exc.full_key}: {exc.msg}") from None
     assert isinstance(container, dict)
-    settings = settings_from_config({str(k): v for k, v in container.items()})
+    return {str(k): v for k, v in container.items()}
+
+
+def check_space(settings: Settings) -> None:
+    """Check the ``space`` section against the search space itself (ops, encodings).
+
+    Raises:
+        ConfigError: ``space: <why>`` (one line).
+    """
     try:
         encoding_from_config(settings.space)
     except ValueError as exc:
         raise ConfigError(f"space: {exc}") from None
+
+
+def settings_of(cfg: DictConfig) -> Settings:
+    """Resolve and validate the composed search config (without the ``hydra`` node).
+
+    Every section is checked by its schema (:mod:`cnas_hpc.config`), and the search space by
+    the space itself (:func:`~cnas_hpc.space.encoding.encoding_from_config`).
+
+    Raises:
+        ConfigError: one line naming the first invalid key.
+    """
+    settings = settings_from_config(resolved(cfg))
+    check_space(settings)
     return settings
 
 

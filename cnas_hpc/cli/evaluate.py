@@ -22,12 +22,16 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf import DictConfig
 
 from cnas_hpc.analysis.evaluations import write_results
-from cnas_hpc.cli.common import USER_ERRORS, check_config_secrets, check_launcher, fail
-from cnas_hpc.common.errors import ConfigError
+from cnas_hpc.cli.common import (
+    USER_ERRORS,
+    check_config_secrets,
+    check_launcher,
+    fail,
+    resolved,
+)
 from cnas_hpc.common.storage_url import mask_url
 from cnas_hpc.config.evaluate import EvalSettings, eval_settings_from_config
 from cnas_hpc.data.datasets import check_available
@@ -49,17 +53,7 @@ def eval_settings_of(cfg: DictConfig) -> EvalSettings:
     Raises:
         ConfigError: one line naming the first invalid key.
     """
-    keys = [str(key) for key in cfg if key != "hydra"]
-    try:
-        container = OmegaConf.to_container(
-            OmegaConf.masked_copy(cfg, keys), resolve=True, throw_on_missing=True
-        )
-    except MissingMandatoryValue as exc:
-        raise ConfigError(f"{exc.full_key} is required: set {exc.full_key}=...") from None
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{exc.full_key}: {exc.msg}") from None
-    assert isinstance(container, dict)
-    return eval_settings_from_config({str(k): v for k, v in container.items()})
+    return eval_settings_from_config(resolved(cfg))
 
 
 def plan_evaluation(cfg: DictConfig, launcher: DictConfig | None) -> list[store.Row]:

@@ -20,19 +20,23 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf import DictConfig
 
 from cnas_hpc.analysis.fidelity import format_summary, summarise, write_report
-from cnas_hpc.cli.common import USER_ERRORS, check_config_secrets, check_launcher, fail
-from cnas_hpc.common.errors import ConfigError
+from cnas_hpc.cli.common import (
+    USER_ERRORS,
+    check_config_secrets,
+    check_launcher,
+    check_space,
+    fail,
+    resolved,
+)
 from cnas_hpc.config.fidelity import FidelitySettings, fidelity_settings_from_config
 from cnas_hpc.data.datasets import check_available
 from cnas_hpc.data.labeled import check_labeled
 from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.fidelity import store
 from cnas_hpc.fidelity.app import plan_units, run_fidelity
-from cnas_hpc.space.encoding import encoding_from_config
 from cnas_hpc.study.storage import connect_engine
 
 log = logging.getLogger("cnas_hpc")
@@ -44,21 +48,8 @@ def fidelity_settings_of(cfg: DictConfig) -> FidelitySettings:
     Raises:
         ConfigError: one line naming the first invalid key.
     """
-    keys = [str(key) for key in cfg if key != "hydra"]
-    try:
-        container = OmegaConf.to_container(
-            OmegaConf.masked_copy(cfg, keys), resolve=True, throw_on_missing=True
-        )
-    except MissingMandatoryValue as exc:
-        raise ConfigError(f"{exc.full_key} is required: set {exc.full_key}=...") from None
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{exc.full_key}: {exc.msg}") from None
-    assert isinstance(container, dict)
-    settings = fidelity_settings_from_config({str(k): v for k, v in container.items()})
-    try:
-        encoding_from_config(settings.search.space)
-    except ValueError as exc:
-        raise ConfigError(f"space: {exc}") from None
+    settings = fidelity_settings_from_config(resolved(cfg))
+    check_space(settings.search)
     return settings
 
 
