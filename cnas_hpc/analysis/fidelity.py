@@ -352,15 +352,20 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_report(
-    summary: FidelitySummary, folder: Path, confidence: float, title: str
+    summary: FidelitySummary,
+    folder: Path,
+    confidence: float,
+    title: str,
+    setup: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Write ``summary.txt``, ``fidelity.json``, ``scatter.png``, ``tau_by_epoch.png`` and
     ``index.html`` into ``folder``; returns the paths."""
     folder.mkdir(parents=True, exist_ok=True)
     text = format_summary(summary, confidence)
     (folder / "summary.txt").write_text(text + "\n", encoding="utf-8")
+    payload = {"setup": setup or {}, **asdict(summary)}
     (folder / "fidelity.json").write_text(
-        json.dumps(_jsonable(asdict(summary)), indent=2), encoding="utf-8"
+        json.dumps(_jsonable(payload), indent=2), encoding="utf-8"
     )
     images = [_scatter(summary, folder / "scatter.png")]
     if summary.by_epoch:

@@ -89,6 +89,22 @@ def pending_units(cfg: DictConfig) -> list[int]:
     return [m.id for m in plan.measurements if m.state != store.COMPLETE]
 
 
+def setup_of(settings: FidelitySettings) -> dict[str, Any]:
+    """The settings a reader of the report needs to tell studies apart."""
+    search = settings.search
+    return {
+        "proxy": f"{search.model.cells}x{search.model.channels}",
+        "epochs": search.train.epochs,
+        "loss": search.train.loss,
+        "temperature": search.train.temperature,
+        "data": search.data.source,
+        "fraction": search.data.fraction,
+        "protocol": f"{settings.protocol.name} {settings.protocol.cells}x{settings.protocol.channels}"
+        f" {settings.protocol.epochs} epochs",
+        "accuracy_fraction": settings.fidelity.accuracy_fraction,
+    }
+
+
 def report_fidelity(settings: FidelitySettings) -> str:
     """Compute the statistics of the study and write its report; returns the text."""
     engine = connect_engine(settings.search.study)
@@ -110,6 +126,7 @@ def report_fidelity(settings: FidelitySettings) -> str:
         settings.results_dir,
         fidelity.confidence,
         title=f"cnas-hpc fidelity: {settings.search.search.objective}",
+        setup=setup_of(settings),
     )
     text = format_summary(summary, fidelity.confidence)
     print(f"\n{text}\nreport: {paths[-1]}", flush=True)
