@@ -91,7 +91,7 @@ def pending_units(cfg: DictConfig) -> list[int]:
 
 def setup_of(settings: FidelitySettings) -> dict[str, Any]:
     """The settings a reader of the report needs to tell studies apart."""
-    search = settings.search
+    search, protocol = settings.search, settings.protocol
     return {
         "proxy": f"{search.model.cells}x{search.model.channels}",
         "epochs": search.train.epochs,
@@ -99,8 +99,7 @@ def setup_of(settings: FidelitySettings) -> dict[str, Any]:
         "temperature": search.train.temperature,
         "data": search.data.source,
         "fraction": search.data.fraction,
-        "protocol": f"{settings.protocol.name} {settings.protocol.cells}x{settings.protocol.channels}"
-        f" {settings.protocol.epochs} epochs",
+        "protocol": f"{protocol.name} {protocol.cells}x{protocol.channels} {protocol.epochs} ep",
         "accuracy_fraction": settings.fidelity.accuracy_fraction,
     }
 
