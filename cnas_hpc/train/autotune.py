@@ -18,7 +18,7 @@ Contract: every rank of a process group must call :func:`choose_fastest` with th
 rank 0 alone measures (the options must not use collectives) and its choice is broadcast, so all
 ranks run the same way. Timing runs real steps (they change the model's weights: callers time a
 throwaway copy or re-initialise afterwards). Choices are also remembered in the process, so a
-worker without a cache folder measures once per workload.
+worker without a cache folder measures once per workload (and per cache folder).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from cnas_hpc.distributed.collectives import broadcast_object, get_rank
 log = logging.getLogger(__name__)
 
 
-#: Choices made in this process: cache key -> option name.
-_REMEMBERED: dict[str, str] = {}
+#: Choices made in this process: (cache folder, cache key) -> option name.
+_REMEMBERED: dict[tuple[str, str], str] = {}
 
 
 def device_name(device: torch.device) -> str:
@@ -153,7 +153,7 @@ def choose_fastest(
     path = cache_dir / f"{key}.json" if cache_dir is not None else None
     choice: str | None = None
     if get_rank() == 0:
-        choice = _REMEMBERED.get(key) or _read_cached(path, names)
+        choice = _REMEMBERED.get((str(cache_dir), key)) or _read_cached(path, names)
         if choice is None:
             timings = measure_in_turns(
                 options, device, warmup=warmup, repeat=repeat, amortize_over=amortize_over
@@ -166,7 +166,7 @@ def choose_fastest(
                 choice,
             )
             _write_cached(path, choice, timings, device, workload)
-        _REMEMBERED[key] = choice
+        _REMEMBERED[(str(cache_dir), key)] = choice
     chosen = broadcast_object(choice)
     assert chosen is not None
     return chosen

@@ -114,10 +114,15 @@ class StepPlan:
 
 
 def precisions_for(cfg: TrainConfig, device: torch.device) -> tuple[str, ...]:
-    """Precisions worth measuring: ``train.amp`` when explicit, else fp32 (+ bf16 on CUDA)."""
+    """Precisions worth measuring: ``train.amp`` when explicit, else fp32 (+ bf16 on CUDA).
+
+    Autocast is CUDA-only here: on a CPU every plan is fp32, whatever ``train.amp`` says.
+    """
+    if device.type != "cuda":
+        return ("fp32",)
     if cfg.amp != "auto":
         return ("fp32" if cfg.amp == "none" else cfg.amp,)
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if torch.cuda.is_bf16_supported():
         return ("fp32", "bf16")
     return ("fp32",)
 
