@@ -40,6 +40,13 @@ def set_up_control_group() -> None:
         _control_group = dist.new_group(backend="gloo")
 
 
+def flags_backend() -> str | None:
+    """The backend abort flags travel on (``gloo`` whenever possible), None without a group."""
+    if not is_distributed():
+        return None
+    return "gloo" if _control_group is not None else str(dist.get_backend())
+
+
 def forget_control_group() -> None:
     """Drop the control group (``destroy_process_group`` destroys it with the others)."""
     global _control_group

@@ -10,7 +10,9 @@ the caller's description of the workload), so a fleet of workers measures once.
 
 Timing is robust to a busy machine: the options are timed in turns (one call of each, round
 after round), so a burst of load from another process hits every option alike, and the median
-of each option's calls is kept. An option whose first call does one-off work (``torch.compile``)
+of each option's calls is kept. An option whose warm-up call took over :data:`DROP_FACTOR` times
+the fastest warm-up is not timed further (it cannot win, and on a busy CPU such a step may take
+many seconds). An option whose first call does one-off work (``torch.compile``)
 can be charged for it: with ``amortize_over=N`` its cost is the median plus the first call's
 excess over the median divided by N (the steps it will be reused for).
 
@@ -38,6 +40,10 @@ from cnas_hpc.distributed.collectives import broadcast_object, get_rank
 
 log = logging.getLogger(__name__)
 
+
+#: Options whose warm-up call is this many times slower than the fastest warm-up are dropped
+#: (not when first calls are amortised: there a slow first call is expected, e.g. compiling).
+DROP_FACTOR = 3.0
 
 #: Choices made in this process: (cache folder, cache key) -> option name.
 _REMEMBERED: dict[tuple[str, str], str] = {}
@@ -96,24 +102,31 @@ def measure_in_turns(
         amortize_over: charge each option ``(first call - median) / amortize_over`` more.
 
     Returns:
-        name -> median seconds per call (plus the amortised first-call excess).
+        name -> median seconds per call (plus the amortised first-call excess); options
+        dropped after their warm-up (see :data:`DROP_FACTOR`) get their warm-up time.
     """
     first: dict[str, float] = {}
     for name, run in options.items():
-        for i in range(max(warmup, 1 if amortize_over else 0)):
+        for i in range(max(warmup, 1)):
             started = time.perf_counter()
             run()
             synchronize(device)
             if i == 0:
                 first[name] = time.perf_counter() - started
-    samples: dict[str, list[float]] = {name: [] for name in options}
+    fastest = min(first.values())
+    timed = {
+        name: run
+        for name, run in options.items()
+        if amortize_over or first[name] <= DROP_FACTOR * fastest
+    }
+    samples: dict[str, list[float]] = {name: [] for name in timed}
     for _ in range(repeat):
-        for name, run in options.items():
+        for name, run in timed.items():
             started = time.perf_counter()
             run()
             synchronize(device)
             samples[name].append(time.perf_counter() - started)
-    costs = {}
+    costs = {name: first[name] for name in options if name not in timed}
     for name, times in samples.items():
         median = sorted(times)[len(times) // 2]
         extra = max(0.0, first[name] - median) / amortize_over if amortize_over else 0.0
