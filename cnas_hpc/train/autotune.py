@@ -12,9 +12,12 @@ Timing is robust to a busy machine: the options are timed in turns (one call of 
 after round), so a burst of load from another process hits every option alike, and the median
 of each option's calls is kept. An option whose warm-up call took over :data:`DROP_FACTOR` times
 the fastest warm-up is not timed further (it cannot win, and on a busy CPU such a step may take
-many seconds). An option whose first call does one-off work (``torch.compile``)
-can be charged for it: with ``amortize_over=N`` its cost is the median plus the first call's
-excess over the median divided by N (the steps it will be reused for).
+many seconds). An option that raises (``torch.compile`` without a working compiler, an
+out-of-memory error) costs infinity: it is logged and never chosen; when every option fails the
+first one is returned, uncached, and the real step reports the error. An option whose first
+call does one-off work (``torch.compile``) can be charged for it: with ``amortize_over=N`` its
+cost is the median plus the first call's excess over the median divided by N (the steps it
+will be reused for).
 
 Contract: every rank of a process group must call :func:`choose_fastest` with the same options;
 rank 0 alone measures (the options must not use collectives) and its choice is broadcast, so all
@@ -28,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -106,18 +110,22 @@ def measure_in_turns(
         dropped after their warm-up (see :data:`DROP_FACTOR`) get their warm-up time.
     """
     first: dict[str, float] = {}
+    failed: set[str] = set()
     for name, run in options.items():
         for i in range(max(warmup, 1)):
             started = time.perf_counter()
-            run()
-            synchronize(device)
+            if not _ran(name, run, device):
+                failed.add(name)
+                break
             if i == 0:
                 first[name] = time.perf_counter() - started
+    if len(failed) == len(options):
+        return {name: math.inf for name in options}
     fastest = min(first.values())
     timed = {
         name: run
         for name, run in options.items()
-        if amortize_over or first[name] <= DROP_FACTOR * fastest
+        if name not in failed and (amortize_over or first[name] <= DROP_FACTOR * fastest)
     }
     samples: dict[str, list[float]] = {name: [] for name in timed}
     for _ in range(repeat):
@@ -126,12 +134,23 @@ def measure_in_turns(
             run()
             synchronize(device)
             samples[name].append(time.perf_counter() - started)
-    costs = {name: first[name] for name in options if name not in timed}
+    costs = {name: first.get(name, math.inf) for name in options if name not in timed}
     for name, times in samples.items():
         median = sorted(times)[len(times) // 2]
         extra = max(0.0, first[name] - median) / amortize_over if amortize_over else 0.0
         costs[name] = median + extra
     return costs
+
+
+def _ran(name: str, run: Callable[[], object], device: torch.device) -> bool:
+    """Call ``run`` once and wait for the device; False (logged) when it raised."""
+    try:
+        run()
+        synchronize(device)
+    except Exception as exc:  # an unusable option is skipped, not fatal
+        log.warning("autotune: option %s failed and is skipped: %s", name, exc)
+        return False
+    return True
 
 
 def choose_fastest(
@@ -166,7 +185,8 @@ def choose_fastest(
     path = cache_dir / f"{key}.json" if cache_dir is not None else None
     choice: str | None = None
     if get_rank() == 0:
-        choice = _REMEMBERED.get((str(cache_dir), key)) or _read_cached(path, names)
+        remembered = (str(cache_dir), key)
+        choice = _REMEMBERED.get(remembered) or _read_cached(path, names)
         if choice is None:
             timings = measure_in_turns(
                 options, device, warmup=warmup, repeat=repeat, amortize_over=amortize_over
@@ -178,8 +198,11 @@ def choose_fastest(
                 ", ".join(f"{n} {t * 1e3:.1f} ms" for n, t in timings.items()),
                 choice,
             )
-            _write_cached(path, choice, timings, device, workload)
-        _REMEMBERED[(str(cache_dir), key)] = choice
+            if not math.isinf(timings[choice]):  # every option failed: nothing to remember
+                _write_cached(path, choice, timings, device, workload)
+                _REMEMBERED[remembered] = choice
+        else:
+            _REMEMBERED[remembered] = choice
     chosen = broadcast_object(choice)
     assert chosen is not None
     return chosen

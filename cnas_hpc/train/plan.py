@@ -127,27 +127,30 @@ def precisions_for(cfg: TrainConfig, device: torch.device) -> tuple[str, ...]:
     return ("fp32",)
 
 
-def thread_counts_for(cfg: TrainConfig, device: torch.device) -> tuple[int | None, ...]:
-    """Intra-op thread counts worth measuring on a CPU (one, or every core), else as set."""
-    if cfg.num_threads is not None:
-        return (cfg.num_threads,)
-    if device.type != "cpu" or cfg.perf != "auto":
-        return (None,)
+def thread_counts_for(cfg: TrainConfig, device: torch.device) -> tuple[int, ...]:
+    """Intra-op thread counts to choose from, per candidate: on a CPU under ``perf=auto`` with
+    ``num_threads`` null, one thread or every core; empty when there is nothing to choose.
+
+    Unlike the layout, the best count depends on the node's load at the moment (on a shared
+    2-core node two threads run 1.8x faster when it is idle and several times slower when
+    another process holds a core), so it is measured anew for every candidate, not cached.
+    """
+    if cfg.num_threads is not None or device.type != "cpu" or cfg.perf != "auto":
+        return ()
     cores = available_cores()
-    return (1,) if cores == 1 else (1, cores)
+    return () if cores == 1 else (1, cores)
 
 
 def eager_plans(cfg: TrainConfig, device: torch.device) -> list[StepPlan]:
-    """The plans without compilation that ``train.perf`` / ``amp`` / ``num_threads`` allow."""
+    """The plans without compilation that ``train.perf`` / ``amp`` allow (threads as set)."""
     if cfg.perf == "auto":
         layouts: tuple[str, ...] = LAYOUTS
     else:
         layouts = (cfg.perf.split("+")[0],)
     return [
-        StepPlan(layout=layout, precision=precision, threads=threads)
+        StepPlan(layout=layout, precision=precision, threads=cfg.num_threads)
         for layout in layouts
         for precision in precisions_for(cfg, device)
-        for threads in thread_counts_for(cfg, device)
     ]
 
 

@@ -1,13 +1,18 @@
 """Choose a candidate's :class:`~cnas_hpc.train.plan.StepPlan` by timing real steps.
 
-Two stages, both through :func:`~cnas_hpc.train.autotune.choose_fastest` (cached per device,
-torch version and model shape under ``ProxyTask.autotune_dir``, so a search measures once):
+Two stages through :func:`~cnas_hpc.train.autotune.choose_fastest` (cached per device, torch
+version and model shape under ``ProxyTask.autotune_dir``, so a search measures them once):
 
-1. the eager plans ``train.perf`` / ``train.amp`` / ``train.num_threads`` allow (layouts x
-   precisions x CPU thread counts), timed in turns;
+1. the eager plans ``train.perf`` / ``train.amp`` allow (layouts x precisions), timed in turns
+   (on a CPU with one intra-op thread, the measurement a busy node disturbs least);
 2. where compilation is measured (``perf=auto`` on CUDA), the winner against the winner
    compiled, the compiled one charged its compile time spread over the candidate's steps
    (every candidate is a new architecture, so it compiles anew).
+
+Then, on a CPU whose thread count is left to measurement, one or all cores: timed for every
+candidate on a small no-grad forward of a copy of it (a fraction of a second), because the
+answer follows the node's load, which changes within a search
+(:func:`~cnas_hpc.train.plan.thread_counts_for`).
 
 A probe step is what a training step does on one rank: two augmented views of real images,
 two forwards, NT-Xent, backward, an SGD update, on a throwaway copy of the candidate, without
@@ -20,6 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 import torch
@@ -27,14 +33,16 @@ import torch
 from cnas_hpc.models.networks import ProxyNetwork
 from cnas_hpc.ssl.augment import BatchAugment
 from cnas_hpc.ssl.losses import nt_xent_loss
-from cnas_hpc.train.autotune import choose_fastest
-from cnas_hpc.train.plan import StepPlan, compile_wanted, eager_plans
+from cnas_hpc.train.autotune import choose_fastest, measure_in_turns
+from cnas_hpc.train.plan import StepPlan, compile_wanted, eager_plans, thread_counts_for
 from cnas_hpc.train.step import ProxyTask
 
 log = logging.getLogger(__name__)
 
 #: Untimed calls per plan, then timed rounds (each round runs every plan once).
 WARMUP, REPEAT = 1, 3
+#: Images of the per-candidate thread probe (a no-grad forward).
+THREAD_PROBE_IMAGES = 32
 
 
 def probe_step(
@@ -116,16 +124,20 @@ def choose_plan(
         world_size: ranks sharing the global batch.
 
     Returns:
-        The same plan on every rank.
+        The same layout, precision and compilation on every rank (rank 0's measurement); the
+        CPU thread count is each rank's own (it touches no collective).
     """
     batch = task.train.batch_size // world_size
     workload = workload_of(model, task, batch)
     plans = {plan.name: plan for plan in eager_plans(task.train, device)}
+    thread_counts = thread_counts_for(task.train, device)
 
     def timed(candidates: dict[str, StepPlan], **kwargs: object) -> StepPlan:
+        # With the threads left to measurement, layouts are timed with one thread (see above).
+        probes = {n: replace(p, threads=1) if thread_counts else p for n, p in candidates.items()}
         options = {
             name: _lazy(partial(probe_step, model, images, task, device, plan, batch))
-            for name, plan in candidates.items()
+            for name, plan in probes.items()
         }
         name = choose_fastest(
             options, device, workload=workload, cache_dir=task.autotune_dir,
@@ -140,8 +152,38 @@ def choose_plan(
         best = timed({best.name: best, compiled.name: compiled}, amortize_over=total_steps)
     elif wanted:
         best = StepPlan(best.layout, best.precision, True, best.threads)
+    if thread_counts:
+        best = replace(best, threads=choose_threads(model, images, task, device, best,
+                                                    thread_counts))  # fmt: skip
     log.debug("step plan on %s: %s", device, best.name)
     return best
+
+
+def choose_threads(
+    model: ProxyNetwork,
+    images: torch.Tensor,
+    task: ProxyTask,
+    device: torch.device,
+    plan: StepPlan,
+    counts: tuple[int, ...],
+) -> int:
+    """The intra-op thread count of ``counts`` that runs a small no-grad forward of a copy of
+    ``model`` (eval mode, ``plan``'s layout) fastest right now. Not cached, no collective.
+    """
+    net = copy.deepcopy(model).eval()
+    plan.prepare(net)
+    augment = BatchAugment(task.augment, task.image_size)
+    x = plan.images(augment.plain(images[:THREAD_PROBE_IMAGES]))
+
+    def forward(threads: int) -> Callable[[], None]:
+        def run() -> None:
+            with replace(plan, threads=threads).threads_applied(), torch.no_grad():
+                net(x)
+
+        return run
+
+    costs = measure_in_turns({str(n): forward(n) for n in counts}, device, warmup=1, repeat=3)
+    return int(min(costs, key=lambda n: costs[n]))
 
 
 def _lazy(build: Callable[[], Callable[[], None]]) -> Callable[[], None]:

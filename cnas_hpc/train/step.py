@@ -14,7 +14,8 @@ chains them. Data parallelism:
 * Augmentation randomness depends only on ``(seed, rank, global step)``
   (:func:`step_seed`): a resumed run draws exactly the views an unbroken one would.
 
-No host synchronisation inside a step: nothing reads a device value back. A non-finite loss
+No host synchronisation inside a step: nothing reads a device value back (except fp16 AMP's
+grad scaler, which reads its overflow check every step; fp32 and bf16 need none). A non-finite loss
 only sets a flag on the device (:meth:`ContrastiveStep.flag_non_finite`); the training loop
 reads it where it reads the loss anyway (every ``train.log_every_steps`` steps, at epoch ends,
 before a checkpoint) through :meth:`ContrastiveStep.check_finite`, which agrees it across
