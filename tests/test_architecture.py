@@ -169,7 +169,7 @@ def test_tests_mirror_the_packages() -> None:
     packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
     # Tests of the real cluster path and of the entry points cut across the packages.
     cross_cutting = {"architecture", "cluster", "faults", "secrets", "slurm", "validation"}
-    cross_cutting |= {"launch"}
+    cross_cutting |= {"launch", "benchmarks"}
     strays = [
         path.name
         for path in sorted((ROOT / "tests").glob("test_*.py"))

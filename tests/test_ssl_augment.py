@@ -190,6 +190,7 @@ class _CountCalls(TorchFunctionMode):
 
 def test_work_is_batched_not_a_python_loop_over_samples() -> None:
     augment = BatchAugment(AugmentConfig(), 8)
+    augment.two_views(images(n=2), gen(0))  # the constants are copied to the device once
     counts = []
     for n in (2, 64):
         with _CountCalls() as mode:
@@ -198,6 +199,8 @@ def test_work_is_batched_not_a_python_loop_over_samples() -> None:
         counts.append(mode.calls)
     assert sum(counts[0].values()) > 20  # the mode really saw the pipeline
     assert counts[0] == counts[1]
+    # No tensor is built from host values per call (no small host-to-device copies).
+    assert counts[1]["tensor"] == counts[1]["new_tensor"] == counts[1]["to"] == 0
 
 
 def test_config_accepts_lists_and_stores_tuples() -> None:

@@ -1,7 +1,8 @@
 """Abort decisions are agreed across DDP ranks: no rank is left waiting in a collective.
 
 Two gloo ranks train one candidate; a failure is injected on ONE rank only (an out-of-memory
-error in the forward or in the backward pass, a preemption request). Both ranks must leave with
+error in the forward or in the backward pass, a preemption request, a prune asked by rank 0's
+pruner after an epoch). Both ranks must leave with
 the same reason, quickly, instead of one of them hanging in the next collective.
 """
 
@@ -77,8 +78,18 @@ def _rank(rank: int, settings: Settings, port: int, fault: str, results: Any) ->
             calls["n"] += 1
             return fault == "preempt" and rank == 0 and calls["n"] == 3
 
+        def prune_on_rank_zero(_: object) -> bool:  # e.g. rank 0's pruner said so
+            return fault == "prune" and rank == 0
+
         try:
-            train_candidate(model, data, proxy_task(settings), cpu, should_stop=stop)
+            train_candidate(
+                model,
+                data,
+                proxy_task(settings),
+                cpu,
+                should_stop=stop,
+                on_epoch=prune_on_rank_zero,
+            )
             results[rank] = "completed"
         except TrainingAbortedError as exc:
             results[rank] = exc.reason
@@ -86,7 +97,12 @@ def _rank(rank: int, settings: Settings, port: int, fault: str, results: Any) ->
 
 @pytest.mark.parametrize(
     ("fault", "reason"),
-    [("oom", "out_of_memory"), ("oom_backward", "out_of_memory"), ("preempt", "stopped")],
+    [
+        ("oom", "out_of_memory"),
+        ("oom_backward", "out_of_memory"),
+        ("preempt", "stopped"),
+        ("prune", "pruned"),
+    ],
 )
 def test_a_failure_on_one_rank_stops_both(tmp_path: Path, fault: str, reason: str) -> None:
     settings = tiny_settings(tmp_path, "train.epochs=1", "train.max_steps_per_epoch=6")

@@ -42,3 +42,20 @@ def test_a_single_option_is_returned_without_timing() -> None:
 
     cpu = torch.device("cpu")
     assert choose_fastest({"only": never}, cpu, workload={}, cache_dir=None) == "only"
+
+
+def test_an_option_that_fails_is_skipped_and_all_failing_is_not_cached(tmp_path: Path) -> None:
+    def broken() -> None:
+        raise RuntimeError("no C++ compiler")  # e.g. torch.compile on a bare node
+
+    def works() -> None:
+        pass
+
+    cpu = torch.device("cpu")
+    options = {"compiled": broken, "eager": works}
+    assert choose_fastest(options, cpu, workload={"w": 1}, cache_dir=tmp_path) == "eager"
+    # Nothing works: the first option is returned (the real step will report the error), and
+    # nothing is remembered, so a later call measures again.
+    everything_broken = {"a": broken, "b": broken}
+    assert choose_fastest(everything_broken, cpu, workload={"w": 2}, cache_dir=tmp_path) == "a"
+    assert len(list(tmp_path.glob("*.json"))) == 1

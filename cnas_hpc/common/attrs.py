@@ -35,4 +35,8 @@ REQUEUES: Final = "cnas:requeues"
 ENQUEUED: Final = "cnas:enqueued"
 ENQUEUED_AS: Final = "cnas:enqueued_as"
 RESUMED_FROM_EPOCH: Final = "cnas:resumed_from_epoch"
+#: The epoch after which a multi-fidelity pruner stopped the trial (PRUNED trials only).
+PRUNED_AT_EPOCH: Final = "cnas:pruned_at_epoch"
+#: How the trial's training steps ran (layout, precision, compile, threads), chosen by measurement.
+STEP_PLAN: Final = "cnas:step_plan"
 JOB: Final = "cnas:job_id"

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from cnas_hpc.common.errors import ConfigError
 from cnas_hpc.common.objectives import OBJECTIVES
 
+#: ``none``, or an Optuna pruner asked after every epoch (multi-fidelity search).
+PRUNERS = ("none", "median", "successive_halving", "hyperband")
+
 
 @dataclass(frozen=True)
 class SearchConfig:
@@ -16,6 +19,22 @@ class SearchConfig:
     that the study evaluates first: warm-starting TPE with good cells, or re-scoring them under
     a new proxy. They are enqueued once per study (a rerun does not add them again) and count
     toward ``n_trials``.
+
+    Multi-fidelity pruning (opt-in): with ``pruner`` set, rank 0 reports the objective after
+    every epoch and asks the pruner whether to stop the candidate; a pruned candidate is told
+    PRUNED (its last epoch's value is what TPE learns from) and does not count toward
+    ``n_trials``.
+
+    Attributes:
+        enqueue: known cells evaluated first (see above).
+        pruner: ``none`` | ``median`` (stop a trial worse than the median of earlier trials at
+            the same epoch) | ``successive_halving`` (keep the best ``1/reduction_factor`` at
+            each rung) | ``hyperband`` (several successive-halving brackets).
+        pruner_startup_trials: median: trials that finish before any is pruned.
+        pruner_warmup_epochs: median: epochs a trial trains before it may be pruned.
+        pruner_min_epochs: successive_halving / hyperband: epochs of the first rung.
+        pruner_reduction_factor: successive_halving / hyperband: 1 in this many trials is
+            promoted to the next rung.
     """
 
     n_trials: int = 8
@@ -23,6 +42,11 @@ class SearchConfig:
     max_consecutive_failures: int = 3
     poll_seconds: float = 5.0
     enqueue: tuple[str, ...] = ()
+    pruner: str = "none"
+    pruner_startup_trials: int = 5
+    pruner_warmup_epochs: int = 1
+    pruner_min_epochs: int = 1
+    pruner_reduction_factor: int = 3
 
     def __post_init__(self) -> None:
         if self.n_trials <= 0:
@@ -40,3 +64,16 @@ class SearchConfig:
             raise ConfigError(
                 f"search.max_consecutive_failures must be >= 1, got {self.max_consecutive_failures}"
             )
+        if self.pruner not in PRUNERS:
+            raise ConfigError(
+                f"search.pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}"
+            )
+        for key, minimum in (
+            ("pruner_startup_trials", 0),
+            ("pruner_warmup_epochs", 0),
+            ("pruner_min_epochs", 1),
+            ("pruner_reduction_factor", 2),
+        ):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"search.{key} must be an integer >= {minimum}, got {value!r}")

@@ -10,7 +10,16 @@ from cnas_hpc.config.checks import check_positive
 LOSSES = ("ntxent", "membank_nce")
 
 
-AMP_MODES = ("none", "bf16", "fp16")
+#: ``auto``: fp32, or bf16 autocast where it measures faster (CUDA only; see ``train.perf``).
+AMP_MODES = ("auto", "none", "bf16", "fp16")
+
+#: Memory layouts of a training step (``nchw`` is PyTorch's default, contiguous).
+LAYOUTS = ("nchw", "channels_last")
+
+#: ``train.perf`` values: ``auto`` measures the step variants on the device and keeps the fastest
+#: (cached per device, torch version and model shape); the others fix the layout, optionally
+#: with ``torch.compile`` (``+compile``).
+PERF_MODES = ("auto", *LAYOUTS, *(f"{layout}+compile" for layout in LAYOUTS))
 
 
 @dataclass(frozen=True)
@@ -19,6 +28,12 @@ class TrainConfig:
 
     ``batch_size`` is the GLOBAL batch over all ranks of a worker; each rank gets
     ``batch_size // world_size`` images per step.
+
+    How a step runs is chosen per device by measurement (``perf=auto``, see
+    :mod:`cnas_hpc.train.plan`): the memory layout, bf16 autocast (``amp=auto``, CUDA), whether
+    ``torch.compile`` pays for itself (CUDA), and the intra-op threads on a CPU when
+    ``num_threads`` is null. Explicit values of ``perf``, ``amp`` and ``num_threads`` are kept
+    as given.
     """
 
     epochs: int = 2
@@ -33,11 +48,12 @@ class TrainConfig:
     temperature: float = 0.5
     membank_negatives: int = 510
     membank_momentum: float = 0.5
-    amp: str = "none"
+    amp: str = "auto"
     grad_clip: float | None = 5.0
     knn_k: int = 20
     log_every_steps: int = 10
     num_threads: int | None = None
+    perf: str = "auto"
 
     def __post_init__(self) -> None:
         check_positive("train", self, ("epochs", "batch_size", "lr", "temperature", "knn_k"))
@@ -52,6 +68,12 @@ class TrainConfig:
             raise ConfigError(f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if self.perf not in PERF_MODES:
+            raise ConfigError(
+                f"train.perf must be one of {', '.join(PERF_MODES)}, got {self.perf!r}"
+            )
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
         if not 0.0 <= self.membank_momentum < 1.0:
             raise ConfigError(
                 f"train.membank_momentum must be in [0, 1), got {self.membank_momentum}"

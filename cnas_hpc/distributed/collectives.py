@@ -25,6 +25,33 @@ import torch.distributed.nn.functional as dist_nn
 
 T = TypeVar("T")
 
+#: A gloo group over all ranks for host-side flags, set up by
+#: :func:`set_up_control_group` when the default group is not gloo (NCCL): agreeing a flag then
+#: never touches the GPU, so it does not wait for queued kernels. ``None``: use the default group.
+_control_group: Any = None
+
+
+def set_up_control_group() -> None:
+    """Create the gloo group :func:`agree_across_ranks` uses (every rank calls it, once, right
+    after the default group is initialised; a no-op when that group is gloo already)."""
+    global _control_group
+    _control_group = None
+    if is_distributed() and dist.get_backend() != "gloo":
+        _control_group = dist.new_group(backend="gloo")
+
+
+def flags_backend() -> str | None:
+    """The backend abort flags travel on (``gloo`` whenever possible), None without a group."""
+    if not is_distributed():
+        return None
+    return "gloo" if _control_group is not None else str(dist.get_backend())
+
+
+def forget_control_group() -> None:
+    """Drop the control group (``destroy_process_group`` destroys it with the others)."""
+    global _control_group
+    _control_group = None
+
 
 def is_distributed() -> bool:
     """Whether a default process group is initialised in this process."""
@@ -119,12 +146,18 @@ def agree_across_ranks(flags: tuple[bool, ...], device: torch.device) -> tuple[b
     """OR each flag over all ranks in ONE collective; the same answer on every rank.
 
     Use it for abort decisions (a non-finite loss, a stop request, an out-of-memory error) so
-    that no rank leaves a loop while the others wait in a collective.
+    that no rank leaves a loop while the others wait in a collective. The flags are host
+    values and travel on the CPU (the default gloo group, or the gloo control group next to
+    NCCL): this synchronises the ranks' hosts, never a device's queue. ``device`` is only used
+    when no gloo group exists.
+
+    Without a process group: the flags themselves (no tensor, no sync).
     """
     if not is_distributed():
         return tuple(bool(f) for f in flags)
-    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    on_cpu = _control_group is not None or dist.get_backend() == "gloo"
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device="cpu" if on_cpu else device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control_group)
     return tuple(bool(v > 0) for v in t.tolist())
 
 

@@ -35,6 +35,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from cnas_hpc.distributed.collectives import forget_control_group, set_up_control_group
+
 log = logging.getLogger(__name__)
 
 #: Rendezvous ports derived from a job id fall in ``[PORT_BASE, PORT_BASE + PORT_SPAN)``:
@@ -340,6 +342,22 @@ def init_distributed(
     """
     if not env.is_distributed:
         return False
+    join_process_group(env, device, timeout)
+    return True
+
+
+def join_process_group(
+    env: DistEnv, device: torch.device, timeout: timedelta = DEFAULT_TIMEOUT
+) -> None:
+    """Create the process group of ``env`` whatever its size (:func:`init_distributed` skips a
+    world of one; a one-GPU check of the NCCL path calls this directly).
+
+    Also creates the gloo control group next to NCCL
+    (:func:`~cnas_hpc.distributed.collectives.set_up_control_group`).
+
+    Raises:
+        RuntimeError: A process group is already initialised in this process.
+    """
     if dist.is_initialized():
         raise RuntimeError("torch.distributed is already initialised in this process")
     if device.type == "cuda":
@@ -360,13 +378,14 @@ def init_distributed(
         world_size=env.world_size,
         timeout=timeout,
     )
-    return True
+    set_up_control_group()
 
 
 def destroy_distributed() -> None:
-    """Leave and destroy the default process group, if one is initialised."""
+    """Leave and destroy the default process group (and the control group), if initialised."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    forget_control_group()
 
 
 @contextlib.contextmanager

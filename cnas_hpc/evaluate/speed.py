@@ -41,7 +41,8 @@ def _one_step(
     model: EvalNetwork, task: SupervisedTask, data: LabeledData, device: torch.device
 ) -> Callable[[], None]:
     trial_model = copy.deepcopy(model).to(device).to(memory_format=task.memory_format)
-    stepper = SupervisedStep(trial_model, task, device)
+    # Rank 0 alone times the options: a local step, no collective.
+    stepper = SupervisedStep(trial_model, task, device, local=True)
     local = max(1, task.protocol.batch_size)
     index = torch.arange(min(local, len(data.train)), device=device)
     images = data.train.images[: len(index)].to(device)
@@ -67,7 +68,8 @@ def choose_layout(
 ) -> SupervisedTask:
     """``task`` with the memory format and AMP dtype that run fastest here (see the module).
 
-    Every rank must call it (the choice is rank 0's, broadcast). ``model`` is not changed.
+    Every rank must call it; rank 0 alone times rank-local steps and its choice is broadcast.
+    ``model`` is not changed.
     """
     candidates = _candidates(task.protocol, device)
     options: dict[str, Callable[[], None]] = {}

@@ -181,6 +181,12 @@ class TrialOwner:
         assert trial is not None
         self._retry(lambda: trial.report(value, epoch), "report")
 
+    def should_prune(self) -> bool:
+        """The study's pruner verdict on the current trial after its last report."""
+        trial = self.trial
+        assert trial is not None
+        return bool(self._retry(trial.should_prune, "ask the pruner"))
+
     def finish(self, state: TrialState, value: float | None, values: dict[str, Any]) -> None:
         """Tell the current trial's result: pending file first, then the study, then cleanup."""
         trial = self.trial

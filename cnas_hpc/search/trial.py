@@ -6,8 +6,13 @@ Contract:
       :class:`~cnas_hpc.search.owner.TrialOwner` (the study) and the observers, so only rank 0
       records heartbeats, attributes and the result.
     * :meth:`TrialRunner.run` returns ``None`` when the trial completed, ``"stopped"`` when a
-      preemption stopped it (checkpointed, still RUNNING for the requeued job), else the failure
-      reason (rank 0 told it PRUNED or FAIL).
+      preemption stopped it (checkpointed, still RUNNING for the requeued job), ``"pruned"``
+      when the study's multi-fidelity pruner stopped it after an epoch (``search.pruner``;
+      told PRUNED with ``cnas:pruned_at_epoch``: not a failure), else the failure reason (rank
+      0 told it PRUNED or FAIL).
+    * With a pruner, rank 0 reports the objective after every epoch and asks the pruner (not
+      after the last epoch: a trial that trained to the end completes); the verdict is agreed
+      by every rank inside the training loop.
     * A diverging or out-of-memory candidate is told PRUNED: TPE ranks pruned trials below every
       COMPLETE one and so learns to avoid such cells, whereas it ignores FAIL trials and would
       keep proposing them. Any other exception (a bug, an invalid architecture) is told FAIL.
@@ -64,12 +69,19 @@ RESULT_ATTRS = {
     "val_loss": attrs.VAL_LOSS,
     "knn_accuracy": attrs.KNN_ACCURACY,
     "images_per_s": attrs.IMAGES_PER_S,
+    "plan": attrs.STEP_PLAN,
 }
 
 
 def proxy_task(settings: Settings) -> ProxyTask:
-    """The proxy task a search's settings describe."""
-    return ProxyTask(settings.train, settings.augment, settings.data.image_size, settings.seed)
+    """The proxy task of a search (step plans cached in ``<output_dir>/autotune``)."""
+    return ProxyTask(
+        settings.train,
+        settings.augment,
+        settings.data.image_size,
+        settings.seed,
+        autotune_dir=Path(settings.output_dir) / "autotune",
+    )
 
 
 def objective_of(metrics: EpochMetrics, objective: str) -> float | None:
@@ -114,6 +126,7 @@ class TrialRunner:
             settings.checkpoint_root, settings.study.name, assignment.checkpoint_key
         )
         self.summary: dict[str, Any] = {}
+        self.pruned_at_epoch: int | None = None
         self.started = time.perf_counter()
         self._last_step = (self.started, 0)
 
@@ -134,6 +147,8 @@ class TrialRunner:
             if exc.reason == "stopped":
                 self.observers.notify("trial_finished", "INTERRUPTED", None, self.summary)
                 return "stopped"
+            if exc.reason == "pruned":
+                return self._pruned()
             return self._fail(exc)
         except (ValueError, RuntimeError) as exc:
             return self._fail(exc)
@@ -234,11 +249,21 @@ class TrialRunner:
         self._last_step = (now, step)
         self.observers.notify("step", step, metrics)
 
-    def on_epoch(self, metrics: EpochMetrics) -> None:
-        """Report the epoch's objective to the study (rank 0) and the metrics to observers."""
+    def on_epoch(self, metrics: EpochMetrics) -> bool:
+        """Report the epoch's objective to the study (rank 0) and the metrics to observers.
+
+        Returns:
+            Whether the study's pruner asks to stop the trial (rank 0; False elsewhere, and
+            after the last epoch). The training loop agrees it across ranks.
+        """
         value = objective_of(metrics, self.settings.search.objective)
+        prune = False
         if self.owner is not None and value is not None and math.isfinite(value):
             self.owner.report(value, metrics.epoch)
+            if self.settings.search.pruner != "none" and metrics.epoch < self.settings.train.epochs:
+                prune = self.owner.should_prune()
+        if prune:
+            self.pruned_at_epoch = metrics.epoch
         self.observers.notify(
             "epoch",
             metrics.epoch,
@@ -251,6 +276,7 @@ class TrialRunner:
                 "lr": metrics.lr,
             },
         )
+        return prune
 
     # -- the outcome ----------------------------------------------------------------------------
 
@@ -266,6 +292,7 @@ class TrialRunner:
             knn_accuracy=result.knn_accuracy,
             images_per_s=result.images_per_s,
             resumed_from_epoch=result.resumed_from_epoch,
+            plan=result.plan,
         )
         self.owner.finish(
             TrialState.COMPLETE,
@@ -274,6 +301,25 @@ class TrialRunner:
         )
         self.observers.notify("trial_finished", "COMPLETE", value, self.summary)
         remove_checkpoint(self.ckpt_path)
+
+    def _pruned(self) -> str:
+        """End a trial the pruner stopped: PRUNED with its epoch; its last report is its value."""
+        if self.owner is not None:
+            self.summary.update(
+                wall_s=time.perf_counter() - self.started, pruned_at_epoch=self.pruned_at_epoch
+            )
+            self.owner.finish(
+                TrialState.PRUNED,
+                None,
+                {
+                    attrs.PRUNED_AT_EPOCH: self.pruned_at_epoch,
+                    attrs.EPOCHS_DONE: self.pruned_at_epoch,
+                    attrs.WALL_S: self.summary["wall_s"],
+                },
+            )
+            self.observers.notify("trial_finished", "PRUNED", None, self.summary)
+            remove_checkpoint(self.ckpt_path)
+        return "pruned"
 
     def _fail(self, exc: BaseException) -> str:
         """End the trial with its reason (rank 0 tells); every rank returns the reason."""

@@ -55,6 +55,7 @@ class WorkerReport:
 
     completed: int = 0
     failed: int = 0
+    pruned: int = 0
     study_complete: int = 0
 
 
@@ -153,8 +154,11 @@ class _Worker:
             if self.env.is_main:
                 preemption.hand_over()
             raise SystemExit(0)
-        if outcome is None:
-            self.report.completed += 1
+        if outcome is None or outcome == "pruned":
+            if outcome is None:
+                self.report.completed += 1
+            else:
+                self.report.pruned += 1
             self.failures_in_a_row = 0
             return
         self.report.failed += 1

@@ -16,11 +16,16 @@ Pipeline of :class:`BatchAugment` (per sample, all samples in parallel):
 Randomness comes from an optional :class:`torch.Generator` that must live on the images' device
 (``torch.Generator(device=images.device)``); the same seed on the same device gives identical
 views, which is how every trial of a study is scored on the same validation views.
+
+No host round trip per call: the few constant tensors (luma weights, colour matrices, mean and
+std) are copied to a device once and kept (:class:`_Constants`), so a training step issues no
+small host-to-device copies here and reads nothing back.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -55,10 +60,36 @@ def _bernoulli(
     return torch.rand(n, device=device, generator=generator) < p
 
 
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    """``[B, 1, H, W]`` luma of ``[B, 3, H, W]`` RGB."""
-    w = x.new_tensor(_LUMA).view(1, 3, 1, 1)
-    return (x * w).sum(dim=1, keepdim=True)
+@dataclass(frozen=True)
+class _Constants:
+    """The constant tensors of a pipeline, on one device (float32).
+
+    Shapes: ``luma``, ``mean``, ``std`` ``[1, 3, 1, 1]``; ``to_yiq``, ``to_rgb`` ``[3, 3]``.
+    """
+
+    luma: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    to_yiq: torch.Tensor
+    to_rgb: torch.Tensor
+
+    @classmethod
+    def on(cls, cfg: AugmentConfig, device: torch.device) -> _Constants:
+        def tensor(values: object, shape: tuple[int, ...]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32).view(shape).to(device)
+
+        return cls(
+            luma=tensor(_LUMA, (1, 3, 1, 1)),
+            mean=tensor(cfg.mean, (1, 3, 1, 1)),
+            std=tensor(cfg.std, (1, 3, 1, 1)),
+            to_yiq=tensor(_RGB_TO_YIQ, (3, 3)),
+            to_rgb=tensor(_YIQ_TO_RGB, (3, 3)),
+        )
+
+
+def _gray(x: torch.Tensor, luma: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, H, W]`` luma of ``[B, 3, H, W]`` RGB, with ``luma`` ``[1, 3, 1, 1]`` weights."""
+    return (x * luma).sum(dim=1, keepdim=True)
 
 
 def _to_float_rgb(images: torch.Tensor) -> torch.Tensor:
@@ -100,11 +131,18 @@ class BatchAugment:
             raise ValueError(f"out_size must be >= 1, got {out_size}")
         self.cfg = cfg
         self.out_size = int(out_size)
+        self._constants: dict[torch.device, _Constants] = {}
+
+    def _on(self, device: torch.device) -> _Constants:
+        """The constant tensors on ``device``, copied there on first use only."""
+        constants = self._constants.get(device)
+        if constants is None:
+            constants = self._constants[device] = _Constants.on(self.cfg, device)
+        return constants
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.new_tensor(self.cfg.mean).view(1, 3, 1, 1)
-        std = x.new_tensor(self.cfg.std).view(1, 3, 1, 1)
-        return (x - mean) / std
+        constants = self._on(x.device)
+        return (x - constants.mean) / constants.std
 
     def _crop_flip(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Random resized crop + horizontal flip of every sample, resampled to ``out_size``.
@@ -150,19 +188,19 @@ class BatchAugment:
         if cfg.jitter_p == 0.0:
             return x  # the draws above still happen, so views do not depend on jitter_p == 0
         view = (n, 1, 1, 1)
+        luma = self._on(dev).luma
         y = (x * b.view(view)).clamp(0.0, 1.0)
-        mean = _gray(y).mean(dim=(1, 2, 3), keepdim=True)
+        mean = _gray(y, luma).mean(dim=(1, 2, 3), keepdim=True)
         y = ((y - mean) * c.view(view) + mean).clamp(0.0, 1.0)
-        gray = _gray(y)
+        gray = _gray(y, luma)
         y = ((y - gray) * s.view(view) + gray).clamp(0.0, 1.0)
         y = self._hue(y, h).clamp(0.0, 1.0)
         return torch.where(apply.view(view), y, x)
 
-    @staticmethod
-    def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    def _hue(self, x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         """Rotate the chroma of ``x`` [B, 3, H, W] by ``shift`` [B] turns in YIQ space."""
-        to_yiq = x.new_tensor(_RGB_TO_YIQ)
-        to_rgb = x.new_tensor(_YIQ_TO_RGB)
+        constants = self._on(x.device)
+        to_yiq, to_rgb = constants.to_yiq, constants.to_rgb
         angle = 2.0 * math.pi * shift
         cos, sin = torch.cos(angle), torch.sin(angle)
         one, zero = torch.ones_like(cos), torch.zeros_like(cos)
@@ -203,7 +241,7 @@ class BatchAugment:
         x = self._crop_flip(x, generator)
         x = self._jitter(x, generator)
         gray = _bernoulli(self.cfg.grayscale_p, x.shape[0], x.device, generator)
-        x = torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
+        x = torch.where(gray.view(-1, 1, 1, 1), _gray(x, self._on(x.device).luma).expand_as(x), x)
         return self._normalise(x)
 
     def two_views(

@@ -205,7 +205,12 @@ class MemoryBankNCE(nn.Module):
         return F.cross_entropy(logits, target)
 
     def forward(
-        self, z_image: torch.Tensor, z_view: torch.Tensor, index: torch.Tensor
+        self,
+        z_image: torch.Tensor,
+        z_view: torch.Tensor,
+        index: torch.Tensor,
+        *,
+        check_index: bool = True,
     ) -> torch.Tensor:
         """Loss of a batch, then the (gradient-free) bank update.
 
@@ -214,6 +219,9 @@ class MemoryBankNCE(nn.Module):
             z_view: ``[B, dim]`` projections of the transformed views, unnormalised.
             index: ``[B]`` int64 bank rows of the images, on the bank's device, distinct
                 within the global batch (duplicates make the update order-dependent).
+            check_index: check that ``index`` lies in ``[0, num_items)``. The check reads
+                the index back from the device (a host sync); a trainer whose indices are
+                valid by construction turns it off.
 
         Returns:
             A scalar tensor; gradients flow into ``z_image`` and ``z_view`` only.
@@ -230,7 +238,7 @@ class MemoryBankNCE(nn.Module):
             )
         if index.dtype != torch.long:
             raise ValueError(f"index must be int64, got {index.dtype}")
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_items):
+        if check_index and index.numel() and not self._in_range(index):
             raise ValueError(f"index out of range [0, {self.num_items})")
         index = index.to(self.bank.device)
         q_image = F.normalize(z_image, dim=1)
@@ -244,6 +252,9 @@ class MemoryBankNCE(nn.Module):
         ) * self._nce(q_image, positive, negatives)
         self._update(q_image.detach(), index)
         return loss
+
+    def _in_range(self, index: torch.Tensor) -> bool:
+        return int(index.min()) >= 0 and int(index.max()) < self.num_items
 
     @torch.no_grad()
     def _update(self, q_image: torch.Tensor, index: torch.Tensor) -> None:

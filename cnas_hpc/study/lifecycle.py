@@ -27,6 +27,7 @@ from cnas_hpc.common.storage_url import mask_url, normalize_storage_url
 from cnas_hpc.config import Settings
 from cnas_hpc.space.encoding import encoding_from_config
 from cnas_hpc.space.genotype import load_genotype
+from cnas_hpc.study.pruner import make_pruner
 from cnas_hpc.study.sampler import make_sampler
 from cnas_hpc.study.storage import describe_db_error, make_storage
 
@@ -137,7 +138,7 @@ def bootstrap_study(settings: Settings) -> BootstrapResult:
 
 
 def load_study(settings: Settings, *, worker: int) -> optuna.Study:
-    """Load the bootstrapped study with this worker's sampler. Never creates anything.
+    """Load the bootstrapped study with this worker's sampler and pruner. Never creates anything.
 
     Raises:
         StudyError: unreachable database, missing or incompatible study.
@@ -146,7 +147,11 @@ def load_study(settings: Settings, *, worker: int) -> optuna.Study:
     url = normalize_storage_url(cfg.storage)
     storage = make_storage(cfg, create_tables=False, url=url)
     try:
-        study = optuna.load_study(study_name=cfg.name, storage=storage)
+        study = optuna.load_study(
+            study_name=cfg.name,
+            storage=storage,
+            pruner=make_pruner(settings.search, settings.train.epochs),
+        )
         n_existing = len(study.get_trials(deepcopy=False))
         study.sampler = make_sampler(cfg.sampler, worker=worker, n_existing=n_existing)
     except KeyError:

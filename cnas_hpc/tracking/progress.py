@@ -134,6 +134,8 @@ class SearchProgress:
         detail = summary.get("fail_reason") or (
             f"({summary['wall_s']:.1f}s)" if "wall_s" in summary else ""
         )
+        if summary.get("pruned_at_epoch") is not None:
+            detail = f"after epoch {summary['pruned_at_epoch']} {detail}"
         message = f"trial {self._trial}: {state} value={_fmt(value)} {detail}".rstrip()
         if self.use_bars:
             tqdm.write(message, file=self.stream)

@@ -8,11 +8,22 @@ candidate a few times and keeps the fastest. The choice is cached as JSON under 
 worker sees (``<output_dir>/autotune``), keyed by what decides it (device name, torch version,
 the caller's description of the workload), so a fleet of workers measures once.
 
-Contract: every rank of a process group must call :func:`choose_fastest` with the same options.
-Rank 0 reads the cache and tells the others; when nothing is cached, EVERY rank runs every
-option in the same order (so an option may be a real DDP step with its collectives) and rank 0's
-choice is broadcast: all ranks then run the same way. Timing runs real steps (they change the
-model's weights: callers time a throwaway copy or re-initialise afterwards).
+Timing is robust to a busy machine: the options are timed in turns (one call of each, round
+after round), so a burst of load from another process hits every option alike, and the median
+of each option's calls is kept. An option whose warm-up call took over :data:`DROP_FACTOR` times
+the fastest warm-up is not timed further (it cannot win, and on a busy CPU such a step may take
+many seconds). An option that raises (``torch.compile`` without a working compiler, an
+out-of-memory error) costs infinity: it is logged and never chosen; when every option fails the
+first one is returned, uncached, and the real step reports the error. An option whose first
+call does one-off work (``torch.compile``) can be charged for it: with ``amortize_over=N`` its
+cost is the median plus the first call's excess over the median divided by N (the steps it
+will be reused for).
+
+Contract: every rank of a process group must call :func:`choose_fastest` with the same options;
+rank 0 alone measures (the options must not use collectives) and its choice is broadcast, so all
+ranks run the same way. Timing runs real steps (they change the model's weights: callers time a
+throwaway copy or re-initialise afterwards). Choices are also remembered in the process, so a
+worker without a cache folder measures once per workload (and per cache folder).
 """
 
 from __future__ import annotations
@@ -20,7 +31,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import platform
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -32,11 +45,27 @@ from cnas_hpc.distributed.collectives import broadcast_object, get_rank
 log = logging.getLogger(__name__)
 
 
+#: Options whose warm-up call is this many times slower than the fastest warm-up are dropped
+#: (not when first calls are amortised: there a slow first call is expected, e.g. compiling).
+DROP_FACTOR = 3.0
+
+#: Choices made in this process: (cache folder, cache key) -> option name.
+_REMEMBERED: dict[tuple[str, str], str] = {}
+
+
 def device_name(device: torch.device) -> str:
-    """A stable name of the device's hardware (``"NVIDIA H200"``, ``"cpu-16"``)."""
+    """A stable name of the device's hardware (``"NVIDIA H200"``, ``"cpu-x86_64-16"``).
+
+    For a CPU: the architecture and the cores this process may use (not torch's thread count,
+    which a tuned option may change).
+    """
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu-{torch.get_num_threads()}"
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return f"cpu-{platform.machine()}-{cores}"
 
 
 def synchronize(device: torch.device) -> None:
@@ -59,20 +88,69 @@ def _cache_key(device: torch.device, workload: Mapping[str, object], options: li
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def time_option(
-    run: Callable[[], object], device: torch.device, *, warmup: int = 2, repeat: int = 5
-) -> float:
-    """Median seconds of one call of ``run`` after ``warmup`` calls, synchronised per call."""
-    for _ in range(warmup):
-        run()
-    synchronize(device)
-    times = []
+def measure_in_turns(
+    options: Mapping[str, Callable[[], object]],
+    device: torch.device,
+    *,
+    warmup: int = 2,
+    repeat: int = 5,
+    amortize_over: int | None = None,
+) -> dict[str, float]:
+    """Seconds per call of each option, timed in turns (see the module docstring).
+
+    Args:
+        options: name -> a callable that runs one step the named way.
+        device: where the steps run (synchronised around each timed call).
+        warmup: untimed calls per option first (the first one is timed for ``amortize_over``).
+        repeat: timed rounds; each round calls every option once.
+        amortize_over: charge each option ``(first call - median) / amortize_over`` more.
+
+    Returns:
+        name -> median seconds per call (plus the amortised first-call excess); options
+        dropped after their warm-up (see :data:`DROP_FACTOR`) get their warm-up time.
+    """
+    first: dict[str, float] = {}
+    failed: set[str] = set()
+    for name, run in options.items():
+        for i in range(max(warmup, 1)):
+            started = time.perf_counter()
+            if not _ran(name, run, device):
+                failed.add(name)
+                break
+            if i == 0:
+                first[name] = time.perf_counter() - started
+    if len(failed) == len(options):
+        return {name: math.inf for name in options}
+    fastest = min(first.values())
+    timed = {
+        name: run
+        for name, run in options.items()
+        if name not in failed and (amortize_over or first[name] <= DROP_FACTOR * fastest)
+    }
+    samples: dict[str, list[float]] = {name: [] for name in timed}
     for _ in range(repeat):
-        started = time.perf_counter()
+        for name, run in timed.items():
+            started = time.perf_counter()
+            run()
+            synchronize(device)
+            samples[name].append(time.perf_counter() - started)
+    costs = {name: first.get(name, math.inf) for name in options if name not in timed}
+    for name, times in samples.items():
+        median = sorted(times)[len(times) // 2]
+        extra = max(0.0, first[name] - median) / amortize_over if amortize_over else 0.0
+        costs[name] = median + extra
+    return costs
+
+
+def _ran(name: str, run: Callable[[], object], device: torch.device) -> bool:
+    """Call ``run`` once and wait for the device; False (logged) when it raised."""
+    try:
         run()
         synchronize(device)
-        times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
+    except Exception as exc:  # an unusable option is skipped, not fatal
+        log.warning("autotune: option %s failed and is skipped: %s", name, exc)
+        return False
+    return True
 
 
 def choose_fastest(
@@ -83,6 +161,7 @@ def choose_fastest(
     cache_dir: Path | None,
     warmup: int = 2,
     repeat: int = 5,
+    amortize_over: int | None = None,
 ) -> str:
     """The name of the fastest option (one call of each ``options[name]`` is one step).
 
@@ -91,8 +170,10 @@ def choose_fastest(
             returned without timing.
         device: where the steps run.
         workload: what else decides the choice (network, batch, image size, ...).
-        cache_dir: folder of the cached choices (None: measure every time).
-        warmup, repeat: timing calls per option.
+        cache_dir: folder of the cached choices (None: remembered in this process only).
+        warmup, repeat: timing calls per option (see :func:`measure_in_turns`).
+        amortize_over: steps a one-off first-call cost is spread over (see the module
+            docstring); part of the cache key.
 
     Returns:
         The chosen name, identical on every rank.
@@ -100,23 +181,28 @@ def choose_fastest(
     names = list(options)
     if len(names) == 1:
         return names[0]
-    key = _cache_key(device, workload, names)
+    key = _cache_key(device, {**workload, "amortize_over": amortize_over}, names)
     path = cache_dir / f"{key}.json" if cache_dir is not None else None
-    cached = broadcast_object(_read_cached(path, names) if get_rank() == 0 else None)
-    if cached is not None:
-        return cached
-    timings = {name: time_option(options[name], device, warmup=warmup, repeat=repeat)
-               for name in names}  # fmt: skip
     choice: str | None = None
     if get_rank() == 0:
-        choice = min(timings, key=lambda name: timings[name])
-        log.info(
-            "autotune on %s: %s -> %s",
-            device_name(device),
-            ", ".join(f"{n} {t * 1e3:.1f} ms" for n, t in timings.items()),
-            choice,
-        )
-        _write_cached(path, choice, timings, device, workload)
+        remembered = (str(cache_dir), key)
+        choice = _REMEMBERED.get(remembered) or _read_cached(path, names)
+        if choice is None:
+            timings = measure_in_turns(
+                options, device, warmup=warmup, repeat=repeat, amortize_over=amortize_over
+            )
+            choice = min(timings, key=lambda name: timings[name])
+            log.info(
+                "autotune on %s: %s -> %s",
+                device_name(device),
+                ", ".join(f"{n} {t * 1e3:.1f} ms" for n, t in timings.items()),
+                choice,
+            )
+            if not math.isinf(timings[choice]):  # every option failed: nothing to remember
+                _write_cached(path, choice, timings, device, workload)
+                _REMEMBERED[remembered] = choice
+        else:
+            _REMEMBERED[remembered] = choice
     chosen = broadcast_object(choice)
     assert chosen is not None
     return chosen

@@ -7,8 +7,11 @@ Contract:
     * The images live on the training device as one uint8 tensor; augmentation is batched there.
     * ``train.batch_size`` is the global batch; rank ``r`` trains on its slice of each global batch.
     * Every abort decision (a stop request, an out-of-memory error in the forward or backward
-      pass, a non-finite loss) is agreed across ranks before anyone leaves the loop, so no rank
-      is left waiting in a collective (see :mod:`cnas_hpc.train.step`).
+      pass, a non-finite loss, a prune asked after an epoch) is agreed across ranks before
+      anyone leaves the loop, so no rank is left waiting in a collective (see
+      :mod:`cnas_hpc.train.step`).
+    * No host sync inside a step: the loss and the non-finite flag are read back every
+      ``train.log_every_steps`` steps, at epoch ends and before a checkpoint, not per step.
     * The returned :class:`~cnas_hpc.train.outcome.TrainResult` is identical on every rank.
 
 The loop itself is short: per epoch it runs :class:`~cnas_hpc.train.step.ContrastiveStep` over
@@ -31,6 +34,7 @@ from cnas_hpc.data.splits import SearchData, epoch_batches
 from cnas_hpc.distributed.collectives import (
     agree_across_ranks,
     all_reduce_mean,
+    any_across_ranks,
     get_rank,
     get_world_size,
 )
@@ -38,11 +42,14 @@ from cnas_hpc.models.networks import ProxyNetwork, build_proxy
 from cnas_hpc.space.genotype import Genotype
 from cnas_hpc.train.checkpoint import TrainState
 from cnas_hpc.train.outcome import EpochMetrics, TrainingAbortedError, TrainResult
+from cnas_hpc.train.plan import StepPlan
+from cnas_hpc.train.plan_tuning import choose_plan
 from cnas_hpc.train.scoring import knn_accuracy, validation_loss
 from cnas_hpc.train.step import ContrastiveStep, ProxyTask
 
 StepCallback = Callable[[int, dict[str, float]], None]
-EpochCallback = Callable[[EpochMetrics], None]
+#: Returns True to ask for the candidate to be pruned (see :func:`train_candidate`).
+EpochCallback = Callable[[EpochMetrics], bool | None]
 StopCheck = Callable[[], bool]
 
 
@@ -167,23 +174,30 @@ class _Saver:
 
 def _run_epoch(
     images: torch.Tensor,
-    batches: list[torch.Tensor],
+    batches: torch.Tensor,
     position: _Position,
     stepper: ContrastiveStep,
     saver: _Saver,
     should_stop: StopCheck | None,
     on_step: StepCallback | None,
 ) -> torch.Tensor:
-    """Train the rest of epoch ``position.epoch``; returns the summed loss of its steps."""
+    """Train the rest of epoch ``position.epoch``; returns the summed loss of its steps.
+
+    ``batches`` is the epoch's ``[steps, b]`` index grid, already on the device. Nothing is
+    read back from the device except at a log point (every ``train.log_every_steps`` steps:
+    the non-finite flag, and the loss when ``on_step`` is set) and before a checkpoint.
+    """
     cfg, device = stepper.task.train, stepper.device
     loss_sum = torch.tensor(position.loss_sum, device=device)
     for index_in_epoch in range(position.step_in_epoch, len(batches)):
         # Stop and save decisions come before the forward pass: BatchNorm statistics move in
-        # the forward, and a checkpoint must hold the state "before this step".
+        # the forward, and a checkpoint must hold the state "before this step". Both flags
+        # live on the host (agreeing them never touches the device).
         stop, save_due = agree_across_ranks(
             (should_stop() if should_stop is not None else False, saver.due()), device
         )
         if stop or save_due:
+            stepper.check_finite(f"epoch {position.epoch}, step {position.step}")
             position.step_in_epoch, position.loss_sum = index_in_epoch, float(loss_sum.item())
             saver.save(position)
         if stop:
@@ -192,13 +206,49 @@ def _run_epoch(
                 f"training stopped at epoch {position.epoch}, step {position.step} (checkpointed)",
             )
         position.last_lr = stepper.lr
-        where = f"epoch {position.epoch}, step {position.step}"
-        loss = stepper(images, batches[index_in_epoch].to(device), position.step, where)
+        loss = stepper(images, batches[index_in_epoch], position.step)
         loss_sum += loss
         position.step += 1
-        if on_step is not None and position.step % cfg.log_every_steps == 0:
-            on_step(position.step, {"loss": loss.item(), "lr": position.last_lr})
+        if position.step % cfg.log_every_steps == 0:
+            stepper.check_finite(f"epoch {position.epoch}, step {position.step}")
+            if on_step is not None:
+                on_step(position.step, {"loss": loss.item(), "lr": position.last_lr})
     return loss_sum
+
+
+def _epoch_grid(
+    n: int, task: ProxyTask, epoch: int, per_epoch: int, device: torch.device
+) -> torch.Tensor:
+    """This rank's ``[per_epoch, b]`` batch indices of ``epoch``, copied to the device at once."""
+    batches = epoch_batches(
+        n, task.train.batch_size, epoch=epoch, seed=task.seed, rank=get_rank(),
+        world_size=get_world_size(),
+    )[:per_epoch]  # fmt: skip
+    return torch.stack(batches).to(device, non_blocking=True)
+
+
+def _end_epoch(
+    model: ProxyNetwork,
+    data: SearchData,
+    stepper: ContrastiveStep,
+    position: _Position,
+    loss_sum: torch.Tensor,
+    timing: tuple[float, int, int],
+) -> EpochMetrics:
+    """Check the epoch's losses were finite, then score it (reduced over ranks)."""
+    task, device = stepper.task, stepper.device
+    epoch_start, steps, trained = timing
+    stepper.check_finite(f"the end of epoch {position.epoch}")
+    metrics = EpochMetrics(
+        epoch=position.epoch + 1,
+        train_loss=float(all_reduce_mean(loss_sum / steps).item()),
+        val_loss=validation_loss(model, data, task, device, stepper.plan),
+        knn_accuracy=knn_accuracy(model, data, task, device, stepper.plan),
+        images_per_s=trained * task.train.batch_size / max(time.perf_counter() - epoch_start, 1e-9),
+        lr=position.last_lr,
+    )
+    position.history.append(metrics)
+    return metrics
 
 
 def train_candidate(
@@ -214,13 +264,20 @@ def train_candidate(
 ) -> TrainResult:
     """Train ``model`` contrastively on ``data.train`` and score it.
 
+    How the steps run on ``device`` (layout, precision, compilation, CPU threads) is chosen
+    first by measurement (:func:`~cnas_hpc.train.plan_tuning.choose_plan`, cached per device
+    and model shape) and recorded in the result.
+
     Args:
-        model: the candidate, already on ``device`` (not yet wrapped in DDP).
+        model: the candidate, already on ``device`` (not yet wrapped in DDP). Its parameters
+            are put in the chosen plan's memory layout, in place.
         data: search splits on the CPU (uint8 images); moved to ``device`` here once.
         task: the proxy task (``task.train`` drives the loop).
         device: training device of this rank.
         on_step: called on every rank every ``train.log_every_steps`` steps with local metrics.
-        on_epoch: called on every rank after each epoch with reduced metrics.
+        on_epoch: called on every rank after each epoch with reduced metrics; when it returns
+            True on ANY rank (e.g. rank 0's pruner said so), every rank stops and
+            :class:`~cnas_hpc.train.outcome.TrainingAbortedError` (reason ``pruned``) is raised.
         should_stop: polled once per step on every rank; if it returns True on ANY rank, all
             ranks stop together (a checkpoint is saved first) and
             :class:`~cnas_hpc.train.outcome.TrainingAbortedError` (reason ``stopped``) is raised.
@@ -230,52 +287,44 @@ def train_candidate(
         The reduced result, identical on every rank.
 
     Raises:
-        TrainingAbortedError: non-finite loss or out-of-memory error (on any rank), or a stop.
+        TrainingAbortedError: non-finite loss or out-of-memory error (on any rank), a stop, or
+            an agreed prune.
     """
-    cfg = task.train
-    rank, world = get_rank(), get_world_size()
     images = data.train.images.to(device, non_blocking=True)
-    per_epoch = steps_per_epoch(images.shape[0], cfg)
-    stepper = ContrastiveStep(
-        model,
-        task,
-        device,
-        n_train=images.shape[0],
-        total_steps=cfg.epochs * per_epoch,
-        warmup_steps=round(cfg.warmup_epochs * per_epoch),
-        rank=rank,
+    per_epoch = steps_per_epoch(images.shape[0], task.train)
+    total_steps = task.train.epochs * per_epoch
+    plan = choose_plan(
+        model, images, task, device, total_steps=total_steps, world_size=get_world_size()
     )
-    position = _restore(model, stepper, checkpointing.resume if checkpointing else None)
-    saver = _Saver(checkpointing, stepper)
-    images_seen = 0
-    while position.epoch < cfg.epochs:
-        batches = epoch_batches(
-            images.shape[0], cfg.batch_size, epoch=position.epoch, seed=task.seed,
-            rank=rank, world_size=world,
-        )[:per_epoch]  # fmt: skip
-        epoch_start, start_at = time.perf_counter(), position.step_in_epoch
-        loss_sum = _run_epoch(images, batches, position, stepper, saver, should_stop, on_step)
-        images_seen += (len(batches) - start_at) * cfg.batch_size
-        metrics = EpochMetrics(
-            epoch=position.epoch + 1,
-            train_loss=float(all_reduce_mean(loss_sum / len(batches)).item()),
-            val_loss=validation_loss(model, data, task, device),
-            knn_accuracy=knn_accuracy(model, data, task, device),
-            images_per_s=(len(batches) - start_at)
-            * cfg.batch_size
-            / max(time.perf_counter() - epoch_start, 1e-9),
-            lr=position.last_lr,
-        )
-        position.history.append(metrics)
-        if on_epoch is not None:
-            on_epoch(metrics)
-        position.epoch, position.step_in_epoch, position.loss_sum = position.epoch + 1, 0, 0.0
-        if position.epoch < cfg.epochs:
-            saver.save(position)
-    return _result(position, saver, images_seen)
+    with plan.threads_applied():
+        plan.prepare(model)
+        stepper = ContrastiveStep(
+            model, task, device, n_train=images.shape[0], total_steps=total_steps,
+            warmup_steps=round(task.train.warmup_epochs * per_epoch), rank=get_rank(), plan=plan,
+        )  # fmt: skip
+        position = _restore(model, stepper, checkpointing.resume if checkpointing else None)
+        saver = _Saver(checkpointing, stepper)
+        images_seen = 0
+        while position.epoch < task.train.epochs:
+            batches = _epoch_grid(images.shape[0], task, position.epoch, per_epoch, device)
+            epoch_start, start_at = time.perf_counter(), position.step_in_epoch
+            loss_sum = _run_epoch(images, batches, position, stepper, saver, should_stop, on_step)
+            trained = len(batches) - start_at
+            images_seen += trained * task.train.batch_size
+            timing = (epoch_start, len(batches), trained)
+            metrics = _end_epoch(model, data, stepper, position, loss_sum, timing)
+            prune = on_epoch(metrics) if on_epoch is not None else False
+            if any_across_ranks(bool(prune), device):
+                raise TrainingAbortedError(
+                    "pruned", f"pruned after epoch {metrics.epoch}: ranked below its peers"
+                )
+            position.epoch, position.step_in_epoch, position.loss_sum = position.epoch + 1, 0, 0.0
+            if position.epoch < task.train.epochs:
+                saver.save(position)
+    return _result(position, saver, images_seen, plan)
 
 
-def _result(position: _Position, saver: _Saver, images_seen: int) -> TrainResult:
+def _result(position: _Position, saver: _Saver, images_seen: int, plan: StepPlan) -> TrainResult:
     wall = time.perf_counter() - saver.started
     last = position.history[-1]
     return TrainResult(
@@ -288,4 +337,5 @@ def _result(position: _Position, saver: _Saver, images_seen: int) -> TrainResult
         images_per_s=images_seen / max(wall, 1e-9),
         history=position.history,
         resumed_from_epoch=position.resumed_from,
+        plan=plan.name,
     )

@@ -12,8 +12,9 @@ class TrainingAbortedError(RuntimeError):
     agreed across ranks first).
 
     Attributes:
-        reason: short machine-readable reason: ``non_finite_loss``, ``out_of_memory`` or
-            ``stopped`` (a stop request; the state was checkpointed first).
+        reason: short machine-readable reason: ``non_finite_loss``, ``out_of_memory``,
+            ``pruned`` (the caller's epoch callback asked for it, e.g. a multi-fidelity
+            pruner) or ``stopped`` (a stop request; the state was checkpointed first).
     """
 
     def __init__(self, reason: str, message: str) -> None:
@@ -47,6 +48,8 @@ class TrainResult:
     history: list[EpochMetrics] = field(default_factory=list)
     #: the epoch training resumed from (None: trained from scratch).
     resumed_from_epoch: int | None = None
+    #: how the steps ran (:attr:`cnas_hpc.train.plan.StepPlan.name`).
+    plan: str = ""
 
     def objective(self, name: str) -> float:
         """The value of objective ``name`` (see :mod:`cnas_hpc.common.objectives`)."""

@@ -1,7 +1,9 @@
 """Label-free scores of a trained proxy: the validation contrastive loss and a kNN probe.
 
 Both run in eval mode without gradients and leave the model in train mode. Every rank calls them
-together (the validation loss gathers negatives from every rank) and gets the same number.
+together (the validation loss gathers negatives from every rank) and gets the same number. They
+run under the candidate's :class:`~cnas_hpc.train.plan.StepPlan` (layout, autocast), in eval
+mode one forward per view, exactly as in training.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from cnas_hpc.distributed.collectives import all_reduce_mean, get_rank, get_worl
 from cnas_hpc.models.networks import ProxyNetwork
 from cnas_hpc.ssl.augment import BatchAugment
 from cnas_hpc.ssl.losses import nt_xent_loss
-from cnas_hpc.train.step import ProxyTask, autocast
+from cnas_hpc.train.plan import StepPlan
+from cnas_hpc.train.step import ProxyTask
 
 # Fixed seed of the validation views: every trial of a study is scored on the same pairs.
 _VAL_VIEW_SEED = 20_240_611
@@ -31,7 +34,11 @@ def _global_batches(n: int, batch_size: int) -> Iterator[tuple[int, int]]:
 
 @torch.no_grad()
 def validation_loss(
-    model: ProxyNetwork, data: SearchData, task: ProxyTask, device: torch.device
+    model: ProxyNetwork,
+    data: SearchData,
+    task: ProxyTask,
+    device: torch.device,
+    plan: StepPlan | None = None,
 ) -> float | None:
     """NT-Xent on the held-out split with fixed views, in eval mode; ``None`` without a split.
 
@@ -42,12 +49,14 @@ def validation_loss(
     if data.val is None or len(data.val) < 2:
         return None
     rank, world = get_rank(), get_world_size()
+    plan = plan or StepPlan()
     augment = BatchAugment(task.augment, task.image_size)
     generator = torch.Generator(device=device)
     generator.manual_seed(_VAL_VIEW_SEED)
     images = data.val.images.to(device)
     model.eval()
-    total, count = 0.0, 0
+    # Summed on the device: one read-back for the whole split.
+    total, count = torch.zeros((), device=device), 0
     # Batches whose size is a multiple of the world size, so every rank holds an equal slice.
     size = max(world * 2, (min(task.train.batch_size, len(images)) // world) * world)
     for start, stop in _global_batches(len(images), size):
@@ -57,20 +66,23 @@ def validation_loss(
         view1, view2 = augment.two_views(images[start:stop], generator)
         per_rank = (stop - start) // world
         sl = slice(rank * per_rank, (rank + 1) * per_rank)
-        with autocast(task.train, device):
-            z1, z2 = model(view1[sl]), model(view2[sl])
-        total += float(nt_xent_loss(z1.float(), z2.float(), task.train.temperature).item())
+        with plan.autocast(device):
+            z1, z2 = model(plan.images(view1[sl])), model(plan.images(view2[sl]))
+        total += nt_xent_loss(z1.float(), z2.float(), task.train.temperature)
         count += 1
     model.train()
     if count == 0:
         return None
-    mean = torch.tensor(total / count, device=device)
-    return float(all_reduce_mean(mean).item())
+    return float(all_reduce_mean(total / count).item())
 
 
 @torch.no_grad()
 def knn_accuracy(
-    model: ProxyNetwork, data: SearchData, task: ProxyTask, device: torch.device
+    model: ProxyNetwork,
+    data: SearchData,
+    task: ProxyTask,
+    device: torch.device,
+    plan: StepPlan | None = None,
 ) -> float | None:
     """Leave-one-out weighted kNN accuracy of backbone features on the labeled split.
 
@@ -79,13 +91,14 @@ def knn_accuracy(
     """
     if data.labeled is None or data.labeled.labels is None or len(data.labeled) < 2:
         return None
+    plan = plan or StepPlan()
     augment = BatchAugment(task.augment, task.image_size)
     model.eval()
     images = data.labeled.images.to(device)
     labels = data.labeled.labels.to(device)
     feats = torch.cat(
         [
-            F.normalize(model.features(augment.plain(images[a:b])).float(), dim=1)
+            F.normalize(model.features(plan.images(augment.plain(images[a:b]))).float(), dim=1)
             for a, b in _global_batches(len(images), 512)
         ]
     )

@@ -1,6 +1,6 @@
 """One optimisation step of the contrastive proxy task, as named pieces.
 
-A step is ``views -> forward -> loss -> finite check -> backward -> update``; each piece is a
+A step is ``views -> forward -> loss -> finite flag -> backward -> update``; each piece is a
 method of :class:`ContrastiveStep`, testable on its own, and :meth:`ContrastiveStep.__call__`
 chains them. Data parallelism:
 
@@ -14,15 +14,29 @@ chains them. Data parallelism:
 * Augmentation randomness depends only on ``(seed, rank, global step)``
   (:func:`step_seed`): a resumed run draws exactly the views an unbroken one would.
 
-Tensor shapes: images ``[N, 3, H, W]`` uint8 on the device; a batch index ``[b]`` int64 with
-``b = batch_size // world_size``; views ``[b, 3, S, S]`` float; projections ``[b, proj_dim]``.
+No host synchronisation inside a step: nothing reads a device value back (except fp16 AMP's
+grad scaler, which reads its overflow check every step; fp32 and bf16 need none). A non-finite loss
+only sets a flag on the device (:meth:`ContrastiveStep.flag_non_finite`); the training loop
+reads it where it reads the loss anyway (every ``train.log_every_steps`` steps, at epoch ends,
+before a checkpoint) through :meth:`ContrastiveStep.check_finite`, which agrees it across
+ranks. A diverged candidate therefore trains at most ``log_every_steps - 1`` steps on NaNs
+before it is stopped, which costs less than a device sync per step. Abort flags that live on
+the host (an out-of-memory error) are agreed through
+:func:`~cnas_hpc.distributed.collectives.agree_across_ranks`, which never touches the GPU.
+
+How the step runs on the device (memory layout, autocast, compilation, CPU threads) is a
+:class:`~cnas_hpc.train.plan.StepPlan`, chosen by measurement (``train.perf``).
+
+Tensor shapes: images ``[N, 3, H, W]`` uint8 on the device; a batch index ``[b]`` int64 on the
+device with ``b = batch_size // world_size``; views ``[b, 3, S, S]`` float; projections
+``[b, proj_dim]``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +50,7 @@ from cnas_hpc.models.networks import ProxyNetwork
 from cnas_hpc.ssl.augment import BatchAugment
 from cnas_hpc.ssl.losses import MemoryBankNCE, nt_xent_loss
 from cnas_hpc.train.outcome import TrainingAbortedError
+from cnas_hpc.train.plan import StepPlan
 from cnas_hpc.train.schedule import warmup_cosine
 
 
@@ -48,25 +63,20 @@ class ProxyTask:
         augment: the SimCLR view parameters.
         image_size: side of the square views.
         seed: seed of model initialisation, augmentation and the memory bank's negatives.
+        autotune_dir: where the measured step plans are cached (a folder every worker sees);
+            ``None`` measures once per process.
     """
 
     train: TrainConfig
     augment: AugmentConfig
     image_size: int
     seed: int
+    autotune_dir: Path | None = None
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
     """The augmentation seed of global step ``step`` on ``rank`` (no state to checkpoint)."""
     return ((seed * 1_000_003 + rank) * 1_000_033 + step) % (2**63 - 1)
-
-
-def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """The AMP context of ``train.amp`` (a no-op on the CPU and for ``none``)."""
-    if cfg.amp == "none" or device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -86,9 +96,11 @@ def _oom_agreed(oom: bool, device: torch.device, where: str) -> None:
 class ContrastiveStep:
     """The optimiser, scheduler, AMP scaler, loss and augmentation of one candidate on one rank.
 
-    Every rank builds one with the same arguments; rank ``r`` trains on its slice of each
-    global batch. ``state_dict()`` / ``load_state_dict()`` cover everything a resume needs
-    besides the model (optimizer, scheduler, scaler, memory bank and its negative sampler).
+    Every rank builds one with the same arguments (the same ``plan`` included); rank ``r``
+    trains on its slice of each global batch. ``state_dict()`` / ``load_state_dict()`` cover
+    everything a resume needs besides the model (optimizer, scheduler, scaler, memory bank and
+    its negative sampler). The model must already be in ``plan``'s layout
+    (:meth:`~cnas_hpc.train.plan.StepPlan.prepare`).
     """
 
     def __init__(
@@ -101,17 +113,24 @@ class ContrastiveStep:
         total_steps: int,
         warmup_steps: int,
         rank: int = 0,
+        plan: StepPlan | None = None,
     ) -> None:
         cfg = task.train
         self.model, self.task, self.device, self.rank = model, task, device, rank
+        self.plan = plan or StepPlan()
         self.net: nn.Module = (
             DistributedDataParallel(model, broadcast_buffers=False) if is_distributed() else model
         )
+        self.run_net = self.plan.forward_fn(self.net)
+        # Set (on the device) when a step's loss was not finite; read by check_finite().
+        self.non_finite = torch.zeros((), dtype=torch.bool, device=device)
         self.optimizer = make_optimizer(model, cfg)
         self.scheduler = warmup_cosine(
             self.optimizer, total_steps=total_steps, warmup_steps=warmup_steps
         )
-        self.scaler = torch.amp.GradScaler(enabled=cfg.amp == "fp16" and device.type == "cuda")
+        self.scaler = torch.amp.GradScaler(
+            enabled=self.plan.precision == "fp16" and device.type == "cuda"
+        )
         self.augment = BatchAugment(task.augment, task.image_size)
         self.generator = torch.Generator(device=device)
         self.membank: MemoryBankNCE | None = None
@@ -130,9 +149,11 @@ class ContrastiveStep:
     def views(
         self, images: torch.Tensor, index: torch.Tensor, step: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two augmented views of ``images[index]``, seeded by ``(seed, rank, step)``."""
+        """Two augmented views of ``images[index]``, seeded by ``(seed, rank, step)``, in the
+        plan's memory layout."""
         self.generator.manual_seed(step_seed(self.task.seed, self.rank, step))
-        return self.augment.two_views(images[index], self.generator)
+        view1, view2 = self.augment.two_views(images[index], self.generator)
+        return self.plan.images(view1), self.plan.images(view2)
 
     def forward(
         self, view1: torch.Tensor, view2: torch.Tensor
@@ -142,9 +163,9 @@ class ContrastiveStep:
         Raises:
             TrainingAbortedError: ``out_of_memory`` on every rank when any rank ran out.
         """
-        with autocast(self.task.train, self.device):
+        with self.plan.autocast(self.device):
             try:
-                z1, z2 = self.net(view1), self.net(view2)
+                z1, z2 = self.run_net(view1), self.run_net(view2)
                 oom = False
             except torch.cuda.OutOfMemoryError:
                 oom = True
@@ -152,22 +173,33 @@ class ContrastiveStep:
         return z1, z2
 
     def loss(self, z1: torch.Tensor, z2: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """The contrastive loss of this rank's slice (negatives gathered from every rank)."""
-        with autocast(self.task.train, self.device):
-            if self.membank is not None:
-                return self.membank(z1.float(), z2.float(), index)
-            return nt_xent_loss(z1.float(), z2.float(), self.task.train.temperature)
+        """The contrastive loss of this rank's slice (negatives gathered from every rank).
 
-    def check_finite(self, loss: torch.Tensor, where: str) -> None:
-        """Stop every rank when the loss of any rank is not finite.
+        Computed in float32 outside autocast; the batch indices come from
+        :func:`~cnas_hpc.data.splits.epoch_batches`, valid by construction, so the memory bank
+        does not check them (a check would read them back from the device).
+        """
+        if self.membank is not None:
+            return self.membank(z1.float(), z2.float(), index, check_index=False)
+        return nt_xent_loss(z1.float(), z2.float(), self.task.train.temperature)
+
+    def flag_non_finite(self, loss: torch.Tensor) -> None:
+        """Remember, on the device, whether ``loss`` is not finite (no host sync)."""
+        torch.logical_or(self.non_finite, ~torch.isfinite(loss.detach()), out=self.non_finite)
+
+    def check_finite(self, where: str) -> None:
+        """Stop every rank when any rank's loss was not finite since the start.
+
+        Reads this rank's flag back from the device (a host sync: call it where a value is read
+        anyway) and agrees it across ranks.
 
         Raises:
-            TrainingAbortedError: ``non_finite_loss``.
+            TrainingAbortedError: ``non_finite_loss`` on every rank.
         """
-        if any_across_ranks(not math.isfinite(loss.item()), self.device):
+        if any_across_ranks(bool(self.non_finite.item()), self.device):
             raise TrainingAbortedError(
                 "non_finite_loss",
-                f"non-finite contrastive loss at {where}: the candidate diverged",
+                f"non-finite contrastive loss by {where}: the candidate diverged",
             )
 
     def backward(self, loss: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> None:
@@ -199,13 +231,14 @@ class ContrastiveStep:
         self.scaler.update()
         self.scheduler.step()
 
-    def __call__(
-        self, images: torch.Tensor, index: torch.Tensor, step: int, where: str
-    ) -> torch.Tensor:
-        """One full step on ``images[index]``; returns this rank's loss (detached).
+    def __call__(self, images: torch.Tensor, index: torch.Tensor, step: int) -> torch.Tensor:
+        """One full step on ``images[index]``; returns this rank's loss (detached, on the device).
+
+        Reads nothing back from the device; a non-finite loss is only flagged
+        (:meth:`check_finite` raises later).
 
         Raises:
-            TrainingAbortedError: an agreed out-of-memory error or non-finite loss.
+            TrainingAbortedError: an agreed out-of-memory error.
         """
         view1, view2 = self.views(images, index, step)
         no_sync = (
@@ -216,7 +249,7 @@ class ContrastiveStep:
         with no_sync:
             z1, z2 = self.forward(view1, view2)
             loss = self.loss(z1, z2, index)
-            self.check_finite(loss, where)
+            self.flag_non_finite(loss)
             self.backward(loss, z1, z2)
         self.update()
         return loss.detach()
@@ -229,7 +262,11 @@ class ContrastiveStep:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def state_dict(self) -> dict[str, Any]:
-        """The optimizer, scheduler, scaler and memory-bank state (CPU tensors where large)."""
+        """The optimizer, scheduler, scaler and memory-bank state (CPU tensors where large).
+
+        Optimizer state keeps the plan's memory layout; loading it under another plan is fine
+        (``copy_`` converts layouts).
+        """
         extra: dict[str, Any] = {}
         if self.membank is not None:
             extra = {

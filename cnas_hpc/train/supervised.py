@@ -158,11 +158,20 @@ class SupervisedStep:
     a batch index ``[b]`` (``b = batch_size // world_size``); logits ``[b, num_classes]``.
     """
 
-    def __init__(self, model: EvalNetwork, task: SupervisedTask, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: EvalNetwork,
+        task: SupervisedTask,
+        device: torch.device,
+        *,
+        local: bool = False,
+    ) -> None:
         protocol = task.protocol
         self.model, self.task, self.device, self.rank = model, task, device, get_rank()
+        # local=True: a step on this rank alone, no collective (e.g. timed by the autotuner).
+        self.collective = is_distributed() and not local
         self.net: nn.Module = (
-            DistributedDataParallel(model, broadcast_buffers=False) if is_distributed() else model
+            DistributedDataParallel(model, broadcast_buffers=False) if self.collective else model
         )
         self.optimizer = torch.optim.SGD(
             model.parameters(),
@@ -186,6 +195,10 @@ class SupervisedStep:
         self.correct = torch.zeros((), device=device, dtype=torch.int64)
         self.seen = 0
         self.non_finite = torch.zeros((), device=device, dtype=torch.bool)
+
+    def _agreed(self, flag: bool) -> bool:
+        """``flag`` ORed over the ranks (this rank's own flag for a local step)."""
+        return any_across_ranks(flag, self.device) if self.collective else flag
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.task.amp_dtype is None or self.device.type != "cuda":
@@ -216,7 +229,7 @@ class SupervisedStep:
                 oom = False
             except torch.cuda.OutOfMemoryError:
                 oom = True
-        if any_across_ranks(oom, self.device):
+        if self._agreed(oom):
             raise TrainingAbortedError("out_of_memory", "CUDA out of memory in the forward pass")
         return logits, aux
 
@@ -237,12 +250,13 @@ class SupervisedStep:
             oom = False
         except torch.cuda.OutOfMemoryError:
             oom = True
-        if any_across_ranks(oom, self.device):
+        if self._agreed(oom):
             raise TrainingAbortedError("out_of_memory", "CUDA out of memory in the backward pass")
 
     def update(self) -> None:
         """Average gradients over ranks, clip, step the optimizer."""
-        average_gradients(self.model.parameters())
+        if self.collective:
+            average_gradients(self.model.parameters())
         if self.task.protocol.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.task.protocol.grad_clip)
         self.optimizer.step()
@@ -271,7 +285,7 @@ class SupervisedStep:
 
     def check_finite(self, where: str) -> None:
         """Stop every rank when any rank saw a non-finite loss (one read of a device flag)."""
-        if any_across_ranks(bool(self.non_finite.item()), self.device):
+        if self._agreed(bool(self.non_finite.item())):
             raise TrainingAbortedError(
                 "non_finite_loss", f"non-finite training loss by {where}: the network diverged"
             )
