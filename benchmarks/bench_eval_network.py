@@ -2,7 +2,8 @@
 
 One training step (augmentation, forward with the auxiliary head, cross entropy, backward,
 gradient clip, SGD) of DARTS_V2 at 20 cells x 36 channels, batch 96 (the DARTS CIFAR protocol),
-timed in one run for each layout this device offers: fp32 NCHW, fp32 channels_last and, on
+timed in turns in one run for each layout this device offers: fp32 NCHW, fp32 channels_last
+and, on
 CUDA, bf16 autocast in both formats; then what the autotuner (``protocol.amp=auto``,
 ``protocol.memory_format=auto``) picks. Prints a table and writes JSON.
 
@@ -16,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,7 +27,7 @@ from cnas_hpc.data.datasets import ImageArrays
 from cnas_hpc.data.labeled import LabeledData
 from cnas_hpc.evaluate.speed import choose_layout
 from cnas_hpc.space.genotype import DARTS_V2
-from cnas_hpc.train.autotune import device_name, time_option
+from cnas_hpc.train.autotune import device_name, measure_in_turns
 from cnas_hpc.train.supervised import SupervisedStep, SupervisedTask, build_eval_network
 
 
@@ -37,15 +39,14 @@ def _data(n: int) -> LabeledData:
     return LabeledData(split, split, 10)
 
 
-def _time_layout(
+def _step_of(
     protocol: ProtocolConfig,
     data: LabeledData,
     device: torch.device,
     fmt: str,
     amp: torch.dtype | None,
-    repeat: int,
-) -> float:
-    """Median seconds of one training step in layout ``fmt`` / ``amp``."""
+) -> Callable[[], None]:
+    """One training step in layout ``fmt`` / ``amp`` (a fresh network per layout)."""
     memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
     task = SupervisedTask(protocol, 10, 0, memory_format, amp)
     net = build_eval_network(DARTS_V2, protocol, 10, seed=0).to(device)
@@ -59,7 +60,7 @@ def _time_layout(
         stepper(images, labels, index, counter["step"])
         counter["step"] += 1
 
-    return time_option(step, device, warmup=2, repeat=repeat)
+    return step
 
 
 def main() -> None:
@@ -77,13 +78,16 @@ def main() -> None:
     layouts: list[tuple[str, torch.dtype | None]] = [("contiguous", None), ("channels_last", None)]
     if device.type == "cuda":
         layouts += [("contiguous", torch.bfloat16), ("channels_last", torch.bfloat16)]
-    rows = []
-    for fmt, amp in layouts:
-        seconds = _time_layout(protocol, data, device, fmt, amp, args.repeat)
-        name = f"{'bf16' if amp else 'fp32'} {fmt}"
-        rows.append(
-            {"layout": name, "ms_per_step": seconds * 1e3, "images_per_s": args.batch / seconds}
-        )
+    options = {
+        f"{'bf16' if amp else 'fp32'} {fmt}": _step_of(protocol, data, device, fmt, amp)
+        for fmt, amp in layouts
+    }
+    # In turns: a burst of load from another process hits every layout alike.
+    seconds = measure_in_turns(options, device, warmup=2, repeat=args.repeat)
+    rows = [
+        {"layout": name, "ms_per_step": t * 1e3, "images_per_s": args.batch / t}
+        for name, t in seconds.items()
+    ]
     started = time.perf_counter()
     chosen = choose_layout(model, SupervisedTask(protocol, 10, 0), data, device, cache_dir=None)
     tune_s = time.perf_counter() - started
