@@ -3,8 +3,7 @@
 One training step (augmentation, forward with the auxiliary head, cross entropy, backward,
 gradient clip, SGD) of DARTS_V2 at 20 cells x 36 channels, batch 96 (the DARTS CIFAR protocol),
 timed in turns in one run for each layout this device offers: fp32 NCHW, fp32 channels_last
-and, on
-CUDA, bf16 autocast in both formats; then what the autotuner (``protocol.amp=auto``,
+and, on CUDA, bf16 autocast in both formats; then what the autotuner (``protocol.amp=auto``,
 ``protocol.memory_format=auto``) picks. Prints a table and writes JSON.
 
     python benchmarks/bench_eval_network.py                     # CPU (or the GPU if present)
