@@ -48,7 +48,16 @@ from cnas_hpc.train.loop import build_candidate, train_candidate
 from cnas_hpc.train.outcome import EpochMetrics, TrainingAbortedError
 
 ROOT = Path(__file__).resolve().parents[1]
-PRUNERS = ("median", "successive_halving", "hyperband")
+#: The pruners replayed: the defaults of ``search.pruner_*``, and each started one epoch later.
+PRUNERS: dict[str, SearchConfig] = {
+    "median": SearchConfig(pruner="median"),
+    "median, from epoch 2": SearchConfig(pruner="median", pruner_warmup_epochs=2),
+    "successive_halving": SearchConfig(pruner="successive_halving"),
+    "successive_halving, first rung 2": SearchConfig(
+        pruner="successive_halving", pruner_min_epochs=2
+    ),
+    "hyperband": SearchConfig(pruner="hyperband"),
+}
 
 
 def load_settings(overrides: list[str]) -> Settings:
@@ -99,14 +108,14 @@ def kendall_by_epoch(curves: list[list[float]]) -> list[float]:
 
 
 def replay(
-    curves: list[list[float]], order: list[int], pruner: str | None
+    curves: list[list[float]], order: list[int], pruner: SearchConfig | None
 ) -> list[tuple[int, float]]:
     """A search over ``curves`` in ``order``; after each trial (epochs spent, best COMPLETE)."""
     epochs = len(curves[0])
     study = optuna.create_study(
         direction="minimize",
         sampler=optuna.samplers.RandomSampler(seed=0),
-        pruner=make_pruner(SearchConfig(pruner=pruner or "none"), epochs),
+        pruner=make_pruner(pruner or SearchConfig(), epochs),
     )
     spent, best, trace = 0, float("inf"), []
     for index in order:
@@ -132,7 +141,7 @@ def savings(curves: list[list[float]], budget: int, orderings: int, seed: int) -
     rng = random.Random(seed)
     epochs = len(curves[0])
     result: dict[str, Any] = {}
-    for pruner in PRUNERS:
+    for name, pruner in PRUNERS.items():
         ratios, reached, spent_pruned = [], 0, []
         for _ in range(orderings):
             order = rng.sample(range(len(curves)), len(curves))
@@ -143,7 +152,7 @@ def savings(curves: list[list[float]], budget: int, orderings: int, seed: int) -
                 reached += 1
                 ratios.append(budget * epochs / hit)
                 spent_pruned.append(hit)
-        result[pruner] = {
+        result[name] = {
             "unpruned_epochs": budget * epochs,
             "median_pruned_epochs": statistics.median(spent_pruned) if spent_pruned else None,
             "median_ratio": statistics.median(ratios) if ratios else None,
@@ -157,14 +166,14 @@ def whole_pool(curves: list[list[float]], orderings: int, seed: int) -> dict[str
     rng = random.Random(seed)
     best_cell = min(range(len(curves)), key=lambda i: curves[i][-1])
     result: dict[str, Any] = {}
-    for pruner in PRUNERS:
+    for name, pruner in PRUNERS.items():
         spent, kept_best = [], 0
         for _ in range(orderings):
             order = rng.sample(range(len(curves)), len(curves))
             trace = replay(curves, order, pruner)
             spent.append(trace[-1][0])
             kept_best += trace[-1][1] == curves[best_cell][-1]
-        result[pruner] = {
+        result[name] = {
             "epochs": statistics.mean(spent),
             "of": len(curves) * len(curves[0]),
             "best_kept": kept_best / orderings,
@@ -185,6 +194,10 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=8, help="COMPLETE trials of a search")
     parser.add_argument("--orderings", type=int, default=200)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--curves", type=Path, default=None,
+        help="replay the curves of an earlier --json instead of training again",
+    )  # fmt: skip
     args = parser.parse_args()
     optuna.logging.set_verbosity(logging.WARNING)
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "seeds": {}}
@@ -194,8 +207,11 @@ def main() -> None:
                 "data=npz", f"data.path={args.data.resolve()}", f"data.fraction={args.fraction}",
                 f"train.epochs={args.epochs}", f"seed={seed}", f"output_dir={home}",
             ])  # fmt: skip
-            print(f"seed {seed}: {args.cells} cells x {args.epochs} epochs", flush=True)
-            pool = train_curves(settings, args.cells, sampler_seed=1000 + seed)
+            if args.curves is not None:
+                pool = json.loads(args.curves.read_text())["seeds"][str(seed)]["pool"]
+            else:
+                print(f"seed {seed}: {args.cells} cells x {args.epochs} epochs", flush=True)
+                pool = train_curves(settings, args.cells, sampler_seed=1000 + seed)
             curves = [p["curve"] for p in pool]
             results["seeds"][seed] = {
                 "pool": pool,
