@@ -34,7 +34,6 @@ SLOW_TINY = (
     "study=postgres",
     f"study.name={STUDY}",
     "search.poll_seconds=1",
-    "train.num_threads=1",
     "train.epochs=6",
     "train.max_steps_per_epoch=16",
     "model.cells=4",

@@ -33,3 +33,5 @@ STUDY_OBJECTIVE: Final = "cnas:objective"
 REQUEUES: Final = "cnas:requeues"
 RESUMED_FROM_EPOCH: Final = "cnas:resumed_from_epoch"
 JOB: Final = "cnas:job_id"
+#: torch intra-op threads the worker trained with (sized from its CPU allocation).
+CPU_THREADS: Final = "cnas:cpu_threads"

@@ -37,11 +37,15 @@ class TrainConfig:
     grad_clip: float | None = 5.0
     knn_k: int = 20
     log_every_steps: int = 10
+    #: torch intra-op threads per rank; None sizes them from the allocation
+    #: (``SLURM_CPUS_PER_TASK``, the CPU affinity): see ``distributed.env.cpu_budget``.
     num_threads: int | None = None
 
     def __post_init__(self) -> None:
         check_positive("train", self, ("epochs", "batch_size", "lr", "temperature", "knn_k"))
         check_positive("train", self, ("membank_negatives", "log_every_steps"))
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ConfigError(
                 f"train.max_steps_per_epoch must be >= 1, got {self.max_steps_per_epoch}"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -68,10 +68,18 @@ def _is_duplicate(study: optuna.Study, trial: optuna.Trial, arch_hash: str) -> i
 class TrialOwner:
     """The study handle of one worker (rank 0 only)."""
 
-    def __init__(self, settings: Settings, env: DistEnv, encoding: CellEncoding) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        env: DistEnv,
+        encoding: CellEncoding,
+        identity: Mapping[str, Any] | None = None,
+    ) -> None:
         self.settings = settings
         self.env = env
         self.encoding = encoding
+        #: further attributes recorded on every claimed trial (e.g. the worker's threads)
+        self.identity = dict(identity or {})
         self.study = self._retry(lambda: load_study(settings, worker=settings.worker), "load")
         self.trial: optuna.Trial | None = None
 
@@ -159,6 +167,8 @@ class TrialOwner:
         trial.set_user_attr(attrs.WORKER_INDEX, self.settings.worker)
         trial.set_user_attr(attrs.HOST, socket.gethostname())
         trial.set_user_attr(attrs.WORLD_SIZE, self.env.world_size)
+        for key, value in self.identity.items():
+            trial.set_user_attr(key, value)
         if self.env.job_id is not None:
             trial.set_user_attr(attrs.JOB, self.env.job_id)
         if self.env.array_job_id is not None:

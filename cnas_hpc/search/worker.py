@@ -27,12 +27,20 @@ from dataclasses import dataclass
 import optuna
 import torch
 
+from cnas_hpc.common import attrs
 from cnas_hpc.common.observers import ObserverGroup
 from cnas_hpc.config import Settings
 from cnas_hpc.data.datasets import load_images
 from cnas_hpc.data.splits import SearchData, make_search_data
 from cnas_hpc.distributed.collectives import broadcast_object
-from cnas_hpc.distributed.env import DistEnv, distributed_session, select_device
+from cnas_hpc.distributed.env import (
+    CpuBudget,
+    DistEnv,
+    apply_cpu_budget,
+    cpu_budget,
+    distributed_session,
+    select_device,
+)
 from cnas_hpc.distributed.preemption import Preemption
 from cnas_hpc.search.observer import TrialObserver
 from cnas_hpc.search.owner import Assignment, TrialOwner
@@ -80,10 +88,12 @@ def run_worker(
     """
     env = env or DistEnv.from_environment()
     device = select_device(env, settings.device)
-    if settings.train.num_threads:
-        torch.set_num_threads(settings.train.num_threads)
+    # Threads from the allocation (SLURM_CPUS_PER_TASK, CPU affinity), not from the cores the
+    # process sees: four one-CPU workers with a thread per core oversubscribe a node 4x.
+    budget = cpu_budget(env, settings.train.num_threads)
+    apply_cpu_budget(budget)
     with distributed_session(env, device):
-        return _Worker(settings, env, device, observers).run()
+        return _Worker(settings, env, device, observers, budget).run()
 
 
 class _Worker:
@@ -95,11 +105,13 @@ class _Worker:
         env: DistEnv,
         device: torch.device,
         observers: ObserverFactory | None,
+        budget: CpuBudget,
     ) -> None:
         self.settings, self.env, self.device = settings, env, device
         encoding = encoding_from_config(settings.space)
         self.data: SearchData = make_search_data(load_images(settings.data), settings.data)
-        self.owner = TrialOwner(settings, env, encoding) if env.is_main else None
+        identity = {attrs.CPU_THREADS: budget.intra_op}
+        self.owner = TrialOwner(settings, env, encoding, identity) if env.is_main else None
         made = observers(self.owner.study) if observers and self.owner is not None else ()
         self.observers = ObserverGroup(made)
         self.report = WorkerReport()
