@@ -62,6 +62,9 @@ def test_worker_seeds_differ_and_are_reproducible() -> None:
     assert seeds == [worker_seed(0, w) for w in range(64)]
     assert worker_seed(None, 3) is None
     assert worker_seed(1, 0) != worker_seed(0, 0)
+    # one seed per proposal: a restarted worker does not replay its earlier proposals
+    per_trial = [worker_seed(0, 3, n) for n in range(64)]
+    assert len(set(per_trial)) == 64 and per_trial == [worker_seed(0, 3, n) for n in range(64)]
 
 
 def test_sampler_settings_are_explicit(tmp_path: Path) -> None:

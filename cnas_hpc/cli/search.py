@@ -57,10 +57,14 @@ from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.search.observer import TrialObserver
 from cnas_hpc.search.worker import run_worker
 from cnas_hpc.study.lifecycle import bootstrap_study, load_study
+from cnas_hpc.study.retry import DatabaseUnavailableError
 from cnas_hpc.tracking.progress import SearchProgress
 from cnas_hpc.tracking.wandb_tracker import WandbTracker
 
 log = logging.getLogger("cnas_hpc")
+
+#: Exit status of a worker whose database stayed down past ``study.retry_deadline_s``.
+EXIT_DATABASE_DOWN = 3
 
 
 def check_launcher(launcher: DictConfig | None, settings: Settings) -> None:
@@ -227,7 +231,12 @@ def make_observers(settings: Settings, study: optuna.Study) -> list[TrialObserve
 
 
 def run_search_task(cfg: DictConfig) -> int:
-    """Body of every worker process. Returns the number of trials this worker completed."""
+    """Body of every worker process. Returns the number of trials this worker completed.
+
+    Ends with one ``error:`` line: status 2 for the user's input (config, study, a broken
+    config failing every trial), :data:`EXIT_DATABASE_DOWN` when the database stayed down past
+    ``study.retry_deadline_s`` (the line says where the unsent result waits).
+    """
     try:
         settings = settings_of(cfg)
         env = DistEnv.from_environment()
@@ -236,4 +245,6 @@ def run_search_task(cfg: DictConfig) -> int:
             print_summary(settings)
     except USER_ERRORS as exc:
         fail(str(exc))
+    except DatabaseUnavailableError as exc:
+        fail(str(exc), EXIT_DATABASE_DOWN)
     return report.completed

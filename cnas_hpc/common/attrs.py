@@ -35,3 +35,5 @@ RESUMED_FROM_EPOCH: Final = "cnas:resumed_from_epoch"
 JOB: Final = "cnas:job_id"
 #: torch intra-op threads the worker trained with (sized from its CPU allocation).
 CPU_THREADS: Final = "cnas:cpu_threads"
+#: The SLURM job a trial waits for while that job is requeued ("" once it resumed).
+HELD_BY_JOB: Final = "cnas:held_by_job"

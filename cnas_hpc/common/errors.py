@@ -13,3 +13,12 @@ class ConfigError(ValueError):
 
 class StudyError(RuntimeError):
     """The study cannot be used as configured; the message is one line without secrets."""
+
+
+class StudyUnreachableError(StudyError):
+    """The study's database cannot be reached right now (down, restarting, refusing connections).
+
+    A user error on the submitting side (one ``error:`` line, nothing queued); a transient one
+    inside a worker, whose retries wait for the database to come back
+    (:func:`cnas_hpc.study.retry.is_transient`).
+    """

@@ -8,9 +8,16 @@ Contract:
     * :meth:`TrialRunner.run` returns ``None`` when the trial completed, ``"stopped"`` when a
       preemption stopped it (checkpointed, still RUNNING for the requeued job), else the failure
       reason (rank 0 told it PRUNED or FAIL).
-    * A diverging or out-of-memory candidate is told PRUNED: TPE ranks pruned trials below every
+    * A diverging or out-of-memory candidate (CUDA out of memory, or a CPU allocation a proxy
+      too large for the node cannot get) is told PRUNED: TPE ranks pruned trials below every
       COMPLETE one and so learns to avoid such cells, whereas it ignores FAIL trials and would
-      keep proposing them. Any other exception (a bug, an invalid architecture) is told FAIL.
+      keep proposing them. ANY other exception of the trial (a bug, an invalid architecture) is
+      told FAIL with its reason; only the worker's own troubles (the database gone past its
+      deadline, a stop request while it waited) end the worker instead.
+    * Each epoch's objective is reported AFTER that epoch's checkpoint is written, and without
+      blocking: reports are noted and sent with the checkpoint (:meth:`TrialOwner.flush_notes`);
+      what the database did not take goes with the result. A resumed trial re-notes the epochs
+      of its checkpoint, so no report is lost to a preemption.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from cnas_hpc.search.owner import Assignment, TrialOwner
 from cnas_hpc.space.genotype import Genotype, genotype_from_json
 from cnas_hpc.study.heartbeat import Heartbeat
 from cnas_hpc.study.optuna_internals import trial_id_of
+from cnas_hpc.study.retry import DatabaseUnavailableError, RetryStoppedError
 from cnas_hpc.train.checkpoint import (
     TrainState,
     checkpoint_path,
@@ -54,6 +62,26 @@ log = logging.getLogger(__name__)
 
 #: Failures that say "this architecture is bad" rather than "the worker is broken".
 PRUNED_REASONS = ("non_finite_loss", "out_of_memory")
+#: How allocators word "out of memory": CUDA's, and the CPU allocator's for a proxy too large.
+_OOM_TEXT = (
+    "out of memory",
+    "can't allocate memory",
+    "defaultcpuallocator",
+    "cannot allocate memory",
+)
+#: The worker's own troubles: they end the worker, never a trial.
+WORKER_ERRORS = (DatabaseUnavailableError, RetryStoppedError)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The short reason a trial failed: ``out_of_memory``, the abort's reason, or the type."""
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError) or any(
+        needle in text for needle in _OOM_TEXT
+    ):
+        return "out_of_memory"
+    return str(getattr(exc, "reason", "") or type(exc).__name__)
+
 
 #: Result fields of a trial -> the user attribute they are stored in.
 RESULT_ATTRS = {
@@ -109,38 +137,56 @@ class TrialRunner:
         self.assignment, self.settings, self.env = assignment, settings, env
         self.device, self.data, self.owner = device, data, owner
         self.observers, self.preemption = observers, preemption
-        self.genotype: Genotype = genotype_from_json(assignment.genotype_json)
         self.ckpt_path: Path = checkpoint_path(
             settings.checkpoint_root, settings.study.name, assignment.checkpoint_key
         )
-        self.summary: dict[str, Any] = {}
+        # "trial" first: a trial that fails before it trains is still named in every log line.
+        self.summary: dict[str, Any] = {"trial": assignment.number}
         self.started = time.perf_counter()
+        self.prior_wall_s = 0.0
         self._last_step = (self.started, 0)
 
     # -- the trial ------------------------------------------------------------------------------
 
     def run(self) -> str | None:
-        """Train and record the trial; see the module docstring for the return value."""
-        resume = (
-            load_checkpoint(self.ckpt_path, genotype_json=self.assignment.genotype_json)
-            if self.settings.checkpoint.enabled
-            else None
-        )
-        heartbeat = self._heartbeat()
+        """Train and record the trial; see the module docstring for the return value.
+
+        Raises:
+            DatabaseUnavailableError: rank 0 could not tell the result (it is kept on disk).
+            RetryStoppedError: a stop request came while rank 0 waited to tell it (kept too).
+        """
         try:
-            with heartbeat:
+            self.genotype: Genotype = genotype_from_json(self.assignment.genotype_json)
+            resume = self._resume_state()
+            with self._heartbeat():
                 result = self._train(resume)
         except TrainingAbortedError as exc:
             if exc.reason == "stopped":
                 self.observers.notify("trial_finished", "INTERRUPTED", None, self.summary)
                 return "stopped"
             return self._fail(exc)
-        except (ValueError, RuntimeError) as exc:
+        except WORKER_ERRORS:
+            raise
+        except Exception as exc:  # whatever broke this trial is its reason; the worker goes on
             return self._fail(exc)
         finally:
             release_memory(self.device)
         self._complete(result)
         return None
+
+    def _resume_state(self) -> TrainState | None:
+        """The checkpoint to continue from; rank 0 re-notes the epochs it already reported."""
+        if not self.settings.checkpoint.enabled:
+            return None
+        resume = load_checkpoint(self.ckpt_path, genotype_json=self.assignment.genotype_json)
+        if resume is not None:
+            self.prior_wall_s = resume.wall_s
+            if self.owner is not None:
+                for past in resume.history:
+                    value = objective_of(EpochMetrics(**past), self.settings.search.objective)  # type: ignore[arg-type]
+                    if value is not None and math.isfinite(value):
+                        self.owner.note_report(int(past["epoch"] or 0), value)
+        return resume
 
     def _heartbeat(self) -> contextlib.AbstractContextManager[object]:
         owner = self.owner
@@ -178,10 +224,12 @@ class TrialRunner:
         assert self.owner is not None and self.owner.trial is not None
         image = (3, self.settings.data.image_size, self.settings.data.image_size)
         self.summary.update(n_params=count_parameters(model), macs=count_macs(model, image))
-        self.owner.set_attrs(
+        self.owner.note_attrs(
             {attrs.N_PARAMS: self.summary["n_params"], attrs.MACS: self.summary["macs"]}
         )
-        self.observers.notify("trial_started", self._info(resume), **self.summary)
+        self.owner.flush_notes()
+        sizes = {"n_params": self.summary["n_params"], "macs": self.summary["macs"]}
+        self.observers.notify("trial_started", self._info(resume), **sizes)
 
     def _info(self, resume: TrainState | None) -> TrialInfo:
         assert self.owner is not None and self.owner.trial is not None
@@ -204,7 +252,8 @@ class TrialRunner:
     def _checkpointing(self, resume: TrainState | None) -> Checkpointing:
         enabled = self.settings.checkpoint.enabled
         return Checkpointing(
-            save=self.save if self.env.is_main and enabled else None,
+            # Rank 0 always gets the call: it sends the epoch's reports after the checkpoint.
+            save=self.save if self.env.is_main else None,
             every_s=self.settings.checkpoint.every_minutes * 60 if enabled else math.inf,
             resume=resume,
             trial=self.assignment.number,
@@ -218,8 +267,16 @@ class TrialRunner:
         return self.preemption.requested
 
     def save(self, state: TrainState) -> None:
-        """Persist the trial's training state (rank 0)."""
-        save_checkpoint(state, self.ckpt_path)
+        """Persist the trial's training state, THEN send what the epoch recorded (rank 0).
+
+        In that order: a report the study holds is never ahead of the checkpoint a resumed trial
+        starts from. While stopping (preemption) nothing is sent: the stop must be quick, and a
+        resumed trial re-notes its checkpoint's epochs.
+        """
+        if self.settings.checkpoint.enabled:
+            save_checkpoint(state, self.ckpt_path)
+        if self.owner is not None and not self.stop_requested():
+            self.owner.flush_notes()
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         """Per-step metrics with throughput and memory, to the observers."""
@@ -235,10 +292,10 @@ class TrialRunner:
         self.observers.notify("step", step, metrics)
 
     def on_epoch(self, metrics: EpochMetrics) -> None:
-        """Report the epoch's objective to the study (rank 0) and the metrics to observers."""
+        """Note the epoch's objective (rank 0; sent after the checkpoint) and tell observers."""
         value = objective_of(metrics, self.settings.search.objective)
         if self.owner is not None and value is not None and math.isfinite(value):
-            self.owner.report(value, metrics.epoch)
+            self.owner.note_report(metrics.epoch, value)
         self.observers.notify(
             "epoch",
             metrics.epoch,
@@ -259,7 +316,7 @@ class TrialRunner:
         if self.owner is None:
             return
         self.summary.update(
-            wall_s=time.perf_counter() - self.started,
+            wall_s=self._wall_s(),
             epochs_done=result.epochs_done,
             train_loss=result.train_loss,
             val_loss=result.val_loss,
@@ -275,16 +332,18 @@ class TrialRunner:
         self.observers.notify("trial_finished", "COMPLETE", value, self.summary)
         remove_checkpoint(self.ckpt_path)
 
+    def _wall_s(self) -> float:
+        """The trial's time over all its segments (a resumed trial adds its earlier ones)."""
+        return self.prior_wall_s + time.perf_counter() - self.started
+
     def _fail(self, exc: BaseException) -> str:
         """End the trial with its reason (rank 0 tells); every rank returns the reason."""
-        reason = getattr(exc, "reason", type(exc).__name__)
-        if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
-            reason = "out_of_memory"
-        message = f"{reason}: {exc}".splitlines()[0]
+        reason = failure_reason(exc)
+        message = f"{reason}: {exc}".splitlines()[0][:500]
         log.debug("trial %d failed:\n%s", self.assignment.number, traceback.format_exc())
         if self.owner is not None:
             state = TrialState.PRUNED if reason in PRUNED_REASONS else TrialState.FAIL
-            self.summary.update(wall_s=time.perf_counter() - self.started, fail_reason=message)
+            self.summary.update(wall_s=self._wall_s(), fail_reason=message)
             self.owner.finish(
                 state, None, {attrs.FAIL_REASON: message, attrs.WALL_S: self.summary["wall_s"]}
             )

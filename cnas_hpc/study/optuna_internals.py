@@ -141,6 +141,32 @@ def heartbeat_ages(study: optuna.Study) -> dict[int, float]:
     return ages
 
 
+def stale_running(study: optuna.Study, grace_s: float) -> list[tuple[int, int, float]]:
+    """``(trial_id, number, seconds since its last heartbeat)`` of RUNNING trials whose last
+    heartbeat is older than ``grace_s``, by the DATABASE's clock. Empty without an SQL engine.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the tables cannot be read.
+    """
+    engine = engine_of(study)
+    if engine is None:
+        return []
+    query = sqlalchemy.text(
+        "SELECT t.trial_id, t.number, h.heartbeat FROM trials t "
+        "JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+        "WHERE t.study_id = :study AND t.state = 'RUNNING'"
+    )
+    with engine.connect() as conn:
+        now = _as_datetime(conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar())
+        rows = conn.execute(query, {"study": study_id_of(study)}).all()
+    stale = []
+    for trial_id, number, heartbeat in rows:
+        when = _as_datetime(heartbeat)
+        if now is not None and when is not None and (now - when).total_seconds() > grace_s:
+            stale.append((int(trial_id), int(number), (now - when).total_seconds()))
+    return stale
+
+
 def _as_datetime(value: object) -> datetime.datetime | None:
     if isinstance(value, datetime.datetime):
         return value.replace(tzinfo=None) if value.tzinfo else value

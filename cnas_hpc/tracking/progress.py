@@ -134,7 +134,10 @@ class SearchProgress:
         detail = summary.get("fail_reason") or (
             f"({summary['wall_s']:.1f}s)" if "wall_s" in summary else ""
         )
-        message = f"trial {self._trial}: {state} value={_fmt(value)} {detail}".rstrip()
+        # The summary names the trial even when it failed before training started.
+        number = summary.get("trial", self._trial)
+        message = f"trial {number}: {state} value={_fmt(value)} {detail}".rstrip()
+        self._trial = None
         if self.use_bars:
             tqdm.write(message, file=self.stream)
         else:
