@@ -21,4 +21,11 @@ class StudyUnreachableError(StudyError):
     A user error on the submitting side (one ``error:`` line, nothing queued); a transient one
     inside a worker, whose retries wait for the database to come back
     (:func:`cnas_hpc.study.retry.is_transient`).
+
+    Attributes:
+        detail: the driver's own words (``... Connection refused``), password-free, for logs.
     """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail

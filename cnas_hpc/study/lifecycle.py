@@ -21,7 +21,7 @@ import optuna
 import sqlalchemy
 
 from cnas_hpc.common import attrs
-from cnas_hpc.common.errors import StudyError
+from cnas_hpc.common.errors import StudyError, StudyUnreachableError
 from cnas_hpc.common.objectives import direction_of
 from cnas_hpc.common.storage_url import mask_url, normalize_storage_url
 from cnas_hpc.config import Settings
@@ -124,3 +124,60 @@ def load_study(settings: Settings, *, worker: int) -> optuna.Study:
         raise db_error(exc, url) from None
     _check_compatible(study, settings)
     return study
+
+
+def _open_existing(settings: Settings) -> optuna.Study | None:
+    """The study, read-only, or None when it (or its schema) does not exist yet."""
+    cfg = settings.study
+    url = normalize_storage_url(cfg.storage)
+    try:
+        storage = make_storage(cfg, create_tables=False, url=url)
+    except StudyUnreachableError:
+        raise
+    except StudyError:
+        return None  # no schema yet: a fresh database
+    try:
+        return optuna.load_study(study_name=cfg.name, storage=storage)
+    except KeyError:
+        return None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise db_error(exc, url) from None
+
+
+def arrays_of(settings: Settings) -> list[str]:
+    """SLURM arrays that worked the study: those recorded by the launcher, and those of RUNNING
+    trials (arrays submitted before the record existed). Read-only; empty for a new study.
+
+    Raises:
+        StudyError: the database cannot be read.
+    """
+    study = _open_existing(settings)
+    if study is None:
+        return []
+    try:
+        recorded = [str(a) for a in study.user_attrs.get(attrs.STUDY_ARRAYS, [])]
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise db_error(exc, normalize_storage_url(settings.study.storage)) from None
+    found = [str(t.user_attrs[attrs.ARRAY_JOB]) for t in running if attrs.ARRAY_JOB in t.user_attrs]
+    return list(dict.fromkeys([*reversed(recorded), *found]))
+
+
+#: How many array ids a study remembers (the newest).
+_ARRAYS_KEPT = 20
+
+
+def record_array(settings: Settings, array_job_id: str) -> None:
+    """Remember that SLURM array ``array_job_id`` now works the study. Submitting side only.
+
+    Raises:
+        StudyError: the database cannot be written.
+    """
+    study = _open_existing(settings)
+    if study is None:
+        raise StudyError(f"study {settings.study.name!r} does not exist")
+    try:
+        arrays = [str(a) for a in study.user_attrs.get(attrs.STUDY_ARRAYS, [])]
+        study.set_user_attr(attrs.STUDY_ARRAYS, [*arrays, array_job_id][-_ARRAYS_KEPT:])
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise db_error(exc, normalize_storage_url(settings.study.storage)) from None

@@ -89,6 +89,22 @@ class RetryStoppedError(RuntimeError):
     """A stop request (preemption) cut a database retry short; nothing was lost by stopping."""
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc``, then its causes (SQLAlchemy's ``.orig``, ``__cause__``, ``__context__``)."""
+    seen: set[int] = set()
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        orig = getattr(current, "orig", None)
+        if isinstance(orig, BaseException):
+            current = orig
+        else:
+            current = current.__cause__ or current.__context__
+    return chain
+
+
 def root_cause(exc: BaseException) -> BaseException:
     """The DB-API error under ``exc`` (SQLAlchemy's ``.orig``, through ``__cause__`` and
     ``__context__``), or ``exc`` itself when there is none.
@@ -96,38 +112,36 @@ def root_cause(exc: BaseException) -> BaseException:
     Optuna wraps driver errors (``StorageInternalError: An exception is raised during the
     commit``); what the operator needs to read is the driver's own message.
     """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        orig = getattr(current, "orig", None)
+    for link in _chain(exc):
+        orig = getattr(link, "orig", None)
         if isinstance(orig, BaseException):
             return orig
-        current = current.__cause__ or current.__context__
     return exc
 
 
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` is a database failure worth retrying (see the module docstring)."""
-    if isinstance(exc, StudyUnreachableError):
+    chain = _chain(exc)
+    if any(isinstance(link, StudyUnreachableError) for link in chain):
         return True
-    cause = root_cause(exc)
-    text = f"{exc} {cause}".lower()
+    text = " ".join(str(link) for link in chain).lower()
     if any(needle in text for needle in _PERMANENT_TEXT):
         return False
-    for candidate in (exc, cause):
-        if isinstance(candidate, sqlalchemy.exc.DBAPIError) and candidate.connection_invalidated:
+    # Optuna wraps every failed commit; an integrity or programming error under it is a bug.
+    bugs = (
+        sqlalchemy.exc.IntegrityError,
+        sqlalchemy.exc.ProgrammingError,
+        sqlalchemy.exc.DataError,
+    )
+    if any(isinstance(link, bugs) for link in chain):
+        return False
+    for link in chain:
+        if isinstance(link, sqlalchemy.exc.DBAPIError) and link.connection_invalidated:
             return True
-        if isinstance(candidate, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+        if isinstance(link, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
             return True
     if isinstance(exc, optuna.exceptions.StorageInternalError):
-        # Optuna wraps every failed commit; an integrity or programming error under it is a bug.
-        bug = sqlalchemy.exc.IntegrityError | sqlalchemy.exc.ProgrammingError
-        return not isinstance(cause, bug) and type(cause).__name__ not in (
-            "IntegrityError",
-            "ProgrammingError",
-            "UniqueViolation",
-        )
+        return True
     return any(needle in text for needle in _TRANSIENT_TEXT)
 
 
@@ -135,6 +149,9 @@ def describe_failure(exc: BaseException | None) -> str:
     """One short line naming the driver's error of ``exc``, scrubbed of anything password-like."""
     if exc is None:
         return "unknown error"
+    detail = getattr(exc, "detail", "")
+    if isinstance(exc, StudyUnreachableError) and detail:
+        return str(detail)
     cause = root_cause(exc)
     text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
     text = _PASSWORD_IN_URL.sub(r"\1***@", _PASSWORD_FIELD.sub(r"\1***", text))

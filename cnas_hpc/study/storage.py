@@ -24,7 +24,7 @@ from sqlalchemy.pool import NullPool
 from cnas_hpc.common.errors import StudyError, StudyUnreachableError
 from cnas_hpc.common.storage_url import mask_url, normalize_storage_url
 from cnas_hpc.config.study import StudyConfig
-from cnas_hpc.study.retry import is_transient, root_cause
+from cnas_hpc.study.retry import describe_failure, is_transient, root_cause
 from cnas_hpc.study.stale import RequeueStaleTrial
 
 
@@ -111,8 +111,9 @@ def make_storage(
 def db_error(exc: BaseException, url: str) -> StudyError:
     """The one-line error of a database failure: :class:`StudyUnreachableError` when it is
     transient (:func:`~cnas_hpc.study.retry.is_transient`), else :class:`StudyError`."""
-    kind = StudyUnreachableError if is_transient(exc) else StudyError
-    return kind(describe_db_error(exc, url))
+    if is_transient(exc):
+        return StudyUnreachableError(describe_db_error(exc, url), detail=describe_failure(exc))
+    return StudyError(describe_db_error(exc, url))
 
 
 def describe_db_error(exc: BaseException, url: str) -> str:
