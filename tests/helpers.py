@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -144,8 +143,11 @@ class DatabaseProxy:
             server.close()
         with self._lock:
             for conn in self._open:
+                # shutdown() first: close() alone neither wakes the pump blocked in recv() nor
+                # tells the server, whose session (and any lock it holds) would live on.
                 with contextlib.suppress(OSError):
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    conn.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
                     conn.close()
             self._open.clear()
 

@@ -259,7 +259,8 @@ def test_an_outage_past_the_deadline_keeps_the_result_for_the_next_run(
     assert time.monotonic() - down_at < 240, "the ranks did not agree to stop in seconds"
     assert code == 1, out[-4000:]
     (line,) = error_lines(out)
-    assert re.search(r"1 of 1 worker\(s\) died: worker 0 \(job \d+_0, FAILED\): database", line)
+    # (submitit submits a lone worker as a plain job: no "_0" task suffix)
+    assert re.search(r"1 of 1 worker\(s\) died: worker 0 \(job \d+, FAILED\): database", line)
     pending = sorted((tmp_path / "pending" / STUDY).glob("trial-*.json"))
     assert len(pending) == 1 and str(pending[0]) in line, line
     log_path = Path(line.rsplit("; log: ", 1)[1])
@@ -282,7 +283,7 @@ def test_an_outage_past_the_deadline_keeps_the_result_for_the_next_run(
 
 
 def test_a_worker_waits_for_the_database_and_stops_while_it_waits(
-    fresh_pg_url: str, tmp_path: Path, proxy: DatabaseProxy
+    fresh_pg_url: str, tmp_path: Path, proxy: DatabaseProxy, job_name: str
 ) -> None:
     """The database is down when the worker starts: it waits instead of exiting. Down again
     between trials: a preemption signal is honoured while the claim waits (checkpoint and
@@ -296,8 +297,9 @@ def test_a_worker_waits_for_the_database_and_stops_while_it_waits(
         "train.epochs=2",
         # The job may start 15 s after it is queued: the database is down by then.
         "+hydra.launcher.additional_parameters.begin=now+15",
+        f"hydra.job.name={job_name}",
     )
-    job = wait_for(lambda: squeue_state_of_array(fresh_pg_url), "the queued worker")
+    job = wait_for(partial(queued_job, job_name), "the queued worker")
     proxy.down()
     wait_for(lambda: "load failed (" in worker_logs(tmp_path), "a worker waiting for the database")
     assert "Connection refused" in worker_logs(tmp_path)  # the driver's error, not Optuna's
@@ -313,7 +315,7 @@ def test_a_worker_waits_for_the_database_and_stops_while_it_waits(
     code, out = finish(proc, timeout=60)
     assert code == 130 and "Traceback" not in out, out[-3000:]
     assert "keep running and finish the study" in out
-    assert f"scancel {str(job).split('_')[0]}" in out
+    assert f"scancel {job}" in out
 
     proxy.up()
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
@@ -322,13 +324,12 @@ def test_a_worker_waits_for_the_database_and_stops_while_it_waits(
     assert len(all_trials) == 2  # the waiting claim asked nothing twice
 
 
-def squeue_state_of_array(url: str) -> str | None:
-    """The job id of the study's first recorded array task, once the launcher recorded it."""
-    try:
-        arrays = optuna.load_study(study_name=STUDY, storage=url).user_attrs.get(attrs.STUDY_ARRAYS)
-    except KeyError:
-        return None
-    return f"{arrays[-1]}_0" if arrays else None
+def queued_job(name: str) -> str | None:
+    """The id of the (one) job named ``name`` in the queue."""
+    out = subprocess.run(
+        ["squeue", "-h", "--name", name, "-o", "%i"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    return out[0] if out else None
 
 
 def test_a_killed_worker_s_trial_is_retried_from_its_checkpoint(

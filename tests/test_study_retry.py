@@ -41,9 +41,10 @@ def test_an_outage_past_the_deadline_raises_one_clear_error() -> None:
         raise _refused()
 
     started = time.monotonic()
-    with pytest.raises(DatabaseUnavailableError, match="unreachable for 1 s during tell trial 3"):
+    with pytest.raises(DatabaseUnavailableError, match=r"unreachable for \d s during tell trial 3"):
         with_db_retry(down, what="tell trial 3", deadline_s=1, base_delay_s=0.05, max_delay_s=0.2)
-    assert 1.0 <= time.monotonic() - started < 2.0
+    # It gives up when the next attempt would come after the deadline: never sleeps past it.
+    assert 0.6 <= time.monotonic() - started <= 1.0
 
 
 def test_a_bug_is_not_retried() -> None:

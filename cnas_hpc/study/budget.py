@@ -93,9 +93,25 @@ def _lock_key(study_name: str) -> int:
     return int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big") >> 1
 
 
+#: Settings of the session that holds (or waits for) the claim lock. A lock whose holder is gone
+#: must not stop every worker: the server probes an unanswering client within about a minute
+#: (keepalives) and ends a session idle in its transaction for 5 minutes (a suspended holder),
+#: which releases the lock; a waiter gives up after 2 minutes and retries (a transient error).
+_LOCK_SESSION_GUARDS = (
+    "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; "
+    "SET tcp_keepalives_count = 3; SET idle_in_transaction_session_timeout = '300s'; "
+    "SET lock_timeout = '120s'"
+)
+
+
 @contextlib.contextmanager
 def study_lock(study: optuna.Study) -> Iterator[None]:
-    """Hold the study-wide claim lock (blocking). Works for PostgreSQL and SQLite storages."""
+    """Hold the study-wide claim lock (blocking). Works for PostgreSQL and SQLite storages.
+
+    On PostgreSQL it is a session advisory lock, guarded against holders that died or hang
+    (see :data:`_LOCK_SESSION_GUARDS`); on SQLite a file lock next to the database file, which
+    the kernel releases when its holder dies.
+    """
     engine = engine_of(study)
     if engine is None:  # in-memory storage: one process, nothing to coordinate
         yield
@@ -103,6 +119,7 @@ def study_lock(study: optuna.Study) -> Iterator[None]:
     if engine.dialect.name == "postgresql":
         key = _lock_key(study.study_name)
         with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(_LOCK_SESSION_GUARDS))
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
             try:
                 yield

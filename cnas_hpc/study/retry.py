@@ -33,7 +33,7 @@ from tenacity import (
     RetryError,
     Retrying,
     retry_if_exception,
-    stop_after_delay,
+    stop_before_delay,
     wait_random_exponential,
 )
 
@@ -66,6 +66,8 @@ _TRANSIENT_TEXT = (
     "database is locked",
     "ssl syscall error",
     "server is unreachable",
+    "lock timeout",
+    "idle-in-transaction timeout",
 )
 #: Driver messages of failures no wait will cure (a connection error on its face).
 _PERMANENT_TEXT = (
@@ -217,7 +219,8 @@ def with_db_retry(
     retrying = Retrying(
         retry=retry_if_exception(is_transient),
         wait=wait_random_exponential(multiplier=base_delay_s, max=max_delay_s),
-        stop=stop_after_delay(deadline_s),
+        # Never sleep past the deadline: give up when the next attempt would come after it.
+        stop=stop_before_delay(deadline_s),
         before_sleep=_log_retry(what),
         sleep=_stoppable_sleep(should_stop, what),
         reraise=False,

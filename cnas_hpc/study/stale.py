@@ -76,8 +76,9 @@ def slurm_job_of(trial: FrozenTrial) -> str | None:
     return str(job) if job and worker.startswith("slurm:") else None
 
 
-def _judge(trial: FrozenTrial, age: float, keep: KeepCheck | None) -> str | None:
-    """Why ``trial`` is stale, or None when it is spared (see the module docstring)."""
+def why_stale(trial: FrozenTrial, age: float, keep: KeepCheck | None = None) -> str | None:
+    """Why ``trial`` (silent for ``age`` s, past the grace period) is stale, or None when it is
+    spared: a result waits on disk (``keep``), or SLURM still holds its job. Asks SLURM."""
     if keep is not None and keep(trial):
         log.info(
             "trial %d: no heartbeat for %.0f s, but its result waits on disk", trial.number, age
@@ -110,7 +111,7 @@ def stale_candidates(study: optuna.Study, keep: KeepCheck | None = None) -> list
         trial = storage.get_trial(trial_id)
         if trial.state != TrialState.RUNNING:
             continue
-        reason = _judge(trial, age, keep)
+        reason = why_stale(trial, age, keep)
         if reason is not None:
             found.append(StaleTrial(trial_id, number, age, reason))
     return found

@@ -225,8 +225,12 @@ def _error_line(job: Any) -> str | None:
     return None
 
 
-class LauncherInterruptedError(Exception):
-    """SIGINT or SIGTERM reached the launcher while it waited for the array."""
+class LauncherInterruptedError(BaseException):
+    """SIGINT or SIGTERM reached the launcher while it waited for the array.
+
+    A ``BaseException`` (as ``KeyboardInterrupt``): the per-worker ``except Exception`` of the
+    wait must not take it for a dead worker.
+    """
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
