@@ -321,7 +321,12 @@ def test_a_worker_waits_for_the_database_and_stops_while_it_waits(
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
     wait_for(lambda: not squeue_state(str(job)), "the worker to finish", 300)
     all_trials = assert_exact(fresh_pg_url, 2)
-    assert len(all_trials) == 2  # the waiting claim asked nothing twice
+    # The outage may cut a claim between its ask and its first heartbeat: that trial never
+    # trained and is failed as orphaned by the next claim. Nothing that trained was lost.
+    for trial in all_trials:
+        if trial.state == TrialState.FAIL:
+            assert trial.user_attrs[attrs.FAIL_REASON].startswith("orphaned: "), trial.user_attrs
+            assert attrs.WALL_S not in trial.user_attrs
 
 
 def queued_job(name: str) -> str | None:

@@ -20,12 +20,12 @@ Contract:
       lock; :func:`fail_stale` re-checks each candidate and fails it INSIDE the lock, so the
       budget count never sees a failed trial before its retry is enqueued.
     * A trial that never recorded a heartbeat (asked, then its worker lost the database before the
-      first one) is failed as orphaned once older than the grace period: it never trained.
+      first one, which a claim records inside the lock) is failed as orphaned by the next claim:
+      it never trained.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 import warnings
 from collections.abc import Callable
@@ -147,28 +147,26 @@ def fail_stale(
 
 
 def fail_orphaned_trials(study: optuna.Study) -> list[int]:
-    """Fail RUNNING trials that never recorded a heartbeat within the grace period.
+    """Fail RUNNING trials that never recorded a heartbeat. Call it holding the claim lock.
 
-    Optuna only declares a trial stale once it has a heartbeat. A trial asked by a worker that
-    lost the database (or died) before its first heartbeat would otherwise stay RUNNING forever
-    and hold a budget slot. Such a trial never trained, so it is failed without a retry.
+    A claim records the first heartbeat of its trial right after asking it, inside the claim
+    lock. So while the lock is held, no claim is half-way, and a RUNNING trial without any
+    heartbeat is one whose claim was cut (the database went away between the ask and the first
+    heartbeat): it never trained and nobody owns it. Optuna never declares a trial without a
+    heartbeat stale, so it would hold a budget slot forever; it is failed at once, without a
+    retry (there is nothing to resume).
     """
-    grace = grace_period_of(study)
-    if grace is None:
-        return []
-    # Optuna stores datetime_start as naive local time.
-    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace)
     storage = storage_of(study)
     failed = []
-    for trial_id, number, started in running_without_heartbeat(study):
-        if started >= cutoff:
-            continue
+    for trial_id, number, _ in running_without_heartbeat(study):
         try:
-            storage.set_trial_user_attr(trial_id, attrs.FAIL_REASON, "orphaned: never trained")
+            storage.set_trial_user_attr(
+                trial_id, attrs.FAIL_REASON, "orphaned: its claim was cut before it trained"
+            )
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
         if fail_trial(study, trial_id):
-            log.warning("trial %d never sent a heartbeat: failed as orphaned", number)
+            log.warning("trial %d was asked but never claimed: failed as orphaned", number)
             failed.append(number)
     return failed
 
