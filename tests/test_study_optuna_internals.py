@@ -96,3 +96,42 @@ def test_the_queries_agree_with_the_public_api(study: optuna.Study) -> None:
     assert internals.fail_trial(study, internals.trial_id_of(silent))
     assert not internals.fail_trial(study, internals.trial_id_of(silent))  # already finished
     assert study.get_trials(deepcopy=False)[silent.number].state == TrialState.FAIL
+
+
+def test_the_lean_read_of_finished_trials_equals_optunas(study: optuna.Study) -> None:
+    """Every kind of row, every special value: the lean read must give Optuna's own trials."""
+    space = {
+        "c": optuna.distributions.CategoricalDistribution(["a", "b", "c"]),
+        "x": optuna.distributions.FloatDistribution(0.0, 1.0),
+        "n": optuna.distributions.IntDistribution(1, 9),
+    }
+    for value, state in ((1.5, TrialState.COMPLETE), (float("inf"), TrialState.COMPLETE)):
+        trial = study.ask(space)
+        trial.set_user_attr("cnas:genotype", '{"normal": [["skip_connect", 0]]}')
+        trial.set_user_attr("nested", {"a": [1, 2]})
+        study._storage.set_trial_system_attr(internals.trial_id_of(trial), "s", [1])
+        trial.report(float("nan"), 1)
+        trial.report(-float("inf"), 2)
+        trial.report(0.25, 3)
+        study.tell(trial, value, state=state)
+    pruned = study.ask(space)
+    pruned.report(2.0, 1)
+    study.tell(pruned, state=TrialState.PRUNED)
+    study.tell(study.ask(space), state=TrialState.FAIL)
+    running = study.ask(space)
+    lean, unfinished = internals.load_finished_trials(study)
+    reference = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    assert len(lean) == 4 and unfinished == {internals.trial_id_of(running)}
+    for mine, theirs in zip(sorted(lean, key=lambda t: t.number), reference, strict=True):
+        assert repr(mine) == repr(theirs)  # repr: NaN != NaN would defeat ==
+
+    # A fresh handle primed with the lean read sees exactly what an unprimed one sees.
+    storage = internals.storage_of(study)
+    url = internals.engine_of(study).url.render_as_string(hide_password=False)  # type: ignore[union-attr]
+    primed = optuna.load_study(study_name="pin", storage=url)
+    assert internals.prime_trial_cache(primed) == 4
+    unprimed = optuna.load_study(study_name="pin", storage=url)
+    later = study.ask(space)  # created after the priming: still found
+    assert repr(primed.get_trials(deepcopy=False)) == repr(unprimed.get_trials(deepcopy=False))
+    assert later.number in {t.number for t in primed.get_trials(deepcopy=False)}
+    assert storage is not internals.storage_of(primed)

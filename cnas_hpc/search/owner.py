@@ -22,12 +22,13 @@ Contract:
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import optuna
 from optuna.storages import BaseStorage
@@ -39,9 +40,16 @@ from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.search.pending import PendingResults
 from cnas_hpc.space.encoding import CellEncoding, compact_hash
 from cnas_hpc.space.genotype import Genotype, genotype_to_json
-from cnas_hpc.study.budget import ClaimStatus, claim_trial
+from cnas_hpc.study.budget import (
+    Claim,
+    ClaimStatus,
+    KnownArchitectures,
+    claim_trial,
+    commit_proposal,
+)
 from cnas_hpc.study.lifecycle import load_study
-from cnas_hpc.study.optuna_internals import record_heartbeat, storage_of, trial_id_of
+from cnas_hpc.study.optuna_internals import storage_of, trial_id_of, write_trial_rows
+from cnas_hpc.study.proposal import propose
 from cnas_hpc.study.retry import (
     DatabaseUnavailableError,
     describe_failure,
@@ -49,6 +57,7 @@ from cnas_hpc.study.retry import (
     with_db_retry,
 )
 from cnas_hpc.study.sampler import make_sampler
+from cnas_hpc.study.storage import release_connections
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +89,23 @@ class Assignment:
     message: str = ""
 
 
-def _is_duplicate(study: optuna.Study, trial: optuna.Trial, arch_hash: str) -> int | None:
-    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-        if other.number != trial.number and other.user_attrs.get(attrs.ARCH_HASH) == arch_hash:
-            return other.number
-    return None
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _releasing(
+    method: Callable[Concatenate[TrialOwner, P], R],
+) -> Callable[Concatenate[TrialOwner, P], R]:
+    """A burst of database operations: its connections are released when it ends."""
+
+    @functools.wraps(method)
+    def burst(self: TrialOwner, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.release()
+
+    return burst
 
 
 class TrialOwner:
@@ -120,9 +141,20 @@ class TrialOwner:
         # A claim older than twice the retry deadline belongs to a teller that died.
         self.pending = PendingResults(settings.pending_dir, 2 * cfg.retry_deadline_s + 60)
         self.study = self._retry(lambda: load_study(settings, worker=settings.worker), "load")
+        self.release()
         self.trial: optuna.Trial | None = None
+        #: a slot reserved by a claim whose architecture is not written yet
+        self._reserved: optuna.Trial | None = None
+        self._complete_at_claim = 0
+        self._known = KnownArchitectures()
         self._attr_notes: dict[str, Any] = {}
         self._report_notes: dict[int, float] = {}
+
+    def release(self) -> None:
+        """Close the connections of the last burst of operations (``study.pool_size=0``): a
+        worker holds none while it trains."""
+        if self.settings.study.pool_size <= 0:
+            release_connections(self.study)
 
     @property
     def storage(self) -> BaseStorage:
@@ -139,6 +171,7 @@ class TrialOwner:
 
     # -- claiming -------------------------------------------------------------------------------
 
+    @_releasing
     def adopt_in_flight(self) -> Assignment | None:
         """The RUNNING trial this SLURM job (or array task) owned before a requeue, if any.
 
@@ -173,71 +206,115 @@ class TrialOwner:
             int(frozen.user_attrs.get(attrs.RETRY_OF, frozen.number)),
         )
 
+    @_releasing
     def claim(self) -> tuple[Assignment, int]:
-        """Claim the next trial; returns the assignment and the study's COMPLETE count."""
-        n_trials = self.settings.search.n_trials
-        claim = self._retry(
-            lambda: claim_trial(
-                self.study,
-                n_trials,
-                prepare=self._propose,
-                keep=self._has_pending_result,
-                max_retry=self.settings.study.max_retry,
-                sampler_for=self._sampler_for,
-            ),
-            "claim a trial",
+        """Claim the next trial; returns the assignment and the study's COMPLETE count.
+
+        Three steps (see :mod:`cnas_hpc.study.budget`): reserve a slot under the claim lock
+        (stale trials failed, budget counted, a trial asked with its first heartbeat and this
+        worker's identity); propose its architecture OUTSIDE the lock (TPE's cost); write it
+        under the lock unless another trial already has it (then the slot is given back as a
+        FAIL ``duplicate of N`` and the claim starts over). Each step is retried through
+        outages on its own: a reserved slot is never abandoned by a retry.
+        """
+        genotype: Genotype | None = None
+        for _ in range(_MAX_DUPLICATE_SKIPS):
+            if self._reserved is None:
+                claim = self._retry(self._reserve, "claim a trial")
+                if claim.status is not ClaimStatus.CLAIMED or claim.trial is None:
+                    kind: AssignmentKind = "done" if claim.status is ClaimStatus.DONE else "wait"
+                    return Assignment(kind), claim.count.complete
+                self._reserved, self._complete_at_claim = claim.trial, claim.count.complete
+            genotype = self._place(self._reserved)
+            if genotype is not None:
+                break
+            self._reserved = None  # a duplicate: given back, claim another slot
+        reserved, self._reserved = self._reserved, None
+        assert reserved is not None and genotype is not None
+        trial_id = trial_id_of(reserved)
+        self.trial = self._retry(partial(optuna.Trial, self.study, trial_id), "open trial")
+        key = int(self.trial.user_attrs.get(attrs.RETRY_OF, reserved.number))
+        assignment = Assignment("train", reserved.number, genotype_to_json(genotype), key)
+        return assignment, self._complete_at_claim
+
+    def _place(self, trial: optuna.Trial) -> Genotype | None:
+        """Propose the reserved trial's architecture and write it; None when it was a duplicate
+        (then the trial is told FAIL ``duplicate of N``)."""
+        genotype, values = self._retry(partial(self._propose, trial), "propose a trial")
+        duplicate = self._retry(partial(self._commit, trial, genotype, values), "commit a trial")
+        if duplicate is None:
+            return genotype
+        self._retry(partial(self._give_back, trial, duplicate), "skip a duplicate")
+        return None
+
+    def _reserve(self) -> Claim:
+        return claim_trial(
+            self.study,
+            self.settings.search.n_trials,
+            keep=self._has_pending_result,
+            max_retry=self.settings.study.max_retry,
+            sampler_for=self._sampler_for,
+            identity=self._identity(),
         )
-        if claim.status is not ClaimStatus.CLAIMED or claim.trial is None:
-            kind: AssignmentKind = "done" if claim.status is ClaimStatus.DONE else "wait"
-            return Assignment(kind), claim.count.complete
-        trial = claim.trial
-        self.trial = trial
-        key = int(trial.user_attrs.get(attrs.RETRY_OF, trial.number))
-        genotype_json = str(trial.user_attrs[attrs.GENOTYPE])
-        return Assignment("train", trial.number, genotype_json, key), claim.count.complete
 
     def _sampler_for(self, number: int) -> optuna.samplers.BaseSampler:
-        return make_sampler(self.settings.study.sampler, worker=self.settings.worker, number=number)
+        return make_sampler(
+            self.settings.study.sampler,
+            worker=self.settings.worker,
+            number=number,
+            search_space=self.encoding.distributions(),
+        )
 
     def _has_pending_result(self, trial: FrozenTrial) -> bool:
         return self.pending.holds(trial.number)
 
-    def _propose(self, trial: optuna.Trial) -> optuna.Trial:
-        """Sample the architecture; skip proposals another RUNNING/COMPLETE trial already has.
+    def _propose(self, trial: optuna.Trial) -> tuple[Genotype, dict[str, Any]]:
+        """The architecture of the reserved trial, proposed without the lock (TPE's cost)."""
+        values = propose(self.study, trial, self.encoding.distributions())
+        genotype = self.encoding.from_params(values)
+        return genotype, self.encoding.to_params(genotype)
 
-        Runs under the claim lock, so two workers cannot both take one architecture.
-        """
-        for _ in range(_MAX_DUPLICATE_SKIPS):
-            genotype = self.encoding.suggest(trial)
-            arch_hash = compact_hash(genotype)
-            duplicate = _is_duplicate(self.study, trial, arch_hash)
-            if duplicate is None:
-                break
-            trial.set_user_attr(attrs.FAIL_REASON, f"duplicate of trial {duplicate}")
-            self.study.tell(trial, state=TrialState.FAIL)
-            log.info("trial %d duplicates trial %d: skipped", trial.number, duplicate)
-            trial = self.study.ask()
-        self._record_identity(trial, genotype, arch_hash)
-        return trial
+    def _commit(
+        self, trial: optuna.Trial, genotype: Genotype, values: dict[str, Any]
+    ) -> int | None:
+        """Write the proposal under the lock unless it duplicates a COMPLETE or RUNNING trial."""
+        distributions = self.encoding.distributions()
+        if not self._known.complete:
+            self._known.warm(self.study)
+        arch_hash = compact_hash(genotype)
+        return commit_proposal(
+            self.study,
+            trial,
+            arch_hash=arch_hash,
+            params={name: (value, distributions[name]) for name, value in values.items()},
+            user_attrs={attrs.GENOTYPE: genotype_to_json(genotype), attrs.ARCH_HASH: arch_hash},
+            known=self._known,
+        )
 
-    def _record_identity(self, trial: optuna.Trial, genotype: Genotype, arch_hash: str) -> None:
-        # A first heartbeat at once: Optuna never declares a trial without any heartbeat stale,
-        # so a trial orphaned between ask and training (e.g. by a database outage) would hold
-        # its budget slot forever.
-        record_heartbeat(self.storage, trial_id_of(trial))
-        trial.set_user_attr(attrs.GENOTYPE, genotype_to_json(genotype))
-        trial.set_user_attr(attrs.ARCH_HASH, arch_hash)
-        trial.set_user_attr(attrs.WORKER, self.env.worker_label)
-        trial.set_user_attr(attrs.WORKER_INDEX, self.settings.worker)
-        trial.set_user_attr(attrs.HOST, socket.gethostname())
-        trial.set_user_attr(attrs.WORLD_SIZE, self.env.world_size)
-        for key, value in self.identity.items():
-            trial.set_user_attr(key, value)
+    def _give_back(self, trial: optuna.Trial, duplicate: int) -> None:
+        write_trial_rows(
+            self.study,
+            trial_id_of(trial),
+            user_attrs={attrs.FAIL_REASON: f"duplicate of trial {duplicate}"},
+        )
+        self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        log.info("trial %d duplicates trial %d: skipped", trial.number, duplicate)
+
+    def _identity(self) -> dict[str, Any]:
+        """What every claimed trial records about the worker that runs it."""
+        identity: dict[str, Any] = {
+            attrs.WORKER: self.env.worker_label,
+            attrs.WORKER_INDEX: self.settings.worker,
+            attrs.HOST: socket.gethostname(),
+            attrs.WORLD_SIZE: self.env.world_size,
+            **self.identity,
+        }
         if self.env.job_id is not None:
-            trial.set_user_attr(attrs.JOB, self.env.job_id)
+            identity[attrs.JOB] = self.env.job_id
         if self.env.array_job_id is not None:
-            trial.set_user_attr(attrs.ARRAY_JOB, self.env.array_job_id)
-            trial.set_user_attr(attrs.ARRAY_TASK, self.env.array_task_id)
+            identity[attrs.ARRAY_JOB] = self.env.array_job_id
+            identity[attrs.ARRAY_TASK] = self.env.array_task_id
+        return identity
 
     # -- what a training trial records ----------------------------------------------------------
 
@@ -249,37 +326,32 @@ class TrialOwner:
         """Record an intermediate objective value with the next flush (or the result)."""
         self._report_notes[int(epoch)] = float(value)
 
+    @_releasing
     def flush_notes(self) -> bool:
-        """Send the notes, one attempt each: a database outage must not stall training.
+        """Send the notes in one write, one attempt: a database outage must not stall training.
 
         Returns:
             Whether everything was sent; what was not stays noted and goes with the result.
         """
         trial = self.trial
-        if trial is None:
+        if trial is None or not (self._attr_notes or self._report_notes):
             return True
-        trial_id, storage = trial_id_of(trial), self.storage
-        for key, value in list(self._attr_notes.items()):
-            if not self._send(trial, partial(storage.set_trial_user_attr, trial_id, key, value)):
-                return False
-            self._attr_notes.pop(key, None)
-        for epoch, value in list(self._report_notes.items()):
-            report = partial(storage.set_trial_intermediate_value, trial_id, epoch, value)
-            if not self._send(trial, report):
-                return False
-            self._report_notes.pop(epoch, None)
-        return True
-
-    @staticmethod
-    def _send(trial: optuna.Trial, send: Callable[[], object]) -> bool:
+        attrs_sent, reports_sent = dict(self._attr_notes), dict(self._report_notes)
         try:
-            send()
+            write_trial_rows(
+                self.study, trial_id_of(trial), user_attrs=attrs_sent, intermediate=reports_sent
+            )
         except Exception as exc:  # retried with the result; never raised into training
             level = logging.INFO if is_transient(exc) else logging.WARNING
             log.log(level, "trial %d: sent later (%s)", trial.number, describe_failure(exc))
             return False
+        for key in attrs_sent:
+            self._attr_notes.pop(key, None)
+        for epoch in reports_sent:
+            self._report_notes.pop(epoch, None)
         return True
 
+    @_releasing
     def mark_held(self) -> None:
         """Mark the current trial as waiting for its (requeued) job; one attempt, best effort.
 
@@ -297,6 +369,7 @@ class TrialOwner:
 
     # -- results --------------------------------------------------------------------------------
 
+    @_releasing
     def finish(self, state: TrialState, value: float | None, values: dict[str, Any]) -> None:
         """Tell the current trial's result: pending file first, then the study, then cleanup.
 
@@ -328,19 +401,23 @@ class TrialOwner:
         self._attr_notes, self._report_notes = {}, {}
 
     def _tell(self, payload: dict[str, Any]) -> bool:
-        """Tell one result (attributes, intermediate values, state); False if already finished."""
+        """Tell one result (attributes and intermediate values in one write, then the state);
+        False when the trial was already finished (by someone else)."""
         trial_id, number = int(payload["trial_id"]), int(payload["number"])
         frozen = self._retry(partial(self.storage.get_trial, trial_id), f"read trial {number}")
         if frozen.state.is_finished():
             return False
-        for epoch, value in payload.get("reports", {}).items():
-            if int(epoch) not in frozen.intermediate_values:
-                set_value = self.storage.set_trial_intermediate_value
-                self._retry(partial(set_value, trial_id, int(epoch), value), "report")
-        for key, value in payload["attrs"].items():
-            if frozen.user_attrs.get(key) != value:
-                set_attr = self.storage.set_trial_user_attr
-                self._retry(partial(set_attr, trial_id, key, value), f"set {key}")
+        reports = {
+            int(epoch): value
+            for epoch, value in payload.get("reports", {}).items()
+            if int(epoch) not in frozen.intermediate_values
+        }
+        user_attrs = {k: v for k, v in payload["attrs"].items() if frozen.user_attrs.get(k) != v}
+        if reports or user_attrs:
+            write = partial(
+                write_trial_rows, self.study, trial_id, user_attrs=user_attrs, intermediate=reports
+            )
+            self._retry(write, f"record trial {number}")
         state = TrialState[payload["state"]]
         value = payload["value"] if state == TrialState.COMPLETE else None
         self._retry(
@@ -349,6 +426,7 @@ class TrialOwner:
         )
         return True
 
+    @_releasing
     def flush_pending(self) -> int:
         """Tell results that an earlier run computed but could not tell (one teller per file)."""
         told = 0
@@ -370,6 +448,7 @@ class TrialOwner:
                 )
         return told
 
+    @_releasing
     def best_value(self) -> float | None:
         """The study's best value so far (None before the first COMPLETE trial)."""
         try:

@@ -193,7 +193,8 @@ class TrialRunner:
         if owner is None or owner.trial is None:
             return contextlib.nullcontext()
         trial_id = trial_id_of(owner.trial)
-        return Heartbeat(owner.storage, trial_id, self.settings.study.heartbeat_interval)
+        interval = self.settings.study.heartbeat_interval
+        return Heartbeat(owner.storage, trial_id, interval, release=owner.release)
 
     def _train(self, resume: TrainState | None) -> TrainResult:
         model = build_candidate(self.genotype, self.settings.model, self.settings.seed, self.device)

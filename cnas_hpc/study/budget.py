@@ -21,14 +21,26 @@ import enum
 import fcntl
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.distributions import BaseDistribution
 
-from cnas_hpc.study.optuna_internals import count_by_state, engine_of
+from cnas_hpc.common import attrs
+from cnas_hpc.study.optuna_internals import (
+    arch_hashes,
+    count_by_state,
+    engine_of,
+    record_heartbeat,
+    storage_of,
+    study_id_of,
+    trial_id_of,
+    write_trial_rows,
+)
 from cnas_hpc.study.stale import (
     KeepCheck,
     RequeueStaleTrial,
@@ -145,20 +157,28 @@ def claim_trial(
     keep: KeepCheck | None = None,
     max_retry: int = 2,
     sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None,
+    identity: Mapping[str, Any] | None = None,
 ) -> Claim:
     """Atomically fail stale trials, count the budget and ask one trial if a slot is free.
+
+    The critical section is short: SLURM is asked about stale candidates before it, and the ask
+    itself samples nothing (Optuna samples at the first ``suggest``); the new trial gets its
+    first heartbeat and ``identity`` in two writes before the lock is released, so a trial
+    without a heartbeat under the lock is an orphan (:func:`~cnas_hpc.study.stale.
+    fail_orphaned_trials`).
 
     Args:
         study: the shared study.
         n_trials: the budget of COMPLETE trials.
-        prepare: runs on the new trial while the lock is still held (sampling, de-duplication,
-            identity attributes) and returns the trial to keep (it may replace a duplicate).
+        prepare: runs on the new trial while the lock is still held and returns the trial to
+            keep (tests use it to sample under the lock; workers propose outside it).
         keep: spares a stale candidate (see :mod:`cnas_hpc.study.stale`).
         max_retry: retries of a stale trial with the same parameters.
         sampler_for: the sampler for the proposal of the trial with the given number (set on
             the study under the lock, where that number is known: reproducible seeds).
+        identity: user attributes of the new trial (worker, job, ...), written with its first
+            heartbeat.
     """
-    # SLURM is asked about stale candidates before the lock: the critical section stays short.
     candidates = stale_candidates(study, keep)
     with study_lock(study):
         fail_stale(study, candidates, RequeueStaleTrial(max_retry))
@@ -167,12 +187,81 @@ def claim_trial(
         count = _budget_of(by_state)
         if count.complete >= n_trials:
             return Claim(ClaimStatus.DONE, None, count)
-        if count.waiting > 0 or count.remaining(n_trials) > 0:
-            if sampler_for is not None:
-                # The next trial's number is the number of trials so far (the lock is held).
-                study.sampler = sampler_for(sum(by_state.values()))
-            trial = study.ask()
-            if prepare is not None:
-                trial = prepare(trial)
-            return Claim(ClaimStatus.CLAIMED, trial, count)
-        return Claim(ClaimStatus.WAIT, None, count)
+        if count.waiting == 0 and count.remaining(n_trials) == 0:
+            return Claim(ClaimStatus.WAIT, None, count)
+        if sampler_for is not None:
+            # The next trial's number is the number of trials so far (the lock is held).
+            study.sampler = sampler_for(sum(by_state.values()))
+        if count.waiting:
+            trial = study.ask()  # pops the retry, with its fixed parameters
+        else:
+            # What ask() does without a waiting trial, minus its read of every WAITING trial.
+            new_id = storage_of(study).create_new_trial(study_id_of(study))
+            trial = optuna.Trial(study, new_id)
+        trial_id = trial_id_of(trial)
+        record_heartbeat(storage_of(study), trial_id)
+        if identity:
+            write_trial_rows(study, trial_id, user_attrs=dict(identity))
+        if prepare is not None:
+            trial = prepare(trial)
+        return Claim(ClaimStatus.CLAIMED, trial, count)
+
+
+class KnownArchitectures:
+    """What the study's trials are, by architecture hash: the claim's duplicate check.
+
+    COMPLETE trials never change, so they are read once (then only newer ones); RUNNING trials
+    are read at every check (a worker holds at most one). One query per check, whatever the size
+    of the study.
+    """
+
+    def __init__(self) -> None:
+        self.complete: dict[str, int] = {}
+        self._after = -1
+
+    def warm(self, study: optuna.Study) -> None:
+        """Read what is known so far (outside the lock: the checks under it read only news)."""
+        self.duplicate_of(study, "", -1)
+
+    def duplicate_of(self, study: optuna.Study, arch_hash: str, trial_id: int) -> int | None:
+        """The number of a COMPLETE or RUNNING trial (other than ``trial_id``) with this hash."""
+        rows = arch_hashes(study, attrs.ARCH_HASH, self._after)
+        running: dict[str, int] = {}
+        oldest_running = None
+        for other_id, number, state, value in rows:
+            if state == "COMPLETE":
+                self.complete.setdefault(str(value), number)
+                self._after = max(self._after, other_id)
+            elif other_id != trial_id:
+                running.setdefault(str(value), number)
+                oldest_running = min(other_id, oldest_running or other_id)
+        if oldest_running is not None:
+            # A running trial completes later: read COMPLETE trials from its id on next time.
+            self._after = min(self._after, oldest_running - 1)
+        if arch_hash in self.complete:
+            return self.complete[arch_hash]
+        return running.get(arch_hash)
+
+
+def commit_proposal(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    *,
+    arch_hash: str,
+    params: dict[str, tuple[Any, BaseDistribution]],
+    user_attrs: Mapping[str, Any],
+    known: KnownArchitectures,
+) -> int | None:
+    """Under the claim lock: unless another COMPLETE or RUNNING trial has this architecture,
+    write the trial's parameters and ``user_attrs`` (the hash among them) in one transaction.
+
+    Returns:
+        None when written; else the number of the trial it duplicates (nothing written).
+    """
+    trial_id = trial_id_of(trial)
+    with study_lock(study):
+        duplicate = known.duplicate_of(study, arch_hash, trial_id)
+        if duplicate is not None:
+            return duplicate
+        write_trial_rows(study, trial_id, params=params, user_attrs=dict(user_attrs))
+    return None

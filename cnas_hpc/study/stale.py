@@ -184,6 +184,11 @@ class RequeueStaleTrial:
         self.max_retry = max_retry
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if not trial.params:
+            log.warning(
+                "trial %d died before its architecture was written: not retried", trial.number
+            )
+            return
         retries = int(trial.user_attrs.get(attrs.RETRY_COUNT, 0))
         if retries >= self.max_retry:
             log.warning(
