@@ -119,19 +119,22 @@ def test_the_lean_read_of_finished_trials_equals_optunas(study: optuna.Study) ->
     study.tell(pruned, state=TrialState.PRUNED)
     study.tell(study.ask(space), state=TrialState.FAIL)
     running = study.ask(space)
-    lean, unfinished = internals.load_finished_trials(study)
-    reference = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-    assert len(lean) == 4 and unfinished == {internals.trial_id_of(running)}
-    for mine, theirs in zip(sorted(lean, key=lambda t: t.number), reference, strict=True):
+    lean = internals.load_trials(study)
+    reference = study.get_trials(deepcopy=False)
+    assert len(lean) == 5 and lean[-1].number == running.number
+    for mine, theirs in zip(lean, reference, strict=True):
         assert repr(mine) == repr(theirs)  # repr: NaN != NaN would defeat ==
+    newer = internals.load_trials(study, {internals.trial_id_of(running)}, lean[2]._trial_id)
+    assert [t.number for t in newer] == [3, 4]
 
-    # A fresh handle primed with the lean read sees exactly what an unprimed one sees.
-    storage = internals.storage_of(study)
-    url = internals.engine_of(study).url.render_as_string(hide_password=False)  # type: ignore[union-attr]
-    primed = optuna.load_study(study_name="pin", storage=url)
-    assert internals.prime_trial_cache(primed) == 4
-    unprimed = optuna.load_study(study_name="pin", storage=url)
-    later = study.ask(space)  # created after the priming: still found
-    assert repr(primed.get_trials(deepcopy=False)) == repr(unprimed.get_trials(deepcopy=False))
-    assert later.number in {t.number for t in primed.get_trials(deepcopy=False)}
-    assert storage is not internals.storage_of(primed)
+    # A study handle on the lean cache sees exactly what Optuna's own cache sees, then and after.
+    backend = internals.rdb_backend(study)
+    assert backend is not None
+    lean_study = optuna.load_study(study_name="pin", storage=internals.LeanCachedStorage(backend))
+    url = backend.engine.url.render_as_string(hide_password=False)
+    stock = optuna.load_study(study_name="pin", storage=url)
+    assert repr(lean_study.get_trials(deepcopy=False)) == repr(stock.get_trials(deepcopy=False))
+    study.tell(running, 0.5)
+    later = study.ask(space)  # finished and created after the first read: both seen
+    assert repr(lean_study.get_trials(deepcopy=False)) == repr(stock.get_trials(deepcopy=False))
+    assert later.number in {t.number for t in lean_study.get_trials(deepcopy=False)}

@@ -231,8 +231,7 @@ class TrialOwner:
             self._reserved = None  # a duplicate: given back, claim another slot
         reserved, self._reserved = self._reserved, None
         assert reserved is not None and genotype is not None
-        trial_id = trial_id_of(reserved)
-        self.trial = self._retry(partial(optuna.Trial, self.study, trial_id), "open trial")
+        self.trial = reserved  # its snapshot holds what the claim wrote (remember_rows)
         key = int(self.trial.user_attrs.get(attrs.RETRY_OF, reserved.number))
         assignment = Assignment("train", reserved.number, genotype_to_json(genotype), key)
         return assignment, self._complete_at_claim

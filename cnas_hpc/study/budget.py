@@ -23,6 +23,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,12 @@ from cnas_hpc.study.optuna_internals import (
     count_by_state,
     engine_of,
     record_heartbeat,
+    remember_rows,
+    reserve_trial_row,
     storage_of,
     study_id_of,
     trial_id_of,
+    write_rows_unless,
     write_trial_rows,
 )
 from cnas_hpc.study.stale import (
@@ -180,6 +184,12 @@ def claim_trial(
             heartbeat.
     """
     candidates = stale_candidates(study, keep)
+    engine = engine_of(study)
+    usual = not candidates and prepare is None and engine is not None
+    if usual and engine is not None and engine.dialect.name == "postgresql":
+        fast = _claim_in_one_transaction(study, n_trials, sampler_for, identity)
+        if fast is not None:
+            return fast
     with study_lock(study):
         fail_stale(study, candidates, RequeueStaleTrial(max_retry))
         fail_orphaned_trials(study)
@@ -207,6 +217,30 @@ def claim_trial(
         return Claim(ClaimStatus.CLAIMED, trial, count)
 
 
+def _claim_in_one_transaction(
+    study: optuna.Study,
+    n_trials: int,
+    sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None,
+    identity: Mapping[str, Any] | None,
+) -> Claim | None:
+    """The usual claim (no stale trial, no retry waiting, no orphan) in one transaction that
+    holds the claim lock for a few milliseconds; None when the full claim must run."""
+    counts, created = reserve_trial_row(
+        study, _lock_key(study.study_name), n_trials, dict(identity or {})
+    )
+    count = _budget_of(counts)
+    if created is None:
+        if count.complete >= n_trials:
+            return Claim(ClaimStatus.DONE, None, count)
+        if count.waiting == 0 and count.remaining(n_trials) == 0 and "ORPHANED" not in counts:
+            return Claim(ClaimStatus.WAIT, None, count)
+        return None  # a retry to hand out or an orphan to fail: the full claim does it
+    trial_id, number = created
+    if sampler_for is not None:
+        study.sampler = sampler_for(number)
+    return Claim(ClaimStatus.CLAIMED, optuna.Trial(study, trial_id), count)
+
+
 class KnownArchitectures:
     """What the study's trials are, by architecture hash: the claim's duplicate check.
 
@@ -217,27 +251,34 @@ class KnownArchitectures:
 
     def __init__(self) -> None:
         self.complete: dict[str, int] = {}
-        self._after = -1
+        self.after = -1
 
     def warm(self, study: optuna.Study) -> None:
         """Read what is known so far (outside the lock: the checks under it read only news)."""
-        self.duplicate_of(study, "", -1)
+        self.learn(arch_hashes(study, attrs.ARCH_HASH, self.after), -1)
 
-    def duplicate_of(self, study: optuna.Study, arch_hash: str, trial_id: int) -> int | None:
-        """The number of a COMPLETE or RUNNING trial (other than ``trial_id``) with this hash."""
-        rows = arch_hashes(study, attrs.ARCH_HASH, self._after)
+    def learn(self, rows: list[tuple[int, int, str, Any]], trial_id: int) -> dict[str, int]:
+        """Take in ``(trial_id, number, state, hash)`` rows; returns the RUNNING trials' hashes
+        (other than ``trial_id``)."""
         running: dict[str, int] = {}
         oldest_running = None
         for other_id, number, state, value in rows:
             if state == "COMPLETE":
                 self.complete.setdefault(str(value), number)
-                self._after = max(self._after, other_id)
+                self.after = max(self.after, other_id)
             elif other_id != trial_id:
                 running.setdefault(str(value), number)
                 oldest_running = min(other_id, oldest_running or other_id)
         if oldest_running is not None:
             # A running trial completes later: read COMPLETE trials from its id on next time.
-            self._after = min(self._after, oldest_running - 1)
+            self.after = min(self.after, oldest_running - 1)
+        return running
+
+    def duplicate_in(
+        self, rows: list[tuple[int, int, str, Any]], arch_hash: str, trial_id: int
+    ) -> int | None:
+        """The number of a COMPLETE or RUNNING trial (other than ``trial_id``) with this hash."""
+        running = self.learn(rows, trial_id)
         if arch_hash in self.complete:
             return self.complete[arch_hash]
         return running.get(arch_hash)
@@ -253,15 +294,26 @@ def commit_proposal(
     known: KnownArchitectures,
 ) -> int | None:
     """Under the claim lock: unless another COMPLETE or RUNNING trial has this architecture,
-    write the trial's parameters and ``user_attrs`` (the hash among them) in one transaction.
+    write the trial's parameters and ``user_attrs`` (the hash among them) in one transaction
+    (on PostgreSQL that transaction holds the lock: a few milliseconds).
 
     Returns:
         None when written; else the number of the trial it duplicates (nothing written).
     """
     trial_id = trial_id_of(trial)
-    with study_lock(study):
-        duplicate = known.duplicate_of(study, arch_hash, trial_id)
-        if duplicate is not None:
-            return duplicate
-        write_trial_rows(study, trial_id, params=params, user_attrs=dict(user_attrs))
-    return None
+    engine = engine_of(study)
+    postgres = engine is not None and engine.dialect.name == "postgresql"
+    with contextlib.nullcontext() if postgres else study_lock(study):
+        duplicate = write_rows_unless(
+            study,
+            trial_id,
+            lock_key=_lock_key(study.study_name) if postgres else None,
+            key=attrs.ARCH_HASH,
+            after_trial_id=known.after,
+            duplicate_of=partial(known.duplicate_in, arch_hash=arch_hash, trial_id=trial_id),
+            params=params,
+            user_attrs=dict(user_attrs),
+        )
+    if duplicate is None:
+        remember_rows(trial, params, dict(user_attrs))
+    return duplicate

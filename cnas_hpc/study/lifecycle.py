@@ -26,7 +26,7 @@ from cnas_hpc.common.objectives import direction_of
 from cnas_hpc.common.storage_url import mask_url, normalize_storage_url
 from cnas_hpc.config import Settings
 from cnas_hpc.space.encoding import encoding_from_config
-from cnas_hpc.study.optuna_internals import prime_trial_cache
+from cnas_hpc.study.optuna_internals import LeanCachedStorage
 from cnas_hpc.study.sampler import make_sampler
 from cnas_hpc.study.storage import db_error, make_storage, release_connections
 
@@ -103,9 +103,9 @@ def bootstrap_study(settings: Settings) -> BootstrapResult:
 def load_study(settings: Settings, *, worker: int) -> optuna.Study:
     """Load the bootstrapped study with this worker's sampler. Never creates anything.
 
-    The study's finished trials are read once, lean, into Optuna's trial cache (a second for
-    10,000 trials); the sampler's seed depends only on ``study.sampler.seed``, ``worker`` and
-    the trial it proposes for (reproducible, whenever the worker starts).
+    Its trials are read lean into Optuna's trial cache (a second for 10,000 trials, at the first
+    claim); the sampler's seed depends only on ``study.sampler.seed``, ``worker`` and the trial
+    it proposes for (reproducible, whenever the worker starts).
 
     Raises:
         StudyUnreachableError: the database is down (transient: a worker's retry waits for it).
@@ -115,11 +115,10 @@ def load_study(settings: Settings, *, worker: int) -> optuna.Study:
     url = normalize_storage_url(cfg.storage)
     storage = make_storage(cfg, create_tables=False, url=url)
     try:
-        study = optuna.load_study(study_name=cfg.name, storage=storage)
+        # Optuna's trial cache with a lean read (a 10,000-trial study in about a second instead
+        # of 16; the RUNNING trials at every claim in milliseconds): see LeanCachedStorage.
+        study = optuna.load_study(study_name=cfg.name, storage=LeanCachedStorage(storage))
         study.sampler = make_sampler(cfg.sampler, worker=worker)
-        # Finished trials never change: read them once, lean, instead of Optuna's ORM read at
-        # the first claim (16 s for 10,000 trials; see optuna_internals.prime_trial_cache).
-        prime_trial_cache(study)
     except KeyError:
         raise StudyError(
             f"study {cfg.name!r} does not exist in {mask_url(url)}: bootstrap it first"

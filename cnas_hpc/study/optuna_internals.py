@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -190,8 +191,6 @@ def fail_trial(study: optuna.Study, trial_id: int) -> bool:
     return True
 
 
-#: States of a trial that can no longer change.
-_FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 #: How Optuna stores a value it cannot store as a float (``TrialValueModel`` and friends).
 _SPECIAL_VALUES = {"INF_POS": float("inf"), "INF_NEG": float("-inf"), "NAN": float("nan")}
 
@@ -213,8 +212,8 @@ def _stored(value: float | None, kind: object) -> float:
     return _SPECIAL_VALUES[name] if name in _SPECIAL_VALUES else float(value or 0.0)
 
 
-#: The lean read of the finished trials: ``name -> query`` (``{finished}`` joins ``trials``).
-_FINISHED_READS = {
+#: The lean read of trials: ``name -> query`` (followed by a join on ``trials t`` and a filter).
+_TRIAL_READS = {
     "values": "SELECT x.trial_id, x.objective, x.value, x.value_type FROM trial_values x",
     "params": (
         "SELECT x.trial_id, x.param_name, x.param_value, x.distribution_json FROM trial_params x"
@@ -226,46 +225,49 @@ _FINISHED_READS = {
         "FROM trial_intermediate_values x"
     ),
 }
-_OF_FINISHED = (
-    " JOIN trials t ON t.trial_id = x.trial_id WHERE t.study_id = :study "
-    "AND t.state IN ('COMPLETE', 'PRUNED', 'FAIL')"
-)
 
 
-def _read_study_rows(study: optuna.Study) -> dict[str, list[Any]]:
-    """The rows of every trial table for the study's finished trials, in one snapshot."""
-    engine = engine_of(study)
-    assert engine is not None
-    params = {"study": study_id_of(study)}
+def _read_trial_rows(
+    engine: sqlalchemy.Engine, study_id: int, included: set[int], greater_than: int
+) -> dict[str, list[Any]]:
+    """Rows of every trial table for the study's trials with an id in ``included`` or above
+    ``greater_than``, in one snapshot."""
+    ids = sorted(included)
+    where = " WHERE t.study_id = :study AND (t.trial_id > :above"
+    where += " OR t.trial_id IN :ids)" if ids else ")"
+    params: dict[str, Any] = {"study": study_id, "above": greater_than}
+    if ids:
+        params["ids"] = ids
+
+    def statement(sql: str) -> sqlalchemy.TextClause:
+        text = sqlalchemy.text(sql)
+        if ids:
+            text = text.bindparams(sqlalchemy.bindparam("ids", expanding=True))
+        return text
+
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(sqlalchemy.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
         out = {
             "trials": list(
                 conn.execute(
-                    sqlalchemy.text(
-                        "SELECT trial_id, number, state, datetime_start, datetime_complete "
-                        "FROM trials WHERE study_id = :study"
+                    statement(
+                        "SELECT t.trial_id, t.number, t.state, t.datetime_start, "
+                        "t.datetime_complete FROM trials t" + where
                     ),
                     params,
                 ).all()
             )
         }
-        for name, query in _FINISHED_READS.items():
+        for name, query in _TRIAL_READS.items():
             order = " ORDER BY x.param_id" if name == "params" else ""
-            statement = sqlalchemy.text(query + _OF_FINISHED + order)
-            out[name] = list(conn.execute(statement, params).all())
+            join = " JOIN trials t ON t.trial_id = x.trial_id"
+            out[name] = list(conn.execute(statement(query + join + where + order), params).all())
     return out
 
 
-def load_finished_trials(study: optuna.Study) -> tuple[list[FrozenTrial], set[int]]:
-    """Every FINISHED trial of an RDB study read lean, and the ids of the unfinished ones.
-
-    Six plain queries in one snapshot instead of Optuna's ORM read; distributions are parsed once
-    per distinct JSON (all trials of a search share them). The trials equal what
-    ``RDBStorage.get_all_trials`` returns (pinned by ``tests/test_study_optuna_internals.py``).
-    """
-    rows = _read_study_rows(study)
+def _build_trials(rows: dict[str, list[Any]]) -> list[FrozenTrial]:
+    """FrozenTrials from :func:`_read_trial_rows`, as ``RDBStorage`` builds them."""
     parts: dict[str, dict[int, dict[Any, Any]]] = {
         name: defaultdict(dict) for name in ("values", "params", "dists", "user", "system", "steps")
     }
@@ -282,13 +284,10 @@ def load_finished_trials(study: optuna.Study) -> tuple[list[FrozenTrial], set[in
             parts[kind][trial_id][key] = json.loads(value_json)
     for trial_id, step, value, value_kind in rows["steps"]:
         parts["steps"][trial_id][step] = _stored(value, value_kind)
-    loaded, unfinished = [], set()
-    for trial_id, number, state, started, completed in rows["trials"]:
-        if _state_name(state) not in _FINISHED:
-            unfinished.add(int(trial_id))
-            continue
+    trials = []
+    for trial_id, number, state, started, completed in sorted(rows["trials"]):
         objectives = parts["values"].get(trial_id)
-        loaded.append(
+        trials.append(
             FrozenTrial(
                 number=int(number),
                 state=TrialState[_state_name(state)],
@@ -304,39 +303,80 @@ def load_finished_trials(study: optuna.Study) -> tuple[list[FrozenTrial], set[in
                 trial_id=int(trial_id),
             )
         )
-    return loaded, unfinished
+    return trials
 
 
-def prime_trial_cache(study: optuna.Study) -> int:
-    """Fill Optuna's trial cache (``_CachedStorage``) with the study's finished trials, read lean.
-
-    The cache then only reads the unfinished trials and newer ones from the database, as it does
-    after its own first read (its invariant: every trial id up to ``last_finished_trial_id`` is
-    either cached finished or listed unfinished). A no-op for other storages, or when the cache
-    already holds trials of this study.
-
-    Returns:
-        How many finished trials were cached.
+def load_trials(
+    study: optuna.Study, included: set[int] | None = None, greater_than: int = -1
+) -> list[FrozenTrial]:
+    """The study's trials with an id in ``included`` or above ``greater_than`` (all by
+    default), read lean: six plain queries in one snapshot instead of Optuna's ORM read (16 s
+    for 10,000 trials on the development machine), distributions parsed once per distinct JSON.
+    They equal what ``RDBStorage`` returns (pinned by ``tests/test_study_optuna_internals.py``).
     """
-    storage = storage_of(study)
-    if not isinstance(storage, _CachedStorage) or engine_of(study) is None:
-        return 0
-    study_id = study_id_of(study)
-    finished, unfinished = load_finished_trials(study)
-    with storage._lock:
-        info = storage._studies.setdefault(study_id, _StudyInfo())
-        if info.trials:
-            return 0
-        storage._add_trials_to_cache(study_id, finished)
-        info.unfinished_trial_ids.update(unfinished)
-        info.last_finished_trial_id = max((t._trial_id for t in finished), default=-1)
-    return len(finished)
+    engine = engine_of(study)
+    assert engine is not None
+    rows = _read_trial_rows(engine, study_id_of(study), included or set(), greater_than)
+    return _build_trials(rows)
+
+
+class LeanCachedStorage(_CachedStorage):
+    """Optuna's trial cache (``_CachedStorage``) reading through :func:`load_trials`.
+
+    Same contract and bookkeeping as Optuna's (finished trials are cached for good; at every
+    read it fetches the unfinished trials and those newer than the last finished one), only the
+    read itself is lean: a worker's first claim on a 10,000-trial study reads it in about a
+    second instead of 16, and every claim re-reads the RUNNING trials (TPE's constant liar) in
+    milliseconds instead of an ORM load per trial, which saturated two cores with 48 workers.
+    """
+
+    def _read_trials_from_remote_storage(self, study_id: int) -> None:
+        with self._lock:
+            if study_id not in self._studies:
+                self._studies[study_id] = _StudyInfo()
+            study = self._studies[study_id]
+            rows = _read_trial_rows(
+                self._backend.engine,
+                study_id,
+                {i for i in study.unfinished_trial_ids if i <= study.last_finished_trial_id},
+                study.last_finished_trial_id,
+            )
+            trials = _build_trials(rows)
+            if not trials:
+                return
+            self._add_trials_to_cache(study_id, trials)
+            for trial in trials:
+                if not trial.state.is_finished():
+                    study.unfinished_trial_ids.add(trial._trial_id)
+                    continue
+                study.last_finished_trial_id = max(study.last_finished_trial_id, trial._trial_id)
+                study.unfinished_trial_ids.discard(trial._trial_id)
 
 
 def fixed_params_of(trial: FrozenTrial) -> dict[str, Any]:
     """The parameters a trial must take (``enqueue_trial``'s ``system_attrs["fixed_params"]``)."""
     fixed = trial.system_attrs.get("fixed_params", {})
     return dict(fixed) if isinstance(fixed, dict) else {}
+
+
+def frozen_of(trial: optuna.Trial) -> FrozenTrial:
+    """The trial's own snapshot (``Trial._cached_frozen_trial``), read when it was opened."""
+    frozen: FrozenTrial = trial._cached_frozen_trial
+    return frozen
+
+
+def remember_rows(
+    trial: optuna.Trial,
+    params: dict[str, tuple[Any, BaseDistribution]],
+    user_attrs: dict[str, Any],
+) -> None:
+    """Record rows written with :func:`write_trial_rows` in the trial's snapshot, as
+    ``Trial._suggest`` and ``Trial.set_user_attr`` do after their own writes."""
+    frozen = frozen_of(trial)
+    for name, (value, dist) in params.items():
+        frozen.params[name] = value
+        frozen.distributions[name] = dist
+    frozen.user_attrs.update(user_attrs)
 
 
 def _stored_float(value: float) -> tuple[float | None, str]:
@@ -366,58 +406,128 @@ def write_trial_rows(
     """
     engine = engine_of(study)
     assert engine is not None
-    lock = " FOR UPDATE" if engine.dialect.name == "postgresql" else ""
     with engine.begin() as conn:
-        state = conn.execute(
-            sqlalchemy.text(f"SELECT state FROM trials WHERE trial_id = :t{lock}"), {"t": trial_id}
+        _write_rows(conn, trial_id, params, user_attrs, intermediate)
+
+
+def _write_rows(
+    conn: sqlalchemy.Connection,
+    trial_id: int,
+    params: dict[str, tuple[Any, BaseDistribution]] | None = None,
+    user_attrs: dict[str, Any] | None = None,
+    intermediate: dict[int, float] | None = None,
+) -> None:
+    """:func:`write_trial_rows` inside the caller's transaction."""
+    lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""
+    state = conn.execute(
+        sqlalchemy.text(f"SELECT state FROM trials WHERE trial_id = :t{lock}"), {"t": trial_id}
+    ).scalar()
+    if _state_name(state) != "RUNNING":
+        raise optuna.exceptions.UpdateFinishedTrialError(
+            f"trial id {trial_id} is {_state_name(state)}: its rows cannot change"
+        )
+    rows = [
+        {"t": trial_id, "n": name, "v": dist.to_internal_repr(value), "d": _dist_json(dist)}
+        for name, (value, dist) in (params or {}).items()
+    ]
+    if rows:
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO trial_params (trial_id, param_name, param_value, "
+                "distribution_json) VALUES (:t, :n, :v, :d) "
+                "ON CONFLICT (trial_id, param_name) DO NOTHING"
+            ),
+            rows,
+        )
+    attrs = [
+        {"t": trial_id, "k": key, "v": json.dumps(value)}
+        for key, value in (user_attrs or {}).items()
+    ]
+    if attrs:
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO trial_user_attributes (trial_id, key, value_json) "
+                "VALUES (:t, :k, :v) ON CONFLICT (trial_id, key) "
+                "DO UPDATE SET value_json = excluded.value_json"
+            ),
+            attrs,
+        )
+    steps = []
+    for step, value in (intermediate or {}).items():
+        stored, kind = _stored_float(value)
+        steps.append({"t": trial_id, "s": int(step), "v": stored, "k": kind})
+    if steps:
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, "
+                "intermediate_value_type) VALUES (:t, :s, :v, :k) "
+                "ON CONFLICT (trial_id, step) DO UPDATE SET "
+                "intermediate_value = excluded.intermediate_value, "
+                "intermediate_value_type = excluded.intermediate_value_type"
+            ),
+            steps,
+        )
+
+
+def reserve_trial_row(
+    study: optuna.Study, lock_key: int, n_trials: int, identity: dict[str, Any]
+) -> tuple[dict[str, int], tuple[int, int] | None]:
+    """The whole reservation of a claim in ONE PostgreSQL transaction (a few milliseconds of
+    lock), when nothing unusual is in the study.
+
+    Under the transaction-level advisory lock ``lock_key`` (the claim lock) and Optuna's own
+    trial-creation lock (the study row, ``FOR UPDATE``): count trials by state; when a slot is
+    free, no trial WAITs (a retry to hand out) and no RUNNING trial lacks a heartbeat (an
+    orphan to fail), insert the RUNNING trial exactly as ``RDBStorage.create_new_trial`` does
+    (its number: the count of the study's earlier trials), its first heartbeat and ``identity``.
+    The lock ends with the transaction: a holder that dies releases it.
+
+    Returns:
+        ``(trials by state, (trial id, number))``; None instead of the trial when nothing was
+        created (no slot, or the full claim must run: the counts say which).
+    """
+    engine = engine_of(study)
+    assert engine is not None and engine.dialect.name == "postgresql"
+    study_id = study_id_of(study)
+    with engine.begin() as conn:
+
+        def run(sql: str, **values: Any) -> Any:
+            return conn.execute(sqlalchemy.text(sql), {"s": study_id, **values})
+
+        run("SELECT pg_advisory_xact_lock(:k)", k=lock_key)
+        run("SELECT study_id FROM studies WHERE study_id = :s FOR UPDATE")
+        rows = run("SELECT state, COUNT(*) FROM trials WHERE study_id = :s GROUP BY state").all()
+        counts = {_state_name(state): int(n) for state, n in rows}
+        if counts.get("COMPLETE", 0) >= n_trials or counts.get("WAITING", 0):
+            return counts, None
+        orphans = run(
+            "SELECT COUNT(*) FROM trials t LEFT JOIN trial_heartbeats h "
+            "ON h.trial_id = t.trial_id WHERE t.study_id = :s AND t.state = 'RUNNING' "
+            "AND h.trial_id IS NULL"
         ).scalar()
-        if _state_name(state) != "RUNNING":
-            raise optuna.exceptions.UpdateFinishedTrialError(
-                f"trial id {trial_id} is {_state_name(state)}: its rows cannot change"
-            )
-        rows = [
-            {"t": trial_id, "n": name, "v": dist.to_internal_repr(value), "d": _dist_json(dist)}
-            for name, (value, dist) in (params or {}).items()
-        ]
-        if rows:
-            conn.execute(
-                sqlalchemy.text(
-                    "INSERT INTO trial_params (trial_id, param_name, param_value, "
-                    "distribution_json) VALUES (:t, :n, :v, :d) "
-                    "ON CONFLICT (trial_id, param_name) DO NOTHING"
-                ),
-                rows,
-            )
-        attrs = [
-            {"t": trial_id, "k": key, "v": json.dumps(value)}
-            for key, value in (user_attrs or {}).items()
-        ]
-        if attrs:
-            conn.execute(
-                sqlalchemy.text(
-                    "INSERT INTO trial_user_attributes (trial_id, key, value_json) "
-                    "VALUES (:t, :k, :v) ON CONFLICT (trial_id, key) "
-                    "DO UPDATE SET value_json = excluded.value_json"
-                ),
-                attrs,
-            )
-        steps = [
-            {"t": trial_id, "s": int(step), "v": stored, "k": kind}
-            for step, (stored, kind) in (
-                (step, _stored_float(value)) for step, value in (intermediate or {}).items()
-            )
-        ]
-        if steps:
-            conn.execute(
-                sqlalchemy.text(
-                    "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, "
-                    "intermediate_value_type) VALUES (:t, :s, :v, :k) "
-                    "ON CONFLICT (trial_id, step) DO UPDATE SET "
-                    "intermediate_value = excluded.intermediate_value, "
-                    "intermediate_value_type = excluded.intermediate_value_type"
-                ),
-                steps,
-            )
+        if orphans:
+            counts["ORPHANED"] = int(orphans)
+            return counts, None
+        if counts.get("COMPLETE", 0) + counts.get("RUNNING", 0) >= n_trials:
+            return counts, None
+        now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+        trial_id = int(
+            run(
+                "INSERT INTO trials (number, study_id, state, datetime_start) "
+                "VALUES (NULL, :s, 'RUNNING', :now) RETURNING trial_id",
+                now=now,
+            ).scalar()
+        )
+        number = int(
+            run(
+                "UPDATE trials SET number = (SELECT COUNT(*) FROM trials "
+                "WHERE study_id = :s AND trial_id < :t) WHERE trial_id = :t RETURNING number",
+                t=trial_id,
+            ).scalar()
+        )
+        run("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (:t, now())", t=trial_id)
+        _write_rows(conn, trial_id, user_attrs=identity)
+    return counts, (trial_id, number)
 
 
 def _dist_json(dist: BaseDistribution) -> str:
@@ -433,14 +543,84 @@ def arch_hashes(
     """
     engine = engine_of(study)
     assert engine is not None
+    with engine.connect() as conn:
+        return _arch_rows(conn, study_id_of(study), key, after_trial_id)
+
+
+def _arch_rows(
+    conn: sqlalchemy.Connection, study_id: int, key: str, after_trial_id: int
+) -> list[tuple[int, int, str, Any]]:
     query = sqlalchemy.text(
         "SELECT t.trial_id, t.number, t.state, a.value_json FROM trials t "
         "JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = :key "
         "WHERE t.study_id = :study AND (t.state = 'RUNNING' "
         "OR (t.state = 'COMPLETE' AND t.trial_id > :after))"
     )
-    with engine.connect() as conn:
-        rows = conn.execute(
-            query, {"key": key, "study": study_id_of(study), "after": after_trial_id}
-        ).all()
+    rows = conn.execute(query, {"key": key, "study": study_id, "after": after_trial_id}).all()
     return [(int(i), int(n), _state_name(s), json.loads(v)) for i, n, s, v in rows]
+
+
+def write_rows_unless(
+    study: optuna.Study,
+    trial_id: int,
+    *,
+    lock_key: int | None,
+    key: str,
+    after_trial_id: int,
+    duplicate_of: Callable[[list[tuple[int, int, str, Any]]], int | None],
+    params: dict[str, tuple[Any, BaseDistribution]],
+    user_attrs: dict[str, Any],
+) -> int | None:
+    """In one transaction (under the transaction-level advisory lock ``lock_key`` on
+    PostgreSQL; the caller holds the file lock on SQLite): read what :func:`arch_hashes` reads,
+    ask ``duplicate_of`` about it, and write the trial's rows unless it names a duplicate.
+
+    Returns:
+        What ``duplicate_of`` returned (None: the rows were written).
+    """
+    engine = engine_of(study)
+    assert engine is not None
+    with engine.begin() as conn:
+        if lock_key is not None:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key})
+        duplicate = duplicate_of(_arch_rows(conn, study_id_of(study), key, after_trial_id))
+        if duplicate is None:
+            _write_rows(conn, trial_id, params, user_attrs)
+    return duplicate
+
+
+class RecentAndBestTrials:
+    """A view of a study whose trial list keeps, of the finished trials, only the best quarter
+    of ``keep`` and the most recent others (RUNNING ones all): what a sampler reads through
+    ``Study._get_trials`` when its history is capped. Everything else is the study's own.
+
+    Used by :class:`cnas_hpc.study.sampler.SpaceTPESampler` with ``study.sampler.max_history``:
+    TPE's cost grows with every trial it reads (0.2 s per proposal at 10,000 trials here).
+    """
+
+    def __init__(self, study: optuna.Study, keep: int) -> None:
+        self._study = study
+        self._keep = keep
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(
+        self,
+        deepcopy: bool = True,
+        states: Any = None,
+        use_cache: bool = False,
+    ) -> list[FrozenTrial]:
+        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        if len(finished) <= self._keep:
+            return trials
+        sign = -1.0 if self._study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        complete = [t for t in finished if t.state == TrialState.COMPLETE and t.values]
+        best = sorted(complete, key=lambda t: sign * t.values[0])[: self._keep // 4]
+        chosen = {t.number for t in best}
+        for trial in reversed(finished):
+            if len(chosen) >= self._keep:
+                break
+            chosen.add(trial.number)
+        return [t for t in trials if t.number in chosen or not t.state.is_finished()]

@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
-from cnas_hpc.study.optuna_internals import fixed_params_of, storage_of, trial_id_of
+from cnas_hpc.study.optuna_internals import fixed_params_of, frozen_of
 
 
 def propose(
@@ -33,7 +33,7 @@ def propose(
     Returns:
         ``name -> value`` in the external representation (as ``suggest_*`` returns them).
     """
-    frozen = storage_of(study).get_trial(trial_id_of(trial))
+    frozen = frozen_of(trial)
     fixed = fixed_params_of(frozen)
     needs_sampling = any(name not in fixed for name in distributions)
     relative = trial.relative_params if needs_sampling else {}

@@ -12,6 +12,7 @@ Contract:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import optuna
@@ -19,6 +20,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial
 
 from cnas_hpc.config.study import SamplerConfig
+from cnas_hpc.study.optuna_internals import RecentAndBestTrials
 
 
 def worker_seed(sampler_seed: int | None, worker: int, number: int = 0) -> int | None:
@@ -39,10 +41,13 @@ def worker_seed(sampler_seed: int | None, worker: int, number: int = 0) -> int |
 
 
 class SpaceTPESampler(optuna.samplers.TPESampler):
-    """TPE told its (static) search space instead of intersecting every trial's distributions.
+    """TPE told its (static) search space instead of intersecting every trial's distributions,
+    optionally reading a capped history.
 
     With ``multivariate`` and without ``group`` the relative search space is the given space
     (its single-choice parameters left out, as Optuna does); otherwise Optuna's own inference.
+    With ``max_history`` TPE reads at most that many finished trials: the best quarter and the
+    most recent others (:class:`~cnas_hpc.study.optuna_internals.RecentAndBestTrials`).
     """
 
     def __init__(
@@ -51,9 +56,11 @@ class SpaceTPESampler(optuna.samplers.TPESampler):
         search_space: Mapping[str, BaseDistribution] | None,
         multivariate: bool,
         group: bool,
+        max_history: int | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(multivariate=multivariate, group=group, **kwargs)  # type: ignore[arg-type]
+        self._max_history = max_history
         self._told_space = (
             {n: d for n, d in search_space.items() if not d.single()}
             if search_space is not None and multivariate and not group
@@ -66,6 +73,27 @@ class SpaceTPESampler(optuna.samplers.TPESampler):
         if self._told_space is None:
             return super().infer_relative_search_space(study, trial)
         return dict(self._told_space)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return super().sample_relative(self._history(study), trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return super().sample_independent(
+            self._history(study), trial, param_name, param_distribution
+        )
+
+    def _history(self, study: optuna.Study) -> optuna.Study:
+        if self._max_history is None:
+            return study
+        return RecentAndBestTrials(study, self._max_history)  # type: ignore[return-value]
 
 
 def make_sampler(
@@ -85,5 +113,6 @@ def make_sampler(
         n_startup_trials=cfg.n_startup_trials,
         n_ei_candidates=cfg.n_ei_candidates,
         constant_liar=cfg.constant_liar,
+        max_history=cfg.max_history,
         seed=worker_seed(cfg.seed, worker, number),
     )
