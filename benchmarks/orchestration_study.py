@@ -11,6 +11,7 @@ lock (what the worker did before issue 13).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import multiprocessing
 import os
 import random
@@ -195,17 +196,15 @@ def new_worker(size: int, work: Path) -> dict[str, Any]:
 def _concurrent_worker(
     settings: Settings, worker: int, median_s: float, results: Any, barrier: Any
 ) -> None:
-    """One worker process: claim, 'train' (sleep with a real heartbeat), tell, until done."""
+    """One worker process: claim, 'train' (sleep with a real heartbeat), tell, until done.
+
+    Puts ``(worker, claims, trials, errors)``: every claim's seconds, and per trial
+    ``(claim s, tell s, whether it was the worker's first claim)``.
+    """
     rng = random.Random(worker)
     errors: list[str] = []
     claims: list[float] = []
-    tells: list[float] = []
-    import cProfile
-    import os as _os
-
-    prof = cProfile.Profile() if worker == 0 and _os.environ.get("CNAS_PROFILE") else None
-    if prof:
-        prof.enable()
+    trials: list[tuple[float, float, bool]] = []
     try:
         settings = dataclasses.replace(settings, worker=worker)
         owner = TrialOwner(settings, _env(worker), encoding_of(settings))
@@ -225,13 +224,10 @@ def _concurrent_worker(
                 time.sleep(rng.lognormvariate(0.0, 0.5) * median_s)
             started = time.perf_counter()
             owner.finish(TrialState.COMPLETE, rng.uniform(3.0, 4.5), {attrs.WALL_S: 1.0})
-            tells.append(time.perf_counter() - started)
+            trials.append((claims[-1], time.perf_counter() - started, len(claims) == 1))
     except Exception as exc:  # counted, not hidden
         errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-    if prof:
-        prof.disable()
-        prof.dump_stats("/tmp/worker0.prof")
-    results.put((worker, claims, tells, errors))
+    results.put((worker, claims, trials, errors))
 
 
 def _count_connections(url: str, stop: threading.Event, peak: list[int]) -> None:
@@ -265,6 +261,7 @@ def concurrency(
             )
             for w in range(workers)
         ]
+        gc.freeze()  # the children share the parent's objects without copying their pages
         for process in processes:
             process.start()
         samples: list[int] = []
@@ -283,7 +280,7 @@ def concurrency(
         states = [t.state for t in study.get_trials(deepcopy=False)]
     claims = [c for _, cs, _, _ in collected for c in cs]
     later_claims = [c for _, cs, _, _ in collected for c in cs[1:]]
-    tells = [t for _, _, ts, _ in collected for t in ts]
+    trials = [t for _, _, ts, _ in collected for t in ts]
     errors = [e for _, _, _, es in collected for e in es]
     result = {
         "workers": workers,
@@ -295,8 +292,9 @@ def concurrency(
         "connection_bound": 3 * workers,
         "claim": percentiles(claims),
         "claim_after_the_first": percentiles(later_claims),
-        "tell": percentiles(tells),
-        "claim_plus_tell": percentiles([c + t for c, t in zip(claims, tells, strict=False)]),
+        "tell": percentiles([tell for _, tell, _ in trials]),
+        "claim_plus_tell": percentiles([c + t for c, t, _ in trials]),
+        "claim_plus_tell_after_the_first": percentiles([c + t for c, t, f in trials if not f]),
         "wall_s": wall,
     }
     print(f"{workers} concurrent workers: {result}", flush=True)

@@ -121,8 +121,8 @@ class _TolerantLaunch(BaseSubmititLauncher):
     def _record(self, array: str) -> None:
         """Remember the array in the study: a rerun while it runs is refused, not doubled."""
         assert self.config is not None
-        if not self.records_array:
-            return
+        if not self.records_array or "study" not in self.config:
+            return  # not a search (another app on this launcher): no study to record it in
         try:
             record_array(self.config, array)
         except Exception as exc:  # the workers run anyway; only the rerun guard is weaker
