@@ -37,6 +37,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import itertools
+
 import optuna
 
 from benchmarks.busy_workload import MEDIAN_S, SIGMA, duration
@@ -82,18 +84,38 @@ def sweeper_python() -> Path:
 
 
 def _fractions(
-    spans: list[tuple[float, float]], workers: int, command_s: float
+    spans: list[tuple[float, float]], workers: int, command: tuple[float, float]
 ) -> dict[str, float]:
+    """Busy fractions of ``spans`` (UNIX start, end of each trial) run by ``workers`` within a
+    command that ran from ``command[0]`` to ``command[1]`` (UNIX time)."""
     busy = sum(end - start for start, end in spans)
-    span = max(end for _, end in spans) - min(start for start, _ in spans)
+    first, last = min(start for start, _ in spans), max(end for _, end in spans)
+    span, command_s = last - first, command[1] - command[0]
     return {
         "trials": len(spans),
         "busy_s": busy,
         "span_s": span,
         "command_s": command_s,
+        "before_first_trial_s": first - command[0],
+        "after_last_trial_s": command[1] - last,
         "busy_span": busy / (workers * span),
         "busy_command": busy / (workers * command_s),
     }
+
+
+def _per_worker(spans: dict[int, list[tuple[float, float]]]) -> dict[str, float]:
+    """Where a worker's idle time in the span goes: its late start, the gaps between its
+    trials (claim and tell), its early end (no trial left)."""
+    first = min(start for trials in spans.values() for start, _ in trials)
+    last = max(end for trials in spans.values() for _, end in trials)
+    late = early = gaps = 0.0
+    for trials in spans.values():
+        ordered = sorted(trials)
+        late += ordered[0][0] - first
+        early += last - ordered[-1][1]
+        gaps += sum(b[0] - a[1] for a, b in itertools.pairwise(ordered))
+    n = len(spans)
+    return {"late_start_s": late / n, "gaps_s": gaps / n, "early_end_s": early / n}
 
 
 def busy_ours(workers: int, n_trials: int, work: Path) -> dict[str, float]:
@@ -104,7 +126,7 @@ def busy_ours(workers: int, n_trials: int, work: Path) -> dict[str, float]:
             )
         )
         env = {**os.environ, "CNAS_REPO": str(ROOT), "CNAS_HOME": str(work / "ours")}
-        started = time.perf_counter()
+        started = time.time()
         run = subprocess.run(
             [
                 sys.executable,
@@ -122,21 +144,23 @@ def busy_ours(workers: int, n_trials: int, work: Path) -> dict[str, float]:
             text=True,
             timeout=3600,
         )
-        command = time.perf_counter() - started
+        command = (started, time.time())
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         trials = optuna.load_study(study_name="busy", storage=url).get_trials(deepcopy=False)
-    spans = [
-        (float(t.user_attrs["bench:start"]), float(t.user_attrs["bench:end"]))
-        for t in trials
-        if t.state == optuna.trial.TrialState.COMPLETE
-    ]
+    by_worker: dict[int, list[tuple[float, float]]] = {}
+    for t in trials:
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            by_worker.setdefault(int(t.user_attrs["cnas:worker_index"]), []).append(
+                (float(t.user_attrs["bench:start"]), float(t.user_attrs["bench:end"]))
+            )
+    spans = [span for trials_of in by_worker.values() for span in trials_of]
     assert len(spans) == n_trials, len(spans)
-    return _fractions(spans, workers, command)
+    return {**_fractions(spans, workers, command), **_per_worker(by_worker)}
 
 
 def busy_sweeper(workers: int, n_trials: int, work: Path) -> dict[str, float]:
     times = work / "sweeper" / "times"
-    started = time.perf_counter()
+    started = time.time()
     run = subprocess.run(
         [
             str(sweeper_python()),
@@ -152,7 +176,7 @@ def busy_sweeper(workers: int, n_trials: int, work: Path) -> dict[str, float]:
         text=True,
         timeout=7200,
     )
-    command = time.perf_counter() - started
+    command = (started, time.time())
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     spans = []
     for path in sorted(times.glob("*.json")):
@@ -296,9 +320,12 @@ def report(results: dict[str, Any]) -> str:
         lines += [
             "## Concurrent workers on one PostgreSQL",
             "",
-            "Processes on this machine (2 cores for all of them), each: claim, sleep a lognormal",
-            "duration with a real heartbeat, tell; all start together (a barrier), the worst case",
-            "for the claim lock. Connection bound: 3 per worker (README, PostgreSQL sizing).",
+            "Processes on this machine (2 cores for all of them, clients and server), each:",
+            "claim, sleep a lognormal duration (median 30 s) with a real heartbeat (every 30 s),",
+            "tell; idle workers poll every 5 s (the defaults). All start together (a barrier):",
+            "the worst case for the claim lock, and a CPU herd no cluster has (there each worker",
+            "has its own cores), so the same numbers after each worker's first claim are shown.",
+            "Connection bound: 3 per worker (README, PostgreSQL sizing).",
             "",
             "| workers | trials | COMPLETE | errors | peak connections (bound) | claim p50 / p99 "
             "| tell p50 / p99 | claim+tell p99 | the same after each worker's first claim |",
@@ -377,7 +404,7 @@ def main() -> None:
     if "new_worker" in args.only:
         results["new_worker"] = new_worker(max(args.sizes), work)
     if "concurrency" in args.only:
-        results["concurrency"] = [concurrency(w, 3, 8.0, work) for w in args.workers]
+        results["concurrency"] = [concurrency(w, 3, 30.0, work) for w in args.workers]
     if "busy" in args.only:
         results["busy"] = busy(4, 16, work)
     write_json(RESULTS, results)

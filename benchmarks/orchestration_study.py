@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import sqlalchemy
 from optuna.trial import TrialState
@@ -146,7 +147,7 @@ class Clock:
         return lambda *a, **k: None
 
 settings = bench_settings(sys.argv[2], Path(sys.argv[3]), "search.n_trials=1000000",
-                          "debug=tiny", "data.fraction=0.2")
+                          "debug=tiny", "data=npz", f"data.path={sys.argv[4]}")
 run_worker(settings, DistEnv(job_id="9999", launcher="slurm"), observers=lambda study: [Clock()])
 """
 
@@ -166,9 +167,14 @@ def new_worker(size: int, work: Path) -> dict[str, Any]:
         primed = load_study(settings, worker=0)
         assert len(primed.get_trials(deepcopy=False)) == size
         ours_read = time.perf_counter() - ours_started
+        # CIFAR-sized images in an npz file, as a cluster search reads them.
+        images = work / "images.npz"
+        np.savez(
+            images, images=np.random.default_rng(0).integers(0, 255, (2048, 32, 32, 3), np.uint8)
+        )
         started = time.time()
         run = subprocess.run(
-            [sys.executable, "-c", _WORKER_START, str(started), url, str(work)],
+            [sys.executable, "-c", _WORKER_START, str(started), url, str(work), str(images)],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -216,10 +222,13 @@ def _concurrent_worker(
             if assignment.kind == "done":
                 break
             if assignment.kind == "wait":
-                time.sleep(1.0)
+                time.sleep(settings.search.poll_seconds)
                 continue
             assert owner.trial is not None
-            beat = Heartbeat(owner.storage, trial_id_of(owner.trial), 5, release=owner.release)
+            interval = settings.study.heartbeat_interval
+            beat = Heartbeat(
+                owner.storage, trial_id_of(owner.trial), interval, release=owner.release
+            )
             with beat:
                 time.sleep(rng.lognormvariate(0.0, 0.5) * median_s)
             started = time.perf_counter()

@@ -400,23 +400,24 @@ class TrialOwner:
         self._attr_notes, self._report_notes = {}, {}
 
     def _tell(self, payload: dict[str, Any]) -> bool:
-        """Tell one result (attributes and intermediate values in one write, then the state);
-        False when the trial was already finished (by someone else)."""
+        """Tell one result: its attributes and intermediate values in one write, then its state.
+
+        Returns:
+            False when the trial was already finished (by someone else): nothing was written.
+        """
         trial_id, number = int(payload["trial_id"]), int(payload["number"])
-        frozen = self._retry(partial(self.storage.get_trial, trial_id), f"read trial {number}")
-        if frozen.state.is_finished():
-            return False
-        reports = {
-            int(epoch): value
-            for epoch, value in payload.get("reports", {}).items()
-            if int(epoch) not in frozen.intermediate_values
-        }
-        user_attrs = {k: v for k, v in payload["attrs"].items() if frozen.user_attrs.get(k) != v}
-        if reports or user_attrs:
-            write = partial(
-                write_trial_rows, self.study, trial_id, user_attrs=user_attrs, intermediate=reports
-            )
+        reports = {int(epoch): value for epoch, value in payload.get("reports", {}).items()}
+        write = partial(
+            write_trial_rows,
+            self.study,
+            trial_id,
+            user_attrs=payload["attrs"],
+            intermediate=reports,
+        )
+        try:
             self._retry(write, f"record trial {number}")
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
         state = TrialState[payload["state"]]
         value = payload["value"] if state == TrialState.COMPLETE else None
         self._retry(

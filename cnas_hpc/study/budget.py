@@ -34,6 +34,7 @@ from optuna.distributions import BaseDistribution
 from cnas_hpc.common import attrs
 from cnas_hpc.study.optuna_internals import (
     arch_hashes,
+    budget_snapshot,
     count_by_state,
     engine_of,
     record_heartbeat,
@@ -184,6 +185,10 @@ def claim_trial(
             heartbeat.
     """
     candidates = stale_candidates(study, keep)
+    if not candidates:
+        idle = _nothing_to_claim(study, n_trials)
+        if idle is not None:
+            return idle
     engine = engine_of(study)
     usual = not candidates and prepare is None and engine is not None
     if usual and engine is not None and engine.dialect.name == "postgresql":
@@ -215,6 +220,19 @@ def claim_trial(
         if prepare is not None:
             trial = prepare(trial)
         return Claim(ClaimStatus.CLAIMED, trial, count)
+
+
+def _nothing_to_claim(study: optuna.Study, n_trials: int) -> Claim | None:
+    """DONE or WAIT, decided without the lock when nothing could change it under the lock (no
+    free slot, no retry waiting, no orphan to fail): idle workers polling near the end of a
+    study then never queue for the lock. None: take the lock."""
+    by_state, orphans = budget_snapshot(study)
+    count = _budget_of(by_state)
+    if count.complete >= n_trials:
+        return Claim(ClaimStatus.DONE, None, count)
+    if count.waiting or count.remaining(n_trials) or orphans:
+        return None
+    return Claim(ClaimStatus.WAIT, None, count)
 
 
 def _claim_in_one_transaction(

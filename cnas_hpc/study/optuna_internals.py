@@ -158,20 +158,37 @@ def stale_running(study: optuna.Study, grace_s: float) -> list[tuple[int, int, f
     engine = engine_of(study)
     if engine is None:
         return []
+    # The database's clock in the same statement: one round trip per claim.
     query = sqlalchemy.text(
-        "SELECT t.trial_id, t.number, h.heartbeat FROM trials t "
+        "SELECT t.trial_id, t.number, h.heartbeat, CURRENT_TIMESTAMP FROM trials t "
         "JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
         "WHERE t.study_id = :study AND t.state = 'RUNNING'"
     )
     with engine.connect() as conn:
-        now = _as_datetime(conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar())
         rows = conn.execute(query, {"study": study_id_of(study)}).all()
     stale = []
-    for trial_id, number, heartbeat in rows:
-        when = _as_datetime(heartbeat)
+    for trial_id, number, heartbeat, now_raw in rows:
+        now, when = _as_datetime(now_raw), _as_datetime(heartbeat)
         if now is not None and when is not None and (now - when).total_seconds() > grace_s:
             stale.append((int(trial_id), int(number), (now - when).total_seconds()))
     return stale
+
+
+def budget_snapshot(study: optuna.Study) -> tuple[dict[str, int], int]:
+    """Trials per state and the number of RUNNING trials without any heartbeat (orphans), in
+    one statement."""
+    engine = engine_of(study)
+    if engine is None:
+        return count_by_state(study), 0
+    query = sqlalchemy.text(
+        "SELECT t.state, COUNT(*), SUM(CASE WHEN t.state = 'RUNNING' AND h.trial_id IS NULL "
+        "THEN 1 ELSE 0 END) FROM trials t LEFT JOIN trial_heartbeats h "
+        "ON h.trial_id = t.trial_id WHERE t.study_id = :study GROUP BY t.state"
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query, {"study": study_id_of(study)}).all()
+    counts = {_state_name(state): int(n) for state, n, _ in rows}
+    return counts, sum(int(orphans or 0) for _, _, orphans in rows)
 
 
 def _as_datetime(value: object) -> datetime.datetime | None:
@@ -216,7 +233,8 @@ def _stored(value: float | None, kind: object) -> float:
 _TRIAL_READS = {
     "values": "SELECT x.trial_id, x.objective, x.value, x.value_type FROM trial_values x",
     "params": (
-        "SELECT x.trial_id, x.param_name, x.param_value, x.distribution_json FROM trial_params x"
+        "SELECT x.param_id, x.trial_id, x.param_name, x.param_value, x.distribution_json "
+        "FROM trial_params x"
     ),
     "user": "SELECT x.trial_id, x.key, x.value_json FROM trial_user_attributes x",
     "system": "SELECT x.trial_id, x.key, x.value_json FROM trial_system_attributes x",
@@ -266,6 +284,32 @@ def _read_trial_rows(
     return out
 
 
+_MISSING = object()
+
+
+def _build_params(
+    rows: list[Any],
+    params: dict[int, dict[Any, Any]],
+    distributions: dict[int, dict[Any, Any]],
+) -> None:
+    """Each trial's parameters and distributions, in ``param_id`` order (as Optuna's); each
+    distinct distribution parsed once, each distinct value converted once."""
+    parsed: dict[str, BaseDistribution] = {}
+    external: dict[tuple[int, float], Any] = {}
+    ordered: dict[int, list[tuple[int, str, Any, BaseDistribution]]] = defaultdict(list)
+    for param_id, trial_id, name, internal, dist_json in rows:  # already in param_id order
+        if dist_json not in parsed:
+            parsed[dist_json] = json_to_distribution(dist_json)
+        dist = parsed[dist_json]
+        key = (id(dist), internal)
+        if key not in external:
+            external[key] = dist.to_external_repr(internal)
+        ordered[trial_id].append((param_id, name, external[key], dist))
+    for trial_id, entries in ordered.items():
+        params[trial_id] = {name: value for _, name, value, _ in entries}
+        distributions[trial_id] = {name: dist for _, name, _, dist in entries}
+
+
 def _build_trials(rows: dict[str, list[Any]]) -> list[FrozenTrial]:
     """FrozenTrials from :func:`_read_trial_rows`, as ``RDBStorage`` builds them."""
     parts: dict[str, dict[int, dict[Any, Any]]] = {
@@ -273,15 +317,16 @@ def _build_trials(rows: dict[str, list[Any]]) -> list[FrozenTrial]:
     }
     for trial_id, objective, value, kind in rows["values"]:
         parts["values"][trial_id][objective] = _stored(value, kind)
-    parsed: dict[str, BaseDistribution] = {}
-    for trial_id, name, internal, dist_json in rows["params"]:
-        if dist_json not in parsed:
-            parsed[dist_json] = json_to_distribution(dist_json)
-        parts["params"][trial_id][name] = parsed[dist_json].to_external_repr(internal)
-        parts["dists"][trial_id][name] = parsed[dist_json]
+    _build_params(rows["params"], parts["params"], parts["dists"])
+    decoded: dict[str, Any] = {}
     for kind in ("user", "system"):
         for trial_id, key, value_json in rows[kind]:
-            parts[kind][trial_id][key] = json.loads(value_json)
+            value = decoded.get(value_json, _MISSING)
+            if value is _MISSING:
+                value = json.loads(value_json)
+                if isinstance(value, str | int | float | bool) or value is None:
+                    decoded[value_json] = value  # immutable: one object for every equal text
+            parts[kind][trial_id][key] = value
     for trial_id, step, value, value_kind in rows["steps"]:
         parts["steps"][trial_id][step] = _stored(value, value_kind)
     trials = []
