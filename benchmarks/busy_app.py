@@ -54,7 +54,7 @@ def main(cfg: DictConfig) -> int:
         assert owner.trial is not None
         start = time.time()
         with Heartbeat(owner.storage, trial_id_of(owner.trial), 10, release=owner.release):
-            time.sleep(duration(assignment.number))
+            time.sleep(duration(assignment.number, float(cfg.median_s), float(cfg.sigma)))
         end = time.time()
         owner.finish(TrialState.COMPLETE, end - start, {"bench:start": start, "bench:end": end})
         done += 1

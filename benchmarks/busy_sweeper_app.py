@@ -30,7 +30,7 @@ def main(cfg: DictConfig) -> float:
     """One trial: sleep its duration, record when."""
     index = int(HydraConfig.get().job.num)
     start = time.time()
-    time.sleep(duration(index))
+    time.sleep(duration(index, float(cfg.median_s), float(cfg.sigma)))
     end = time.time()
     times = Path(str(cfg.times))
     times.mkdir(parents=True, exist_ok=True)

@@ -18,10 +18,9 @@ from typing import NoReturn
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from cnas_hpc.common.errors import ConfigError, StudyError
+from cnas_hpc.common.errors import ConfigError, StudyError, WorkerError
 from cnas_hpc.common.storage_url import check_storage_secret
 from cnas_hpc.config import Settings, settings_from_config
-from cnas_hpc.search.worker import WorkerError
 from cnas_hpc.space.encoding import encoding_from_config
 
 #: Errors that are the user's input, reported as one line (no traceback).

@@ -6,12 +6,18 @@ instead of being raised out of the multirun (the other workers finish the study 
 After Hydra's ``on_multirun_end`` has printed the study's summary,
 :func:`cnas_hpc.cli.search.BootstrapCallback.on_multirun_end` names the dead workers and exits
 with status :data:`EXIT_WORKERS_DIED` (the launcher and the callbacks share this process; this
-module is their only channel).
+module is their only channel). It imports little (no tracker, no plotting): Hydra imports the
+launcher plugin, hence this module, in every worker.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from omegaconf import DictConfig
+
+from cnas_hpc.cli.common import settings_of
+from cnas_hpc.study.lifecycle import record_array as record_study_array
 
 #: Exit status of a multirun in which at least one worker died.
 EXIT_WORKERS_DIED = 1
@@ -65,3 +71,13 @@ class MultirunOutcome:
 
 #: The outcome of this process's multirun.
 OUTCOME = MultirunOutcome()
+
+
+def record_array(cfg: DictConfig, array_job_id: str) -> None:
+    """Record in the study that SLURM array ``array_job_id`` works it (called by the launcher;
+    a rerun of the command is refused while the array runs).
+
+    Raises:
+        StudyError: the database cannot be written.
+    """
+    record_study_array(settings_of(cfg), array_job_id)

@@ -64,7 +64,6 @@ from cnas_hpc.distributed.jobs import array_tasks_held
 from cnas_hpc.search.observer import TrialObserver
 from cnas_hpc.search.worker import run_worker
 from cnas_hpc.study.lifecycle import arrays_of, bootstrap_study, load_study
-from cnas_hpc.study.lifecycle import record_array as record_study_array
 from cnas_hpc.study.retry import DatabaseUnavailableError
 from cnas_hpc.tracking.progress import SearchProgress
 from cnas_hpc.tracking.wandb_tracker import WandbTracker
@@ -326,12 +325,3 @@ def run_search_task(cfg: DictConfig) -> int:
         log.exception("worker failed")
         fail(f"worker failed: {type(exc).__name__}: {exc}", EXIT_WORKER_FAILED)
     return report.completed
-
-
-def record_array(cfg: DictConfig, array_job_id: str) -> None:
-    """Record in the study that SLURM array ``array_job_id`` works it (called by the launcher).
-
-    Raises:
-        StudyError: the database cannot be written.
-    """
-    record_study_array(settings_of(cfg), array_job_id)

@@ -29,3 +29,7 @@ class StudyUnreachableError(StudyError):
     def __init__(self, message: str, detail: str = "") -> None:
         super().__init__(message)
         self.detail = detail
+
+
+class WorkerError(RuntimeError):
+    """A worker cannot go on (e.g. every trial of a broken config fails); one-line message."""

@@ -35,7 +35,7 @@ import optuna
 import torch
 
 from cnas_hpc.common import attrs
-from cnas_hpc.common.errors import StudyError
+from cnas_hpc.common.errors import StudyError, WorkerError
 from cnas_hpc.common.observers import ObserverGroup
 from cnas_hpc.config import Settings
 from cnas_hpc.data.datasets import load_images
@@ -58,12 +58,10 @@ from cnas_hpc.study.retry import DatabaseUnavailableError, RetryStoppedError
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ObserverFactory", "WorkerError", "WorkerReport", "run_worker"]
+
 #: Builds rank 0's observers once the worker has loaded the study (given to them).
 ObserverFactory = Callable[[optuna.Study], Sequence[TrialObserver]]
-
-
-class WorkerError(RuntimeError):
-    """The worker cannot go on (e.g. too many consecutive failures); one-line message."""
 
 
 @dataclass

@@ -16,7 +16,7 @@ Differences from the plugin:
   workers in one ``error:`` line and exits with status 1. Waiting relies on submitit's job
   states, which need SLURM accounting (``sacct``; the dev cluster runs slurmdbd) to see a killed
   job: without it ``job.done()`` would stay False forever.
-* The array's id is recorded in the study (:func:`cnas_hpc.cli.search.record_array`): running
+* The array's id is recorded in the study (:func:`cnas_hpc.cli.multirun.record_array`): running
   the same command again while the array still works the study is refused with one line
   instead of submitting a second array.
 * Ctrl-C (SIGINT) or SIGTERM while waiting ends the launcher with one line saying that the
@@ -52,8 +52,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
 )
 from omegaconf import OmegaConf
 
-from cnas_hpc.cli.multirun import OUTCOME, WorkerDeath
-from cnas_hpc.cli.search import record_array
+from cnas_hpc.cli.multirun import OUTCOME, WorkerDeath, record_array
 from cnas_hpc.distributed.jobs import HELD_STATES, job_state
 
 # Same-named YAML over a plugin schema is Hydra's "automatic schema matching": supported by the
