@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import optuna
@@ -16,6 +20,7 @@ from cnas_hpc.search.worker import WorkerError, run_worker
 from cnas_hpc.space.genotype import genotype_from_json, validate_genotype
 from cnas_hpc.study.lifecycle import bootstrap_study, load_study
 from cnas_hpc.tracking.progress import SearchProgress
+from cnas_hpc.train.checkpoint import TrainState
 from tests.helpers import tiny_settings
 
 
@@ -173,3 +178,52 @@ def test_knn_objective_maximises(tmp_path: Path) -> None:
     study = load_study(s, worker=0)
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     assert 0.0 <= study.best_value <= 1.0
+
+
+class _Preempt(SearchProgress):
+    """The terminal progress, which preempts its own worker after the first epoch (SIGUSR2, as
+    SLURM does)."""
+
+    def epoch(self, epoch: int, metrics: Mapping[str, float | None]) -> None:
+        super().epoch(epoch, metrics)
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+
+def test_reports_follow_checkpoints_and_a_resumed_trial_counts_all_its_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An epoch's objective reaches the study only after that epoch's checkpoint is written;
+    a trial stopped after its first epoch and resumed by its retry reports the time of both
+    segments (seen: only the last segment's time in the best-trials table)."""
+    s = tiny_settings(
+        tmp_path,
+        "search.n_trials=1",
+        "train.epochs=3",
+        "train.max_steps_per_epoch=4",
+        "study.heartbeat_interval=1",
+        "study.grace_period=2",
+    )
+    bootstrap_study(s)
+    reported_at_save: list[tuple[int, list[int]]] = []
+    real_save = trial_module.save_checkpoint
+
+    def save(state: TrainState, path: Path) -> None:
+        real_save(state, path)
+        running = load_study(s, worker=0).get_trials(states=(TrialState.RUNNING,))
+        reported_at_save.append((state.epoch, sorted(running[0].intermediate_values)))
+
+    monkeypatch.setattr(trial_module, "save_checkpoint", save)
+    started = time.perf_counter()
+    with pytest.raises(SystemExit, match="stopped by SIGUSR2"):
+        run_worker(s, observers=lambda study: [_Preempt(1, use_bars=False)])
+    first_segment = time.perf_counter() - started
+    # at the checkpoint of epoch e, the study had not yet been told epoch e's objective
+    assert reported_at_save and all(epoch not in seen for epoch, seen in reported_at_save)
+    time.sleep(2.5)  # the stopped trial goes stale; a local worker has no job to ask about
+    assert run_worker(s).completed == 1
+    trials = load_study(s, worker=0).trials
+    (retry,) = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert retry.user_attrs[attrs.RESUMED_FROM_EPOCH] >= 1
+    assert sorted(retry.intermediate_values) == [1, 2, 3]  # epoch 1 re-told from the checkpoint
+    assert retry.user_attrs[attrs.WALL_S] > 0.5 * first_segment
