@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +16,7 @@ from typing import Any
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from sqlalchemy.engine import make_url
 
 from cnas_hpc.config import Settings, settings_from_config
 from hydra_plugins.cnas_hpc_launcher.cluster_launcher import HELD_STATES
@@ -113,3 +117,88 @@ def run_evaluate(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``launch/evaluate.py`` as a user would (see :func:`run_launch`)."""
     return run_launch("evaluate.py", args, home=home, timeout=timeout, env=env)
+
+
+class DatabaseProxy:
+    """A TCP forwarder in front of the real PostgreSQL server: an outage of OUR workers only.
+
+    The PostgreSQL server is shared by every engineer's tests; stopping it would break theirs.
+    Workers of a fault test reach the server through this proxy instead (a URL with
+    ``host=localhost`` for ``~/.pgpass`` and ``hostaddr=127.0.0.2`` for the proxy, see
+    :meth:`url`): :meth:`down` refuses new connections and resets the open ones, exactly what a
+    crashed or restarting server does to its clients; :meth:`up` serves again.
+    """
+
+    def __init__(self, listen: str = "127.0.0.2", target: tuple[str, int] = ("127.0.0.1", 5432)):
+        self.listen = (listen, target[1])
+        self.target = target
+        self._server: socket.socket | None = None
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def url(self, base_url: str) -> str:
+        """``base_url`` (a password-free PostgreSQL URL) routed through the proxy."""
+        parsed = make_url(base_url)
+        routed = parsed.set(host="localhost", port=self.target[1]).update_query_dict(
+            {"hostaddr": self.listen[0]}
+        )
+        return routed.render_as_string(hide_password=False)
+
+    def up(self) -> None:
+        """Accept connections (and forward them to the server)."""
+        if self._server is not None:
+            return
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(self.listen)
+        server.listen(128)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def down(self) -> None:
+        """Refuse new connections and reset every open one (the server "crashed")."""
+        server, self._server = self._server, None
+        if server is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would not, and the
+            # kernel would go on accepting connections for it.
+            with contextlib.suppress(OSError):
+                server.shutdown(socket.SHUT_RDWR)
+            server.close()
+        with self._lock:
+            for conn in self._open:
+                # shutdown() first: close() alone neither wakes the pump blocked in recv() nor
+                # tells the server, whose session (and any lock it holds) would live on.
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    conn.close()
+            self._open.clear()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:  # closed by down()
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._open.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+            with self._lock:
+                self._open.discard(source)

@@ -19,6 +19,8 @@ from cnas_hpc.distributed.env import (
     PORT_BASE,
     PORT_SPAN,
     DistEnv,
+    allocated_cpus,
+    cpu_budget,
     derive_port,
     distributed_session,
     init_distributed,
@@ -301,14 +303,14 @@ def test_single_process_session_is_a_no_op() -> None:
 
 _RANK_VARS = re.compile(
     r"""["'](SLURM_\w+|SUBMITIT_\w+|RANK|WORLD_SIZE|LOCAL_RANK|LOCAL_WORLD_SIZE|"""
-    r"""GROUP_WORLD_SIZE|MASTER_ADDR|MASTER_PORT)["']"""
+    r"""GROUP_WORLD_SIZE|MASTER_ADDR|MASTER_PORT)["']|sched_getaffinity|cpu_count\("""
 )
 
 
 def test_only_dist_env_names_rank_variables() -> None:
     allowed = ROOT / "cnas_hpc" / "distributed" / "env.py"
     offenders = []
-    for folder in ("cnas_hpc", "launch"):
+    for folder in ("cnas_hpc", "launch", "hydra_plugins"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             if path == allowed:
                 continue
@@ -317,3 +319,65 @@ def test_only_dist_env_names_rank_variables() -> None:
                     offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not offenders, "read ranks through DistEnv instead:\n" + "\n".join(offenders)
     assert _RANK_VARS.search(allowed.read_text(encoding="utf-8"))  # the check can fire
+
+
+# ------------------------------------------------------------------------------------------
+# CPU budget: threads sized from the allocation, not from the cores the process sees
+# ------------------------------------------------------------------------------------------
+
+AFFINITY = len(os.sched_getaffinity(0))
+
+
+def test_slurm_cpus_per_task_sizes_the_thread_pools() -> None:
+    budget = cpu_budget(DistEnv(), environ={"SLURM_CPUS_PER_TASK": "1"})
+    assert (budget.cpus, budget.intra_op, budget.inter_op, budget.loader_workers) == (1, 1, 1, 0)
+    assert budget.source == "SLURM_CPUS_PER_TASK=1"
+    assert "1 intra-op / 1 inter-op" in budget.describe()
+
+
+def test_train_num_threads_overrides_the_allocation() -> None:
+    budget = cpu_budget(DistEnv(), 3, environ={"SLURM_CPUS_PER_TASK": "1"})
+    assert (budget.intra_op, budget.cpus) == (3, 3)
+    assert budget.source.startswith("train.num_threads=3")
+
+
+def test_job_cpus_per_node_is_shared_by_the_ranks_of_a_node() -> None:
+    env = DistEnv(global_rank=1, local_rank=1, world_size=4, num_nodes=2)
+    cpus, source = allocated_cpus(env, {"SLURM_JOB_CPUS_PER_NODE": "2(x2)"})
+    assert cpus == min(1, AFFINITY) and "over 2 rank(s)" in source
+
+
+def test_the_affinity_mask_caps_what_slurm_promises() -> None:
+    cpus, source = allocated_cpus(DistEnv(), {"SLURM_CPUS_PER_TASK": str(AFFINITY + 7)})
+    assert cpus == AFFINITY and source.endswith("capped by CPU affinity")
+    assert allocated_cpus(DistEnv(), {}) == (AFFINITY, "CPU affinity")
+
+
+def test_torchrun_ranks_share_the_affinity_mask() -> None:
+    env = DistEnv(world_size=2, launcher="torchrun")
+    assert allocated_cpus(env, {})[0] == max(1, AFFINITY // 2)
+
+
+def test_many_cpus_get_two_inter_op_threads() -> None:
+    assert cpu_budget(DistEnv(), 8).inter_op == 2
+    assert cpu_budget(DistEnv(), 8).loader_workers == 7
+
+
+def test_a_worker_process_applies_its_budget() -> None:
+    """Both pools take their size in a fresh process (inter-op only before its first use)."""
+    code = (
+        "import torch\n"
+        "from cnas_hpc.distributed.env import DistEnv, apply_cpu_budget, cpu_budget\n"
+        "apply_cpu_budget(cpu_budget(DistEnv.from_environment()))\n"
+        "print(torch.get_num_threads(), torch.get_num_interop_threads())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "SLURM_CPUS_PER_TASK": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert out.stdout.split() == ["1", "1"], out.stderr[-2000:]

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import optuna
@@ -14,7 +19,8 @@ from cnas_hpc.search import trial as trial_module
 from cnas_hpc.search.worker import WorkerError, run_worker
 from cnas_hpc.space.genotype import genotype_from_json, validate_genotype
 from cnas_hpc.study.lifecycle import bootstrap_study, load_study
-from cnas_hpc.train.outcome import TrainingAbortedError
+from cnas_hpc.tracking.progress import SearchProgress
+from cnas_hpc.train.checkpoint import TrainState
 from tests.helpers import tiny_settings
 
 
@@ -54,16 +60,15 @@ def test_a_rerun_with_a_larger_budget_only_adds_the_difference(tmp_path: Path) -
     assert len(study.trials) == 3
 
 
-def test_diverging_trials_are_pruned_and_a_broken_config_stops(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def diverge(*args: object, **kwargs: object) -> None:
-        raise TrainingAbortedError(
-            "non_finite_loss", "non-finite contrastive loss at epoch 0, step 3"
-        )
-
-    monkeypatch.setattr(trial_module, "train_candidate", diverge)
-    s = tiny_settings(tmp_path, "search.n_trials=5", "search.max_consecutive_failures=2")
+def test_diverging_trials_are_pruned_and_a_broken_config_stops(tmp_path: Path) -> None:
+    """Through the REAL training loop: a learning rate of 1e12 without clipping diverges."""
+    s = tiny_settings(
+        tmp_path,
+        "search.n_trials=5",
+        "search.max_consecutive_failures=2",
+        "train.lr=1e12",
+        "train.grad_clip=null",
+    )
     bootstrap_study(s)
     with pytest.raises(WorkerError, match=r"2 consecutive trials failed.*non-finite"):
         run_worker(s)
@@ -72,6 +77,40 @@ def test_diverging_trials_are_pruned_and_a_broken_config_stops(
     assert len(pruned) == 2  # PRUNED, not FAIL: TPE learns to avoid diverging cells
     assert all("non_finite_loss" in t.user_attrs[attrs.FAIL_REASON] for t in pruned)
     assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_a_proxy_too_large_for_the_node_is_pruned(tmp_path: Path) -> None:
+    """200,000 channels: the CPU allocator refuses a 160 GB weight at once (nothing is touched)."""
+    s = tiny_settings(
+        tmp_path, "search.n_trials=1", "search.max_consecutive_failures=1", "model.channels=200000"
+    )
+    bootstrap_study(s)
+    with pytest.raises(WorkerError, match="out_of_memory"):
+        run_worker(s)
+    (trial,) = load_study(s, worker=0).trials
+    assert trial.state == TrialState.PRUNED
+    assert trial.user_attrs[attrs.FAIL_REASON].startswith("out_of_memory: ")
+    assert "can't allocate memory" in trial.user_attrs[attrs.FAIL_REASON]
+
+
+def test_any_exception_of_a_trial_is_recorded_with_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not only ValueError/RuntimeError: a KeyError while the network is built is a FAIL with
+    its reason, and the progress log names the trial (seen: ``trial None: FAIL``)."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("normal/n2/op0")
+
+    monkeypatch.setattr(trial_module, "build_candidate", broken)
+    s = tiny_settings(tmp_path, "search.n_trials=2", "search.max_consecutive_failures=2")
+    bootstrap_study(s)
+    caplog.set_level(logging.INFO, logger="cnas_hpc")
+    with pytest.raises(WorkerError, match="KeyError"):
+        run_worker(s, observers=lambda study: [SearchProgress(2, use_bars=False)])
+    failed = load_study(s, worker=0).get_trials(states=(TrialState.FAIL,))
+    assert [t.user_attrs[attrs.FAIL_REASON] for t in failed] == ["KeyError: 'normal/n2/op0'"] * 2
+    assert "trial 0: FAIL" in caplog.text and "trial None" not in caplog.text
 
 
 def test_one_failure_does_not_stop_the_worker(
@@ -139,3 +178,52 @@ def test_knn_objective_maximises(tmp_path: Path) -> None:
     study = load_study(s, worker=0)
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     assert 0.0 <= study.best_value <= 1.0
+
+
+class _Preempt(SearchProgress):
+    """The terminal progress, which preempts its own worker after the first epoch (SIGUSR2, as
+    SLURM does)."""
+
+    def epoch(self, epoch: int, metrics: Mapping[str, float | None]) -> None:
+        super().epoch(epoch, metrics)
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+
+def test_reports_follow_checkpoints_and_a_resumed_trial_counts_all_its_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An epoch's objective reaches the study only after that epoch's checkpoint is written;
+    a trial stopped after its first epoch and resumed by its retry reports the time of both
+    segments (seen: only the last segment's time in the best-trials table)."""
+    s = tiny_settings(
+        tmp_path,
+        "search.n_trials=1",
+        "train.epochs=3",
+        "train.max_steps_per_epoch=4",
+        "study.heartbeat_interval=1",
+        "study.grace_period=2",
+    )
+    bootstrap_study(s)
+    reported_at_save: list[tuple[int, list[int]]] = []
+    real_save = trial_module.save_checkpoint
+
+    def save(state: TrainState, path: Path) -> None:
+        real_save(state, path)
+        running = load_study(s, worker=0).get_trials(states=(TrialState.RUNNING,))
+        reported_at_save.append((state.epoch, sorted(running[0].intermediate_values)))
+
+    monkeypatch.setattr(trial_module, "save_checkpoint", save)
+    started = time.perf_counter()
+    with pytest.raises(SystemExit, match="stopped by SIGUSR2"):
+        run_worker(s, observers=lambda study: [_Preempt(1, use_bars=False)])
+    first_segment = time.perf_counter() - started
+    # at the checkpoint of epoch e, the study had not yet been told epoch e's objective
+    assert reported_at_save and all(epoch not in seen for epoch, seen in reported_at_save)
+    time.sleep(2.5)  # the stopped trial goes stale; a local worker has no job to ask about
+    assert run_worker(s).completed == 1
+    trials = load_study(s, worker=0).trials
+    (retry,) = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert retry.user_attrs[attrs.RESUMED_FROM_EPOCH] >= 1
+    assert sorted(retry.intermediate_values) == [1, 2, 3]  # epoch 1 re-told from the checkpoint
+    assert retry.user_attrs[attrs.WALL_S] > 0.5 * first_segment

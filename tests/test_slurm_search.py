@@ -19,14 +19,14 @@ from tests.helpers import run_search, sacct_array_tasks
 
 pytestmark = [pytest.mark.slurm, pytest.mark.postgres, pytest.mark.slow]
 
-#: A tiny proxy, a few steps per trial, one torch thread per rank (the node has 2 cores).
+#: A tiny proxy, a few steps per trial. No train.num_threads: each rank sizes its torch threads
+#: from its allocation (slurm_cpu asks cpus_per_task=1 on the 2-core node).
 CLUSTER_TINY = (
     "hydra/launcher=slurm_cpu",
     "debug=tiny",
     "study=postgres",
     "study.name=slurm-test",
     "search.poll_seconds=1",
-    "train.num_threads=1",
 )
 
 
@@ -83,6 +83,11 @@ def test_four_workers_share_one_study_through_one_array(fresh_pg_url: str, tmp_p
         t.user_attrs[attrs.WORKER] == f"slurm:{array_job}_{t.user_attrs[attrs.ARRAY_TASK]}"
         for t in complete
     )
+    # one torch thread each, from SLURM_CPUS_PER_TASK=1, not one per core of the node
+    assert {t.user_attrs[attrs.CPU_THREADS] for t in complete} == {1}
+    assert "1 intra-op / 1 inter-op thread(s) (1 CPU(s) from SLURM_CPUS_PER_TASK=1)" in (
+        worker_logs(tmp_path)
+    )
 
 
 def test_a_two_rank_ddp_worker_trains_on_both_ranks(fresh_pg_url: str, tmp_path: Path) -> None:
@@ -90,6 +95,7 @@ def test_a_two_rank_ddp_worker_trains_on_both_ranks(fresh_pg_url: str, tmp_path:
     trials = trials_of(fresh_pg_url)
     assert_exact_budget(trials, 2)
     assert all(t.user_attrs[attrs.WORLD_SIZE] == 2 for t in trials)
+    assert all(t.user_attrs[attrs.CPU_THREADS] == 1 for t in trials)
     logs = worker_logs(tmp_path)
     for rank in (0, 1):
         assert f"rank {rank}/2 trained trial" in logs, logs[-3000:]

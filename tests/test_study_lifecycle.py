@@ -65,6 +65,9 @@ def test_worker_seeds_differ_and_are_reproducible() -> None:
     assert seeds == [worker_seed(0, w) for w in range(64)]
     assert worker_seed(None, 3) is None
     assert worker_seed(1, 0) != worker_seed(0, 0)
+    # one seed per proposal: a restarted worker does not replay its earlier proposals
+    per_trial = [worker_seed(0, 3, n) for n in range(64)]
+    assert len(set(per_trial)) == 64 and per_trial == [worker_seed(0, 3, n) for n in range(64)]
 
 
 def test_sampler_settings_are_explicit(tmp_path: Path) -> None:
@@ -203,7 +206,10 @@ def test_a_trial_that_never_sent_a_heartbeat_is_failed_as_orphaned(
     bootstrap_study(s)
     study = load_study(s, worker=0)
     orphan = study.ask()  # a worker lost the database right after asking: no heartbeat ever
-    time.sleep(3.5)
+    # At once, no grace period: a claim records its first heartbeat inside the lock, so under
+    # the lock a trial without one is a claim that was cut.
     claim = claim_trial(study, 1)
     assert claim.status is ClaimStatus.CLAIMED  # the orphan no longer holds the only slot
-    assert study.get_trials(deepcopy=False)[orphan.number].state == TrialState.FAIL
+    failed = study.get_trials(deepcopy=False)[orphan.number]
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs[attrs.FAIL_REASON].startswith("orphaned: ")

@@ -96,3 +96,45 @@ def test_the_queries_agree_with_the_public_api(study: optuna.Study) -> None:
     assert internals.fail_trial(study, internals.trial_id_of(silent))
     assert not internals.fail_trial(study, internals.trial_id_of(silent))  # already finished
     assert study.get_trials(deepcopy=False)[silent.number].state == TrialState.FAIL
+
+
+def test_the_lean_read_of_finished_trials_equals_optunas(study: optuna.Study) -> None:
+    """Every kind of row, every special value: the lean read must give Optuna's own trials."""
+    space = {
+        "c": optuna.distributions.CategoricalDistribution(["a", "b", "c"]),
+        "x": optuna.distributions.FloatDistribution(0.0, 1.0),
+        "n": optuna.distributions.IntDistribution(1, 9),
+    }
+    for value, state in ((1.5, TrialState.COMPLETE), (float("inf"), TrialState.COMPLETE)):
+        trial = study.ask(space)
+        trial.set_user_attr("cnas:genotype", '{"normal": [["skip_connect", 0]]}')
+        trial.set_user_attr("nested", {"a": [1, 2]})
+        study._storage.set_trial_system_attr(internals.trial_id_of(trial), "s", [1])
+        trial.report(float("nan"), 1)
+        trial.report(-float("inf"), 2)
+        trial.report(0.25, 3)
+        study.tell(trial, value, state=state)
+    pruned = study.ask(space)
+    pruned.report(2.0, 1)
+    study.tell(pruned, state=TrialState.PRUNED)
+    study.tell(study.ask(space), state=TrialState.FAIL)
+    running = study.ask(space)
+    lean = internals.load_trials(study)
+    reference = study.get_trials(deepcopy=False)
+    assert len(lean) == 5 and lean[-1].number == running.number
+    for mine, theirs in zip(lean, reference, strict=True):
+        assert repr(mine) == repr(theirs)  # repr: NaN != NaN would defeat ==
+    newer = internals.load_trials(study, {internals.trial_id_of(running)}, lean[2]._trial_id)
+    assert [t.number for t in newer] == [3, 4]
+
+    # A study handle on the lean cache sees exactly what Optuna's own cache sees, then and after.
+    backend = internals.rdb_backend(study)
+    assert backend is not None
+    lean_study = optuna.load_study(study_name="pin", storage=internals.LeanCachedStorage(backend))
+    url = backend.engine.url.render_as_string(hide_password=False)
+    stock = optuna.load_study(study_name="pin", storage=url)
+    assert repr(lean_study.get_trials(deepcopy=False)) == repr(stock.get_trials(deepcopy=False))
+    study.tell(running, 0.5)
+    later = study.ask(space)  # finished and created after the first read: both seen
+    assert repr(lean_study.get_trials(deepcopy=False)) == repr(stock.get_trials(deepcopy=False))
+    assert later.number in {t.number for t in lean_study.get_trials(deepcopy=False)}

@@ -23,6 +23,7 @@ import numpy as np
 import psycopg2
 import pytest
 from hydra import compose, initialize_config_dir
+from PIL import Image
 from psycopg2 import sql
 from sqlalchemy.engine import make_url
 
@@ -91,6 +92,31 @@ CASES: dict[str, Case] = {
         ("search.objective=train_contrastive_loss",),
         f"study '{STUDY}' was built for objective 'val_contrastive_loss'",
         bootstrapped=True,
+    ),
+    # Seen reaching the queue on main (issue 13): each must be refused up front.
+    "npz-wrong-dtype": Case(
+        ("data=npz", "data.path={data}/float.npz"), "'images' must be uint8, got float32"
+    ),
+    "npz-wrong-layout": Case(
+        ("data=npz", "data.path={data}/nchw.npz"),
+        "'images' must be NHWC with 1 or 3 channels (or NHW, grey), got shape (40, 3, 8, 8)",
+    ),
+    "npz-wrong-channels": Case(
+        ("data=npz", "data.path={data}/rgba.npz"), "got shape (40, 8, 8, 4)"
+    ),
+    "folder-with-a-non-image": Case(
+        ("data=folder", "data.root={data}/images"), "{data}/images/b/notes.png is not an image"
+    ),
+    "no-worker": Case(("worker=range(0)",), "worker=range(0) asks for no worker"),
+    "sqlite-folder-missing": Case(
+        ("study.storage=sqlite:////nonexistent-cnas/dir/cnas.db",),
+        "the folder /nonexistent-cnas/dir of the SQLite file does not exist",
+    ),
+    "timeout-under-11-minutes": Case(
+        ("hydra.launcher.timeout_min=5",), "hydra.launcher.timeout_min=5 is under 11"
+    ),
+    "n-trials-not-a-number": Case(
+        ("search.n_trials=abc",), "search.n_trials must be an integer, got 'abc'"
     ),
 }
 #: The same refusals as single runs (``python launch/search.py <bad>``, no ``-m``).
@@ -179,12 +205,29 @@ def test_the_server_requires_a_password_on_127_0_0_1(postgres_server: str) -> No
         )
 
 
+def bad_data(folder: Path) -> Path:
+    """Data the loader would refuse in every worker: npz files of the wrong dtype, layout and
+    channels, and an image folder with a text file named like an image."""
+    folder.mkdir()
+    np.savez(folder / "float.npz", images=np.zeros((40, 8, 8, 3), dtype=np.float32))
+    np.savez(folder / "nchw.npz", images=np.zeros((40, 3, 8, 8), dtype=np.uint8))
+    np.savez(folder / "rgba.npz", images=np.zeros((40, 8, 8, 4), dtype=np.uint8))
+    for name in ("a", "b"):
+        (folder / "images" / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(
+            folder / "images" / name / "0.png"
+        )
+    (folder / "images" / "b" / "notes.png").write_text("not an image")
+    return folder
+
+
 def _run_case(
     case_id: str, url: str, home: Path, tmp_path: Path, job_name: str, *, multirun: bool
 ) -> None:
     case = CASES[case_id]
     empty = tmp_path / "empty"
     empty.mkdir()
+    data = bad_data(tmp_path / "data")
     storage = make_url(url)
     if case.port is not None:
         storage = storage.set(port=case.port)
@@ -195,12 +238,13 @@ def _run_case(
     assert bool(rows_before) == case.bootstrapped  # a fresh database has no table at all
     home.mkdir()
     started = datetime.now() - timedelta(minutes=1)
+    own = {o.split("=")[0] for o in case.overrides}
     args = [
-        *(MULTIRUN if multirun else ()),
+        *(o for o in (MULTIRUN if multirun else ()) if o.split("=")[0] not in own),
         *COMMON,
         f"study.storage={storage.render_as_string(hide_password=False)}",
         f"hydra.job.name={job_name}",
-        *(o.format(empty=empty) for o in case.overrides),
+        *(o.format(empty=empty, data=data) for o in case.overrides),
     ]
     result = run_search(args, home=home, timeout=300, env=case.env)
 
@@ -208,7 +252,7 @@ def _run_case(
     assert result.returncode == 2, output[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, output[-3000:]
-    assert case.needle.format(empty=empty) in errors[0], errors[0]
+    assert case.needle.format(empty=empty, data=data) in errors[0], errors[0]
     assert "Traceback" not in output
     assert not jobs_named(job_name, started), "a job was queued"
     assert table_rows(url) == rows_before, "the database was written"

@@ -43,10 +43,12 @@ from cnas_hpc.common.errors import StudyError
 from cnas_hpc.common.storage_url import mask_url, normalize_storage_url
 from cnas_hpc.config import Settings
 from cnas_hpc.config.report import ReportConfig
+from cnas_hpc.search.pending import PendingResults
 from cnas_hpc.space.genotype import Genotype
 from cnas_hpc.space.primitives import CELL_KINDS
 from cnas_hpc.study.lifecycle import load_study
 from cnas_hpc.study.optuna_internals import engine_of, heartbeat_ages
+from cnas_hpc.study.stale import why_stale
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +75,13 @@ class RunningTrial:
         started: When the trial started (the worker's clock, naive local time), or None.
         heartbeat_age_s: Seconds since its last heartbeat, by the database's clock; None when it
             has recorded none.
-        stale: True when ``heartbeat_age_s`` exceeds the grace period: the next claim of any
-            worker fails the trial and re-enqueues it. A trial without a heartbeat is never stale
-            (Optuna's rule).
+        stale: True when the next claim of any worker fails the trial and re-enqueues it: its
+            heartbeat is older than the grace period AND nothing says its worker comes back (a
+            job SLURM still holds, a result waiting on disk; see
+            :func:`cnas_hpc.study.stale.why_stale`). A trial without a heartbeat is never stale.
         retry_of: The original trial number when this trial is a retry, else None.
+        kept: Why a trial past the grace period is NOT stale (``"SLURM holds job 1234_1"``),
+            or None.
     """
 
     number: int
@@ -88,6 +93,7 @@ class RunningTrial:
     heartbeat_age_s: float | None
     stale: bool
     retry_of: int | None = None
+    kept: str | None = None
 
 
 @dataclass(frozen=True)
@@ -182,14 +188,29 @@ def _optional_str(value: object) -> str | None:
     return None if value is None else str(value)
 
 
+def _kept(trial: FrozenTrial, age: float | None, grace: float, pending: set[int]) -> str | None:
+    """Why a trial past the grace period is spared (what the next claim decides), or None."""
+    if age is None or age <= grace:
+        return None
+    if why_stale(trial, age, keep=lambda t: t.number in pending) is not None:
+        return None
+    if trial.number in pending:
+        return "its result waits in pending/"
+    return f"SLURM holds job {trial.user_attrs.get(attrs.JOB)}"
+
+
 def _running(
-    trials: Sequence[FrozenTrial], ages: Mapping[int, float], grace: float
+    trials: Sequence[FrozenTrial],
+    ages: Mapping[int, float],
+    grace: float,
+    pending: set[int] | None = None,
 ) -> list[RunningTrial]:
     out = []
     for t in sorted(trials, key=lambda t: t.number):
         ua = t.user_attrs
         age = ages.get(t.number)
         retry_of = ua.get(attrs.RETRY_OF)
+        kept = _kept(t, age, grace, pending or set())
         out.append(
             RunningTrial(
                 number=t.number,
@@ -199,8 +220,9 @@ def _running(
                 host=_optional_str(ua.get(attrs.HOST)),
                 started=t.datetime_start,
                 heartbeat_age_s=age,
-                stale=age is not None and age > grace,
+                stale=age is not None and age > grace and kept is None,
                 retry_of=None if retry_of is None else int(retry_of),
+                kept=kept,
             )
         )
     return out
@@ -290,7 +312,8 @@ def collect_status(
             counts[t.state.name] += 1
     grace = float(settings.study.grace_period)
     running_trials = [t for t in trials if t.state == TrialState.RUNNING]
-    running = _running(running_trials, _heartbeat_ages(study), grace)
+    pending = PendingResults(settings.pending_dir, math.inf).numbers()
+    running = _running(running_trials, _heartbeat_ages(study), grace, pending)
 
     n_trials = settings.search.n_trials
     to_complete = max(0, n_trials - counts["COMPLETE"])
@@ -406,6 +429,8 @@ def _running_table(running: Sequence[RunningTrial], grace: float) -> list[str]:
             beat = f"{_duration(r.heartbeat_age_s)} ago"
             if r.stale:
                 beat += f"  STALE (> grace {_duration(grace)})"
+            elif r.kept:
+                beat += f"  kept: {r.kept}"
         retry = f"  (retry of {r.retry_of})" if r.retry_of is not None else ""
         rows.append(
             [r.number, r.worker[:22], array[:14], (r.host or "-")[:16], ran, f"{beat}{retry}"]

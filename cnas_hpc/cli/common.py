@@ -18,12 +18,11 @@ from typing import Any, NoReturn
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from cnas_hpc.common.errors import ConfigError, StudyError
+from cnas_hpc.common.errors import ConfigError, StudyError, WorkerError
 from cnas_hpc.common.storage_url import check_storage_secret
 from cnas_hpc.config import Settings, settings_from_config
 from cnas_hpc.config.evaluate import EvalSettings
 from cnas_hpc.config.train import check_global_batch
-from cnas_hpc.search.worker import WorkerError
 from cnas_hpc.space.encoding import encoding_from_config
 
 #: Errors that are the user's input, reported as one line (no traceback).
@@ -115,6 +114,10 @@ def check_config_secrets(cfg: DictConfig, settings: Settings | EvalSettings | No
         check_storage_secret(written, settings.study.storage, saved=OmegaConf.to_yaml(cfg))
 
 
+#: submitit counts every signal as a timeout below this job time limit (minutes).
+MIN_TIMEOUT_MIN = 11
+
+
 def check_launcher(launcher: DictConfig | None, batch_size: int) -> None:
     """Refuse launcher requests that cannot work, before anything is queued.
 
@@ -123,8 +126,9 @@ def check_launcher(launcher: DictConfig | None, batch_size: int) -> None:
         batch_size: the GLOBAL batch the app trains with.
 
     Raises:
-        ConfigError: more GPUs per node than tasks per node (ranks are one per GPU), or a global
-            batch that the world size does not divide.
+        ConfigError: more GPUs per node than tasks per node (ranks are one per GPU), a global
+            batch that the world size does not divide, or a time limit under
+            :data:`MIN_TIMEOUT_MIN` minutes.
     """
     if launcher is None:
         return
@@ -137,5 +141,12 @@ def check_launcher(launcher: DictConfig | None, batch_size: int) -> None:
         raise ConfigError(
             f"hydra.launcher.gpus_per_node={gpus} exceeds tasks_per_node={tasks}: "
             "one rank drives one GPU, set tasks_per_node to the number of GPUs"
+        )
+    timeout = launcher.get("timeout_min")
+    if timeout is not None and (not isinstance(timeout, int) or timeout < MIN_TIMEOUT_MIN):
+        raise ConfigError(
+            f"hydra.launcher.timeout_min={timeout} is under {MIN_TIMEOUT_MIN}: submitit then "
+            "takes every signal for a timeout (its cut-off is min(0.8 L, L - 10 min)) and a "
+            f"preempted worker is not requeued as such; ask for at least {MIN_TIMEOUT_MIN} minutes"
         )
     check_global_batch(batch_size, tasks * nodes, hint=" (tasks_per_node x nodes)")

@@ -30,15 +30,15 @@ its observer protocol.
 from __future__ import annotations
 
 import logging
-import zipfile
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import torch
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -52,30 +52,44 @@ from cnas_hpc.cli.common import (
     fail,
     settings_of,
 )
+from cnas_hpc.cli.multirun import EXIT_WORKERS_DIED, OUTCOME
+from cnas_hpc.common.errors import ConfigError, StudyError
 from cnas_hpc.common.storage_url import mask_url
 from cnas_hpc.config import Settings
 from cnas_hpc.config.data import DataConfig
 from cnas_hpc.config.train import check_global_batch
-from cnas_hpc.data.datasets import ImageArrays, check_available
+from cnas_hpc.data.datasets import (
+    ImageArrays,
+    check_available,
+    check_folder_images,
+    inspect_npz,
+)
 from cnas_hpc.data.splits import make_search_data
 from cnas_hpc.distributed.env import DistEnv
+from cnas_hpc.distributed.jobs import array_tasks_held
 from cnas_hpc.search.observer import TrialObserver
 from cnas_hpc.search.worker import run_worker
-from cnas_hpc.study.lifecycle import bootstrap_study, load_study
+from cnas_hpc.study.lifecycle import arrays_of, bootstrap_study, load_study
+from cnas_hpc.study.retry import DatabaseUnavailableError
 from cnas_hpc.tracking.progress import SearchProgress
 from cnas_hpc.tracking.wandb_tracker import WandbTracker
 
 log = logging.getLogger("cnas_hpc")
 
+#: Exit status of a worker whose database stayed down past ``study.retry_deadline_s``.
+EXIT_DATABASE_DOWN = 3
+#: Exit status of a worker that failed for a reason that is not the user's input (a bug).
+EXIT_WORKER_FAILED = 1
+
 
 def _source_size(cfg: DataConfig) -> tuple[int, bool] | None:
     """``(number of images, has labels)`` of the source, where that is cheap; else ``None``.
 
-    digits: scikit-learn's bundled set (1,797). npz: read from the ``images.npy`` header in the
-    zip archive, without decompressing the images.
+    digits: scikit-learn's bundled set (1,797). npz: read from the array headers in the zip
+    archive, without decompressing the images (which also checks their dtype and layout).
 
     Raises:
-        ValueError: the npz file is not a zip archive (``np.savez`` output).
+        ValueError: the npz file is not an npz archive of images the loader accepts.
     """
     if cfg.source == "digits":
         from sklearn.datasets import load_digits
@@ -83,25 +97,21 @@ def _source_size(cfg: DataConfig) -> tuple[int, bool] | None:
         return int(load_digits().target.shape[0]), True
     if cfg.source != "npz" or cfg.path is None:
         return None
-    path = Path(cfg.path).expanduser()
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-            if "images.npy" not in names:
-                return None  # the loader names the missing key
-            with archive.open("images.npy") as member:
-                version = np.lib.format.read_magic(member)
-                if version == (1, 0):
-                    shape = np.lib.format.read_array_header_1_0(member)[0]
-                elif version == (2, 0):
-                    shape = np.lib.format.read_array_header_2_0(member)[0]
-                else:
-                    return None
-    except zipfile.BadZipFile:
-        raise ValueError(f"npz file {path} is not an .npz archive (data.path)") from None
-    if not shape:
-        return None
-    return int(shape[0]), "labels.npy" in names
+    contents = inspect_npz(Path(cfg.path).expanduser().absolute())
+    return contents.n_images, contents.labeled
+
+
+def check_readable(cfg: DataConfig) -> None:
+    """Refuse data the workers could not load (checked cheaply, from headers).
+
+    Raises:
+        ValueError: an npz file with the wrong dtype, layout or channels; an image folder with
+            a file that is not an image.
+    """
+    if cfg.source == "npz" and cfg.path is not None:
+        inspect_npz(Path(cfg.path).expanduser().absolute())
+    elif cfg.source == "folder" and cfg.root is not None:
+        check_folder_images(Path(cfg.root).expanduser().absolute())
 
 
 def check_search_split(settings: Settings) -> None:
@@ -132,19 +142,67 @@ def check_search_split(settings: Settings) -> None:
     check_global_batch(settings.train.batch_size, 1, n_train)
 
 
-def validate_and_bootstrap(cfg: DictConfig, launcher: DictConfig | None) -> Settings:
+def check_no_live_array(settings: Settings) -> None:
+    """Refuse to submit a second array while one still works the study.
+
+    Runs after the bootstrap: when the study existed (the only case with an array), the
+    bootstrap wrote nothing.
+
+    Raises:
+        StudyError: one line naming the array, how to follow it and how to stop it.
+    """
+    for array in arrays_of(settings):
+        held = array_tasks_held(array)
+        if held:
+            raise StudyError(
+                f"study {settings.study.name!r} is still being worked by SLURM array {array} "
+                f"({len(held)} task(s) pending or running): no second array is submitted. Wait "
+                f"for it (`squeue -j {array}`, `python launch/report.py`), or stop it with "
+                f"`scancel {array}` and run the command again"
+            )
+
+
+def check_sweep(overrides: list[str]) -> int:
+    """The number of jobs a multirun's sweep overrides ask for; refuse a sweep of none.
+
+    Raises:
+        ConfigError: the sweep yields no job (``'worker=range(0)'``).
+    """
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    n_jobs = sum(len(batch) for batch in batches)
+    if n_jobs == 0:
+        sweeps = [str(o.input_line) for o in parsed if o.is_sweep_override()]
+        raise ConfigError(
+            f"{', '.join(sweeps) or 'the sweep'} asks for no worker: "
+            "sweep at least one (e.g. 'worker=range(4)')"
+        )
+    return n_jobs
+
+
+def validate_and_bootstrap(
+    cfg: DictConfig, launcher: DictConfig | None, *, slurm: bool = False
+) -> Settings:
     """Everything the submitting side checks, then the one-time study bootstrap.
 
     The order puts what needs nothing first and the database last, so that a refused config
     never writes to the database (the bootstrap is the only writer).
+
+    Args:
+        cfg: the composed config (hydra node included).
+        launcher: the launcher's config of a multirun (None for a single run).
+        slurm: the multirun submits a SLURM array (refused while another works the study).
     """
     check_config_secrets(cfg)
     settings = settings_of(cfg)
     check_config_secrets(cfg, settings)
     check_available(settings.data)
+    check_readable(settings.data)
     check_search_split(settings)
     check_launcher(launcher, settings.train.batch_size)
     result = bootstrap_study(settings)
+    if slurm and not result.created:
+        check_no_live_array(settings)
     log.info(
         "study %r in %s: %s, %d/%d trials complete",
         result.study_name,
@@ -167,18 +225,27 @@ class BootstrapCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         launcher = config.hydra.get("launcher")
-        self._bootstrap(config, launcher=launcher if "tasks_per_node" in launcher else None)
+        slurm = "Slurm" in str(launcher.get("_target_", ""))
+        try:
+            check_sweep(list(config.hydra.overrides.task))
+        except USER_ERRORS as exc:
+            fail(str(exc))
+        self._bootstrap(
+            config, launcher=launcher if "tasks_per_node" in launcher else None, slurm=slurm
+        )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             print_summary(settings_of(config))
         except Exception as exc:
             log.warning("could not summarise the study: %s", exc)
+        if OUTCOME.deaths:
+            fail(OUTCOME.summary(), EXIT_WORKERS_DIED)
 
     @staticmethod
-    def _bootstrap(config: DictConfig, launcher: DictConfig | None) -> None:
+    def _bootstrap(config: DictConfig, launcher: DictConfig | None, slurm: bool = False) -> None:
         try:
-            validate_and_bootstrap(config, launcher)
+            validate_and_bootstrap(config, launcher, slurm=slurm)
         except USER_ERRORS as exc:
             fail(str(exc))
 
@@ -210,7 +277,12 @@ def make_observers(settings: Settings, study: optuna.Study) -> list[TrialObserve
 
 
 def run_search_task(cfg: DictConfig) -> int:
-    """Body of every worker process. Returns the number of trials this worker completed."""
+    """Body of every worker process. Returns the number of trials this worker completed.
+
+    Ends with one ``error:`` line: status 2 for the user's input (config, study, a broken
+    config failing every trial), :data:`EXIT_DATABASE_DOWN` when the database stayed down past
+    ``study.retry_deadline_s`` (the line says where the unsent result waits).
+    """
     try:
         settings = settings_of(cfg)
         env = DistEnv.from_environment()
@@ -219,4 +291,11 @@ def run_search_task(cfg: DictConfig) -> int:
             print_summary(settings)
     except USER_ERRORS as exc:
         fail(str(exc))
+    except DatabaseUnavailableError as exc:
+        fail(str(exc), EXIT_DATABASE_DOWN)
+    except Exception as exc:
+        # Not the user's input: keep the traceback in the log, end with one line and a non-zero
+        # status (Hydra would otherwise return it as a result and SLURM record COMPLETED 0:0).
+        log.exception("worker failed")
+        fail(f"worker failed: {type(exc).__name__}: {exc}", EXIT_WORKER_FAILED)
     return report.completed

@@ -30,6 +30,8 @@ RETRIED_FROM: Final = "cnas:retried_from"
 # Study-level: what the study was built for.
 STUDY_SPACE: Final = "cnas:space"
 STUDY_OBJECTIVE: Final = "cnas:objective"
+#: Study-level: the SLURM arrays submitted for the study (most recent last).
+STUDY_ARRAYS: Final = "cnas:slurm_arrays"
 REQUEUES: Final = "cnas:requeues"
 # Known cells (search.enqueue): the study's list of enqueued specs, and a trial's own spec.
 ENQUEUED: Final = "cnas:enqueued"
@@ -40,3 +42,7 @@ PRUNED_AT_EPOCH: Final = "cnas:pruned_at_epoch"
 #: How the trial's training steps ran (layout, precision, compile, threads), chosen by measurement.
 STEP_PLAN: Final = "cnas:step_plan"
 JOB: Final = "cnas:job_id"
+#: torch intra-op threads the worker trained with (sized from its CPU allocation).
+CPU_THREADS: Final = "cnas:cpu_threads"
+#: The SLURM job a trial waits for while that job is requeued ("" once it resumed).
+HELD_BY_JOB: Final = "cnas:held_by_job"

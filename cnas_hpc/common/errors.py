@@ -13,3 +13,23 @@ class ConfigError(ValueError):
 
 class StudyError(RuntimeError):
     """The study cannot be used as configured; the message is one line without secrets."""
+
+
+class StudyUnreachableError(StudyError):
+    """The study's database cannot be reached right now (down, restarting, refusing connections).
+
+    A user error on the submitting side (one ``error:`` line, nothing queued); a transient one
+    inside a worker, whose retries wait for the database to come back
+    (:func:`cnas_hpc.study.retry.is_transient`).
+
+    Attributes:
+        detail: the driver's own words (``... Connection refused``), password-free, for logs.
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class WorkerError(RuntimeError):
+    """A worker cannot go on (e.g. every trial of a broken config fails); one-line message."""

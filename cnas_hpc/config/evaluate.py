@@ -189,6 +189,10 @@ def eval_settings_from_config(cfg: Mapping[str, Any]) -> EvalSettings:
     """
     study_values = dict(cfg.get("study") or {})
     study_values.pop("sampler", None)  # the evaluation never samples
+    if study_values.get("name") is None:
+        study_values.pop(
+            "name", None
+        )  # unused (``study.name: null``): the source is eval.from_study
     return EvalSettings(
         eval=build_section(EvalConfig, "eval", cfg.get("eval")),
         protocol=build_section(ProtocolConfig, "protocol", cfg.get("protocol")),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cnas_hpc.common.errors import ConfigError
+
 #: ``study.sampler.kind``: Optuna's TPE (the method's), or uniform random sampling (a baseline).
 SAMPLERS: tuple[str, ...] = ("tpe", "random")
 
@@ -20,11 +22,19 @@ class SamplerConfig:
     group: bool = False
     constant_liar: bool = True
     seed: int | None = 0
+    #: TPE reads at most this many finished trials (the best quarter and the most recent
+    #: others); None reads them all. TPE's cost grows with the history: see README.
+    max_history: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SAMPLERS:
-            raise ValueError(
+            raise ConfigError(
                 f"study.sampler.kind must be one of {', '.join(SAMPLERS)}, got {self.kind!r}"
+            )
+        if self.max_history is not None and self.max_history < max(4 * self.n_startup_trials, 40):
+            raise ConfigError(
+                f"study.sampler.max_history must be null or >= "
+                f"{max(4 * self.n_startup_trials, 40)}, got {self.max_history}"
             )
 
 

@@ -52,12 +52,17 @@ class TrainConfig:
     grad_clip: float | None = 5.0
     knn_k: int = 20
     log_every_steps: int = 10
+    #: torch intra-op threads per rank, kept as given; None sizes them from the allocation
+    #: (``SLURM_CPUS_PER_TASK``, the CPU affinity: see ``distributed.env.cpu_budget``), and then
+    #: on a CPU under ``perf=auto`` each candidate measures one thread against the allocation's.
     num_threads: int | None = None
     perf: str = "auto"
 
     def __post_init__(self) -> None:
         check_positive("train", self, ("epochs", "batch_size", "lr", "temperature", "knn_k"))
         check_positive("train", self, ("membank_negatives", "log_every_steps"))
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ConfigError(
                 f"train.max_steps_per_epoch must be >= 1, got {self.max_steps_per_epoch}"
@@ -72,8 +77,6 @@ class TrainConfig:
             raise ConfigError(
                 f"train.perf must be one of {', '.join(PERF_MODES)}, got {self.perf!r}"
             )
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ConfigError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
         if not 0.0 <= self.membank_momentum < 1.0:
             raise ConfigError(
                 f"train.membank_momentum must be in [0, 1), got {self.membank_momentum}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -339,6 +340,101 @@ def _load_digits(cfg: DataConfig) -> ImageArrays:
     return _from_nhwc(grey[..., None], digits.target, "digits", cfg)
 
 
+@dataclass(frozen=True)
+class NpzContents:
+    """What an ``.npz`` source holds, read from its array headers (no image is decompressed)."""
+
+    n_images: int
+    labeled: bool
+
+
+def _check_npz_arrays(
+    path: Path,
+    images: tuple[np.dtype, tuple[int, ...]],
+    labels: tuple[np.dtype, tuple[int, ...]] | None,
+) -> None:
+    """The layout rules of an npz source, from ``(dtype, shape)`` of its arrays.
+
+    Raises:
+        ValueError: one line naming the file (``data.path``) and what is wrong.
+    """
+    dtype, shape = images
+    if dtype != np.uint8:
+        raise ValueError(f"npz file {path} (data.path): 'images' must be uint8, got {dtype}")
+    nhwc = (*shape, 1) if len(shape) == 3 else shape
+    if len(nhwc) != 4 or nhwc[-1] not in (1, 3) or 0 in nhwc:
+        raise ValueError(
+            f"npz file {path} (data.path): 'images' must be NHWC with 1 or 3 channels "
+            f"(or NHW, grey), got shape {shape}"
+        )
+    if labels is not None:
+        label_dtype, label_shape = labels
+        if not np.issubdtype(label_dtype, np.integer) or label_shape != (shape[0],):
+            raise ValueError(
+                f"npz file {path} (data.path): 'labels' must be integers of shape "
+                f"({shape[0]},), got {label_dtype} {label_shape}"
+            )
+
+
+def _npy_header(archive: zipfile.ZipFile, name: str) -> tuple[np.dtype, tuple[int, ...]]:
+    """``(dtype, shape)`` of member ``name`` of an npz archive, from its header alone."""
+    with archive.open(name) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    return np.dtype(dtype), tuple(int(n) for n in shape)
+
+
+def inspect_npz(path: Path) -> NpzContents:
+    """Check an npz source's arrays from their headers, cheaply (the submitting side).
+
+    Applies the loader's rules (uint8 images, NHWC with 1 or 3 channels or NHW, integer labels
+    of matching length) without decompressing the images.
+
+    Raises:
+        ValueError: not an npz archive, no ``images`` array, or a wrong dtype, layout or channel
+            count (one line naming the file).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if "images.npy" not in names:
+                keys = ", ".join(sorted(n.removesuffix(".npy") for n in names)) or "none"
+                raise ValueError(f"npz file {path} has no 'images' array (keys: {keys})")
+            images = _npy_header(archive, "images.npy")
+            labels = _npy_header(archive, "labels.npy") if "labels.npy" in names else None
+    except zipfile.BadZipFile:
+        raise ValueError(f"npz file {path} is not an .npz archive (data.path)") from None
+    _check_npz_arrays(path, images, labels)
+    return NpzContents(n_images=images[1][0], labeled=labels is not None)
+
+
+def check_folder_images(root: Path) -> None:
+    """Check that every image file under ``root`` opens as an image (its header; cheap).
+
+    Files without an image extension are ignored, as the loader ignores them; a file WITH one
+    that is not an image (a truncated download, a text file named ``x.png``) would stop every
+    worker at load time.
+
+    Raises:
+        ValueError: one line naming the first unreadable file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    for path in _iter_image_files(root):
+        try:
+            with Image.open(path) as image:
+                image.size  # noqa: B018 - the header is read lazily by open()
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(
+                f"image folder {root} (data.root): {path} is not an image ({exc})"
+            ) from None
+
+
 def _load_npz(cfg: DataConfig) -> ImageArrays:
     assert cfg.path is not None
     path = _absolute(cfg.path)
@@ -349,23 +445,15 @@ def _load_npz(cfg: DataConfig) -> ImageArrays:
             )
         images = archive["images"]
         labels = archive["labels"] if "labels" in archive.files else None
-    if images.dtype != np.uint8:
-        raise ValueError(f"npz file {path}: 'images' must be uint8, got {images.dtype}")
+    _check_npz_arrays(
+        path,
+        (images.dtype, images.shape),
+        None if labels is None else (labels.dtype, labels.shape),
+    )
     if images.ndim == 3:
         images = images[..., None]
-    if images.ndim != 4 or images.shape[-1] not in (1, 3) or 0 in images.shape:
-        raise ValueError(
-            f"npz file {path}: 'images' must be NHWC with 1 or 3 channels or NHW, "
-            f"got shape {images.shape}"
-        )
-    if labels is not None:
-        if not np.issubdtype(labels.dtype, np.integer) or labels.shape != images.shape[:1]:
-            raise ValueError(
-                f"npz file {path}: 'labels' must be integers of shape ({images.shape[0]},), "
-                f"got {labels.dtype} {labels.shape}"
-            )
-        if labels.min() < 0:
-            raise ValueError(f"npz file {path}: 'labels' must be >= 0, got {labels.min()}")
+    if labels is not None and labels.min() < 0:
+        raise ValueError(f"npz file {path}: 'labels' must be >= 0, got {labels.min()}")
     return _from_nhwc(images, labels, f"npz:{path.stem}", cfg)
 
 

@@ -19,6 +19,11 @@ Sources, first match wins:
 
 A plain ``srun python ...`` without submitit is case 3 on every task (a warning is logged when
 ``SLURM_NTASKS > 1``): the project launches its ranks through submitit or torchrun only.
+
+CPUs: :func:`cpu_budget` sizes torch's thread pools from what the scheduler gave this process
+(``SLURM_CPUS_PER_TASK``, else ``SLURM_JOB_CPUS_PER_NODE`` shared by the node's tasks, capped by
+the process's CPU affinity), not from the cores the process can see: four one-CPU workers on a
+shared node each running a thread per core oversubscribe it many times over.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ DEFAULT_PORT = 29500
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE")
+#: Inter-op threads never help the eager, one-graph-at-a-time training of a proxy much; two at
+#: most, and only when the allocation has CPUs to spare.
+MAX_INTEROP_THREADS = 2
 
 
 def _stable_hash(text: str) -> int:
@@ -408,3 +416,113 @@ def distributed_session(
     finally:
         if created:
             destroy_distributed()
+
+
+@dataclass(frozen=True)
+class CpuBudget:
+    """How many CPUs this process may use, and how torch's thread pools are sized from them.
+
+    Attributes:
+        cpus: CPUs allotted to this process (one rank).
+        source: Where ``cpus`` came from, for the log (``"SLURM_CPUS_PER_TASK=1"``, ...).
+        intra_op: Threads of torch's intra-op pool (``torch.set_num_threads``).
+        inter_op: Threads of torch's inter-op pool (``torch.set_num_interop_threads``).
+        loader_workers: ``DataLoader`` worker processes a rank may start: one CPU stays with the
+            training process (the search keeps its images in memory and starts none).
+    """
+
+    cpus: int
+    source: str
+    intra_op: int
+    inter_op: int
+    loader_workers: int
+
+    def describe(self) -> str:
+        """One line for the worker log, e.g. ``1 intra-op / 1 inter-op thread(s) (...)``."""
+        return (
+            f"{self.intra_op} intra-op / {self.inter_op} inter-op thread(s) "
+            f"({self.cpus} CPU(s) from {self.source})"
+        )
+
+
+def _affinity_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; the CPU count where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def _first_node_cpus(raw: str) -> int | None:
+    """CPUs of the first node in SLURM's compressed list (``"8(x2),4"`` -> 8)."""
+    head = raw.split(",")[0].split("(")[0].strip()
+    return int(head) if head.isdigit() else None
+
+
+def allocated_cpus(env: DistEnv, environ: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """CPUs the scheduler gave this process, and where that number came from.
+
+    In order: ``SLURM_CPUS_PER_TASK`` (submitit's ``cpus_per_task``), else
+    ``SLURM_JOB_CPUS_PER_NODE`` divided by the ranks on this node, else torchrun's
+    ``LOCAL_WORLD_SIZE`` ranks sharing the CPUs of the affinity mask, else the affinity mask. The
+    affinity mask always caps the result (a task bound to fewer CPUs than it asked for).
+
+    Args:
+        env: This process's place in its job (how many ranks share the node).
+        environ: Variables to read instead of ``os.environ``.
+
+    Returns:
+        ``(cpus >= 1, source)``.
+    """
+    variables = os.environ if environ is None else environ
+    affinity = _affinity_cpus()
+    ranks_here = max(1, -(-env.world_size // env.num_nodes))
+    per_task = variables.get("SLURM_CPUS_PER_TASK", "").strip()
+    per_node = variables.get("SLURM_JOB_CPUS_PER_NODE", "").strip()
+    if per_task.isdigit() and int(per_task) > 0:
+        cpus, source = int(per_task), f"SLURM_CPUS_PER_TASK={per_task}"
+    elif per_node and _first_node_cpus(per_node):
+        node_cpus = _first_node_cpus(per_node) or 1
+        cpus = max(1, node_cpus // ranks_here)
+        source = f"SLURM_JOB_CPUS_PER_NODE={per_node} over {ranks_here} rank(s)"
+    elif env.launcher == "torchrun" and ranks_here > 1:
+        cpus, source = max(1, affinity // ranks_here), f"affinity over {ranks_here} ranks"
+    else:
+        return affinity, "CPU affinity"
+    if affinity < cpus:
+        return affinity, f"{source}, capped by CPU affinity"
+    return cpus, source
+
+
+def cpu_budget(
+    env: DistEnv, override: int | None = None, environ: Mapping[str, str] | None = None
+) -> CpuBudget:
+    """Size torch's thread pools (and loader workers) for this process.
+
+    Args:
+        env: This process's place in its job.
+        override: ``train.num_threads``: intra-op threads to use whatever the allocation says.
+        environ: Variables to read instead of ``os.environ``.
+    """
+    cpus, source = allocated_cpus(env, environ)
+    intra = cpus
+    if override:
+        intra, source = override, f"train.num_threads={override}; allocation {cpus} ({source})"
+        cpus = override
+    inter = 1 if intra < 4 else MAX_INTEROP_THREADS
+    return CpuBudget(cpus, source, intra, inter, loader_workers=max(0, cpus - 1))
+
+
+def apply_cpu_budget(budget: CpuBudget) -> None:
+    """Set torch's intra-op and inter-op pools to ``budget`` (process-wide).
+
+    torch accepts the inter-op size only before its pool first runs; later (a second worker in
+    the same process, e.g. in tests) the pool keeps its size, which is logged, not raised.
+    """
+    torch.set_num_threads(budget.intra_op)
+    if torch.get_num_interop_threads() != budget.inter_op:
+        try:
+            torch.set_num_interop_threads(budget.inter_op)
+        except RuntimeError:
+            log.debug("inter-op pool already started: keeps %d", torch.get_num_interop_threads())
+    log.info("torch uses %s", budget.describe())

@@ -7,9 +7,9 @@ the command-line layer and handed to :func:`cnas_hpc.search.worker.run_worker`, 
 Contract: only global rank 0 of a worker holds observers and calls them. The worker calls
 ``study_updated`` after every claim; for every trial it trains, ``trial_started`` once, then
 ``step``/``epoch`` any number of times, then ``trial_finished`` exactly once, also when
-training raised; and ``close`` once when it stops. An observer must never raise into the
-worker (the worker also guards every call): tracking is best effort, the study is the source
-of truth.
+training raised (a trial that fails before it starts training gets ``trial_finished`` alone);
+and ``close`` once when it stops. An observer must never raise into the worker (the worker
+also guards every call): tracking is best effort, the study is the source of truth.
 """
 
 from __future__ import annotations
@@ -54,7 +54,12 @@ class TrialObserver(Protocol):
         """Per-epoch metrics (train_loss, val_loss, knn_accuracy, objective)."""
 
     def trial_finished(self, state: str, value: float | None, summary: Mapping[str, Any]) -> None:
-        """The trial ended in ``state`` (COMPLETE, FAIL, PRUNED, INTERRUPTED)."""
+        """The trial ended in ``state`` (COMPLETE, FAIL, PRUNED, INTERRUPTED).
+
+        ``summary["trial"]`` is always its number (also when it failed before
+        ``trial_started``, e.g. while its network was built); ``fail_reason``, ``wall_s`` (all
+        its segments), sizes and losses when known.
+        """
 
     def study_updated(self, complete: int, best: float | None) -> None:
         """The study holds ``complete`` COMPLETE trials (all workers), best value ``best``."""

@@ -5,37 +5,60 @@ Contract:
       study.
     * A claimed trial is RUNNING and owned by this worker until it is told. Its identity (worker
       label, SLURM array job and task) is recorded at claim time, so a requeued job finds its
-      in-flight trial again (:meth:`TrialOwner.adopt_in_flight`) and resumes it.
-    * Every study operation is retried through database outages (:mod:`cnas_hpc.study.retry`).
-      A finished result is first written to ``<output_dir>/pending/<study>/trial-<n>.json``, then
-      told, then the file is removed: a result computed while the database is down survives the
-      worker and is told by the next run (:meth:`TrialOwner.flush_pending`).
+      in-flight trial again (:meth:`TrialOwner.adopt_in_flight`) and resumes it. A worker that
+      stops for a requeue marks its trial as waiting for its job (``cnas:held_by_job``).
+    * Every blocking study operation (load, claim, tell) is retried through database outages
+      (:mod:`cnas_hpc.study.retry`) and gives up early when the worker is asked to stop
+      (``should_stop``: SLURM's preemption signal), raising
+      :class:`~cnas_hpc.study.retry.RetryStoppedError`.
+    * While a trial trains, what it records (its size, each epoch's objective) is NOTED and sent
+      with one attempt at a time (:meth:`TrialOwner.flush_notes`): a database outage never stalls
+      training, and whatever was not sent goes with the result.
+    * A finished result is first written to ``<output_dir>/pending/<study>/trial-<n>.json``, then
+      told, then the file is removed (:mod:`cnas_hpc.search.pending`): a result computed while the
+      database is down survives the worker and is told by the next run
+      (:meth:`TrialOwner.flush_pending`).
 """
 
 from __future__ import annotations
 
-import json
+import copy
+import functools
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from cnas_hpc.common import attrs
 from cnas_hpc.config import Settings
 from cnas_hpc.distributed.env import DistEnv
+from cnas_hpc.search.pending import PendingResults
 from cnas_hpc.space.encoding import CellEncoding, compact_hash
 from cnas_hpc.space.genotype import Genotype, genotype_to_json
-from cnas_hpc.study.budget import ClaimStatus, claim_trial
+from cnas_hpc.study.budget import (
+    Claim,
+    ClaimStatus,
+    KnownArchitectures,
+    claim_trial,
+    commit_proposal,
+)
 from cnas_hpc.study.lifecycle import load_study
-from cnas_hpc.study.optuna_internals import record_heartbeat, storage_of, trial_id_of
-from cnas_hpc.study.retry import with_db_retry
+from cnas_hpc.study.optuna_internals import storage_of, trial_id_of, write_trial_rows
+from cnas_hpc.study.proposal import propose
+from cnas_hpc.study.retry import (
+    DatabaseUnavailableError,
+    describe_failure,
+    is_transient,
+    with_db_retry,
+)
+from cnas_hpc.study.sampler import make_sampler
+from cnas_hpc.study.storage import release_connections
 
 log = logging.getLogger(__name__)
 
@@ -44,36 +67,95 @@ T = TypeVar("T")
 # How many proposals to skip as duplicates before accepting one (the space may be exhausted).
 _MAX_DUPLICATE_SKIPS = 20
 
+#: What rank 0 tells the other ranks to do next.
+AssignmentKind = Literal["train", "wait", "done", "stop", "abort"]
+
 
 @dataclass(frozen=True)
 class Assignment:
     """What rank 0 tells the other ranks to do next (broadcast as a picklable object).
 
-    ``checkpoint_key`` is the trial's ORIGINAL number: a retry resumes the dead trial's state.
+    ``train``: the trial ``number`` with ``genotype_json``; ``checkpoint_key`` is the trial's
+    ORIGINAL number (a retry resumes the dead trial's state). ``wait``: poll again. ``done``: the
+    budget is spent. ``stop``: a stop request (preemption) reached rank 0 outside training; every
+    rank stops, the job is requeued. ``abort``: rank 0 cannot go on (``error`` says why:
+    ``database``, ``study`` or ``bug``; ``message`` is its one line); every rank raises it.
     """
 
-    kind: Literal["train", "wait", "done"]
+    kind: AssignmentKind
     number: int = -1
     genotype_json: str = ""
     checkpoint_key: int = -1
+    error: str = ""
+    message: str = ""
 
 
-def _is_duplicate(study: optuna.Study, trial: optuna.Trial, arch_hash: str) -> int | None:
-    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-        if other.number != trial.number and other.user_attrs.get(attrs.ARCH_HASH) == arch_hash:
-            return other.number
-    return None
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _releasing(
+    method: Callable[Concatenate[TrialOwner, P], R],
+) -> Callable[Concatenate[TrialOwner, P], R]:
+    """A burst of database operations: its connections are released when it ends."""
+
+    @functools.wraps(method)
+    def burst(self: TrialOwner, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.release()
+
+    return burst
 
 
 class TrialOwner:
-    """The study handle of one worker (rank 0 only)."""
+    """The study handle of one worker (rank 0 only).
 
-    def __init__(self, settings: Settings, env: DistEnv, encoding: CellEncoding) -> None:
+    Args:
+        settings: the search's settings.
+        env: this process's place in its job (its job id finds an in-flight trial).
+        encoding: the search space's encoding (proposes architectures).
+        identity: further attributes recorded on every claimed trial (e.g. its threads).
+        should_stop: polled while a database call waits to be retried (preemption).
+
+    Raises:
+        DatabaseUnavailableError: the database stayed down past ``study.retry_deadline_s``.
+        RetryStoppedError: ``should_stop`` turned True while loading waited for the database.
+        StudyError: the study does not exist or was built for another space.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        env: DistEnv,
+        encoding: CellEncoding,
+        identity: Mapping[str, Any] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         self.settings = settings
         self.env = env
         self.encoding = encoding
+        self.identity = dict(identity or {})
+        self.should_stop = should_stop
+        cfg = settings.study
+        # A claim older than twice the retry deadline belongs to a teller that died.
+        self.pending = PendingResults(settings.pending_dir, 2 * cfg.retry_deadline_s + 60)
         self.study = self._retry(lambda: load_study(settings, worker=settings.worker), "load")
+        self.release()
         self.trial: optuna.Trial | None = None
+        #: a slot reserved by a claim whose architecture is not written yet
+        self._reserved: optuna.Trial | None = None
+        self._complete_at_claim = 0
+        self._known = KnownArchitectures()
+        self._attr_notes: dict[str, Any] = {}
+        self._report_notes: dict[int, float] = {}
+
+    def release(self) -> None:
+        """Close the connections of the last burst of operations (``study.pool_size=0``): a
+        worker holds none while it trains."""
+        if self.settings.study.pool_size <= 0:
+            release_connections(self.study)
 
     @property
     def storage(self) -> BaseStorage:
@@ -81,10 +163,16 @@ class TrialOwner:
         return storage_of(self.study)
 
     def _retry(self, operation: Callable[[], T], what: str) -> T:
-        return with_db_retry(operation, what=what, deadline_s=self.settings.study.retry_deadline_s)
+        return with_db_retry(
+            operation,
+            what=what,
+            deadline_s=self.settings.study.retry_deadline_s,
+            should_stop=self.should_stop,
+        )
 
     # -- claiming -------------------------------------------------------------------------------
 
+    @_releasing
     def adopt_in_flight(self) -> Assignment | None:
         """The RUNNING trial this SLURM job (or array task) owned before a requeue, if any.
 
@@ -102,146 +190,286 @@ class TrialOwner:
                 and attrs.GENOTYPE in frozen.user_attrs
             )
             if mine:
-                trial = optuna.Trial(self.study, trial_id_of(frozen))
-                requeues = int(frozen.user_attrs.get(attrs.REQUEUES, 0)) + 1
-                self._retry(partial(trial.set_user_attr, attrs.REQUEUES, requeues), "set attr")
-                log.info("resuming in-flight trial %d after a requeue", frozen.number)
-                self.trial = trial
-                return Assignment(
-                    "train",
-                    frozen.number,
-                    str(frozen.user_attrs[attrs.GENOTYPE]),
-                    int(frozen.user_attrs.get(attrs.RETRY_OF, frozen.number)),
-                )
+                return self._adopt(frozen)
         return None
 
-    def claim(self) -> tuple[Assignment, int]:
-        """Claim the next trial; returns the assignment and the study's COMPLETE count."""
-        n_trials = self.settings.search.n_trials
-        claim = self._retry(
-            lambda: claim_trial(self.study, n_trials, prepare=self._propose), "claim a trial"
+    def _adopt(self, frozen: FrozenTrial) -> Assignment:
+        trial_id = trial_id_of(frozen)
+        requeues = int(frozen.user_attrs.get(attrs.REQUEUES, 0)) + 1
+        for key, value in ((attrs.REQUEUES, requeues), (attrs.HELD_BY_JOB, "")):
+            self._retry(partial(self.storage.set_trial_user_attr, trial_id, key, value), "set attr")
+        log.info("resuming in-flight trial %d after a requeue", frozen.number)
+        self.trial = self._retry(lambda: optuna.Trial(self.study, trial_id), "open trial")
+        return Assignment(
+            "train",
+            frozen.number,
+            str(frozen.user_attrs[attrs.GENOTYPE]),
+            int(frozen.user_attrs.get(attrs.RETRY_OF, frozen.number)),
         )
-        if claim.status is not ClaimStatus.CLAIMED or claim.trial is None:
-            kind: Literal["wait", "done"] = "done" if claim.status is ClaimStatus.DONE else "wait"
-            return Assignment(kind), claim.count.complete
-        trial = claim.trial
-        self.trial = trial
-        key = int(trial.user_attrs.get(attrs.RETRY_OF, trial.number))
-        genotype_json = str(trial.user_attrs[attrs.GENOTYPE])
-        return Assignment("train", trial.number, genotype_json, key), claim.count.complete
 
-    def _propose(self, trial: optuna.Trial) -> optuna.Trial:
-        """Sample the architecture; skip proposals another RUNNING/COMPLETE trial already has.
+    @_releasing
+    def claim(self) -> tuple[Assignment, int]:
+        """Claim the next trial; returns the assignment and the study's COMPLETE count.
 
-        Runs under the claim lock, so two workers cannot both take one architecture.
+        Three steps (see :mod:`cnas_hpc.study.budget`): reserve a slot under the claim lock
+        (stale trials failed, budget counted, a trial asked with its first heartbeat and this
+        worker's identity); propose its architecture OUTSIDE the lock (TPE's cost); write it
+        under the lock unless another trial already has it (then the slot is given back as a
+        FAIL ``duplicate of N`` and the claim starts over). Each step is retried through
+        outages on its own: a reserved slot is never abandoned by a retry.
         """
+        genotype: Genotype | None = None
         for _ in range(_MAX_DUPLICATE_SKIPS):
-            genotype = self.encoding.suggest(trial)
-            arch_hash = compact_hash(genotype)
-            duplicate = _is_duplicate(self.study, trial, arch_hash)
-            if duplicate is None:
+            if self._reserved is None:
+                claim = self._retry(self._reserve, "claim a trial")
+                if claim.status is not ClaimStatus.CLAIMED or claim.trial is None:
+                    kind: AssignmentKind = "done" if claim.status is ClaimStatus.DONE else "wait"
+                    return Assignment(kind), claim.count.complete
+                self._reserved, self._complete_at_claim = claim.trial, claim.count.complete
+            genotype = self._place(self._reserved)
+            if genotype is not None:
                 break
-            trial.set_user_attr(attrs.FAIL_REASON, f"duplicate of trial {duplicate}")
-            self.study.tell(trial, state=TrialState.FAIL)
-            log.info("trial %d duplicates trial %d: skipped", trial.number, duplicate)
-            trial = self.study.ask()
-        self._record_identity(trial, genotype, arch_hash)
-        return trial
+            self._reserved = None  # a duplicate: given back, claim another slot
+        reserved, self._reserved = self._reserved, None
+        assert reserved is not None and genotype is not None
+        self.trial = reserved  # its snapshot holds what the claim wrote (remember_rows)
+        key = int(self.trial.user_attrs.get(attrs.RETRY_OF, reserved.number))
+        assignment = Assignment("train", reserved.number, genotype_to_json(genotype), key)
+        return assignment, self._complete_at_claim
 
-    def _record_identity(self, trial: optuna.Trial, genotype: Genotype, arch_hash: str) -> None:
-        # A first heartbeat at once: Optuna never declares a trial without any heartbeat stale,
-        # so a trial orphaned between ask and training (e.g. by a database outage) would hold
-        # its budget slot forever.
-        record_heartbeat(self.storage, trial_id_of(trial))
-        trial.set_user_attr(attrs.GENOTYPE, genotype_to_json(genotype))
-        trial.set_user_attr(attrs.ARCH_HASH, arch_hash)
-        trial.set_user_attr(attrs.WORKER, self.env.worker_label)
-        trial.set_user_attr(attrs.WORKER_INDEX, self.settings.worker)
-        trial.set_user_attr(attrs.HOST, socket.gethostname())
-        trial.set_user_attr(attrs.WORLD_SIZE, self.env.world_size)
+    def _place(self, trial: optuna.Trial) -> Genotype | None:
+        """Propose the reserved trial's architecture and write it; None when it was a duplicate
+        (then the trial is told FAIL ``duplicate of N``)."""
+        genotype, values = self._retry(partial(self._propose, trial), "propose a trial")
+        duplicate = self._retry(partial(self._commit, trial, genotype, values), "commit a trial")
+        if duplicate is None:
+            return genotype
+        self._retry(partial(self._give_back, trial, duplicate), "skip a duplicate")
+        return None
+
+    def _reserve(self) -> Claim:
+        return claim_trial(
+            self.study,
+            self.settings.search.n_trials,
+            keep=self._has_pending_result,
+            max_retry=self.settings.study.max_retry,
+            sampler_for=self._sampler_for,
+            identity=self._identity(),
+        )
+
+    def _sampler_for(self, number: int) -> optuna.samplers.BaseSampler:
+        return make_sampler(
+            self.settings.study.sampler,
+            worker=self.settings.worker,
+            number=number,
+            search_space=self.encoding.distributions(),
+        )
+
+    def _has_pending_result(self, trial: FrozenTrial) -> bool:
+        return self.pending.holds(trial.number)
+
+    def _propose(self, trial: optuna.Trial) -> tuple[Genotype, dict[str, Any]]:
+        """The architecture of the reserved trial, proposed without the lock (TPE's cost)."""
+        values = propose(self.study, trial, self.encoding.distributions())
+        genotype = self.encoding.from_params(values)
+        return genotype, self.encoding.to_params(genotype)
+
+    def _commit(
+        self, trial: optuna.Trial, genotype: Genotype, values: dict[str, Any]
+    ) -> int | None:
+        """Write the proposal under the lock unless it duplicates a COMPLETE or RUNNING trial."""
+        distributions = self.encoding.distributions()
+        if not self._known.complete:
+            self._known.warm(self.study)
+        arch_hash = compact_hash(genotype)
+        return commit_proposal(
+            self.study,
+            trial,
+            arch_hash=arch_hash,
+            params={name: (value, distributions[name]) for name, value in values.items()},
+            user_attrs={attrs.GENOTYPE: genotype_to_json(genotype), attrs.ARCH_HASH: arch_hash},
+            known=self._known,
+        )
+
+    def _give_back(self, trial: optuna.Trial, duplicate: int) -> None:
+        write_trial_rows(
+            self.study,
+            trial_id_of(trial),
+            user_attrs={attrs.FAIL_REASON: f"duplicate of trial {duplicate}"},
+        )
+        self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        log.info("trial %d duplicates trial %d: skipped", trial.number, duplicate)
+
+    def _identity(self) -> dict[str, Any]:
+        """What every claimed trial records about the worker that runs it."""
+        identity: dict[str, Any] = {
+            attrs.WORKER: self.env.worker_label,
+            attrs.WORKER_INDEX: self.settings.worker,
+            attrs.HOST: socket.gethostname(),
+            attrs.WORLD_SIZE: self.env.world_size,
+            **self.identity,
+        }
         if self.env.job_id is not None:
-            trial.set_user_attr(attrs.JOB, self.env.job_id)
+            identity[attrs.JOB] = self.env.job_id
         if self.env.array_job_id is not None:
-            trial.set_user_attr(attrs.ARRAY_JOB, self.env.array_job_id)
-            trial.set_user_attr(attrs.ARRAY_TASK, self.env.array_task_id)
+            identity[attrs.ARRAY_JOB] = self.env.array_job_id
+            identity[attrs.ARRAY_TASK] = self.env.array_task_id
+        return identity
 
-    # -- attributes and results -----------------------------------------------------------------
+    # -- what a training trial records ----------------------------------------------------------
 
-    def set_attrs(self, values: dict[str, Any]) -> None:
-        """Record user attributes of the current trial (retried through outages)."""
+    def note_attrs(self, values: Mapping[str, Any]) -> None:
+        """Record user attributes of the current trial with the next flush (or the result)."""
+        self._attr_notes.update({k: v for k, v in values.items() if v is not None})
+
+    def note_report(self, epoch: int, value: float) -> None:
+        """Record an intermediate objective value with the next flush (or the result)."""
+        self._report_notes[int(epoch)] = float(value)
+
+    @_releasing
+    def flush_notes(self) -> bool:
+        """Send the notes in one write, one attempt: a database outage must not stall training.
+
+        Returns:
+            Whether everything was sent; what was not stays noted and goes with the result.
+        """
         trial = self.trial
-        assert trial is not None
-        for key, value in values.items():
-            if value is not None:
-                self._retry(partial(trial.set_user_attr, key, value), f"set {key}")
+        if trial is None or not (self._attr_notes or self._report_notes):
+            return True
+        attrs_sent, reports_sent = dict(self._attr_notes), dict(self._report_notes)
+        try:
+            write_trial_rows(
+                self.study, trial_id_of(trial), user_attrs=attrs_sent, intermediate=reports_sent
+            )
+        except Exception as exc:  # retried with the result; never raised into training
+            level = logging.INFO if is_transient(exc) else logging.WARNING
+            log.log(level, "trial %d: sent later (%s)", trial.number, describe_failure(exc))
+            return False
+        for key in attrs_sent:
+            self._attr_notes.pop(key, None)
+        for epoch in reports_sent:
+            self._report_notes.pop(epoch, None)
+        return True
 
-    def report(self, value: float, epoch: int) -> None:
-        """Report an intermediate objective value of the current trial."""
-        trial = self.trial
-        assert trial is not None
-        self._retry(lambda: trial.report(value, epoch), "report")
+    @_releasing
+    def mark_held(self) -> None:
+        """Mark the current trial as waiting for its (requeued) job; one attempt, best effort.
 
+        The stale check asks SLURM about any trial of a SLURM job anyway: the mark is what
+        ``launch/report.py`` shows.
+        """
+        if self.trial is None or self.env.job_id is None:
+            return
+        try:
+            self.storage.set_trial_user_attr(
+                trial_id_of(self.trial), attrs.HELD_BY_JOB, self.env.job_id
+            )
+        except Exception as exc:
+            log.info("trial %d not marked as held (%s)", self.trial.number, describe_failure(exc))
+
+    @_releasing
     def should_prune(self) -> bool:
-        """The study's pruner verdict on the current trial after its last report."""
-        trial = self.trial
-        assert trial is not None
-        return bool(self._retry(trial.should_prune, "ask the pruner"))
+        """The study's pruner verdict on the current trial, its noted reports included.
 
-    def finish(self, state: TrialState, value: float | None, values: dict[str, Any]) -> None:
-        """Tell the current trial's result: pending file first, then the study, then cleanup."""
+        Asked right after an epoch, BEFORE that epoch's report is sent (reports go after the
+        checkpoint, see :meth:`flush_notes`, or with the result): the pruner judges the stored
+        trial with the unsent reports added, as Optuna's ``Trial.should_prune`` would judge it
+        after ``report``. Retried through outages (the verdict needs the other trials).
+        """
         trial = self.trial
         assert trial is not None
-        pending = self._pending_path(trial.number)
-        pending.parent.mkdir(parents=True, exist_ok=True)
+        trial_id = trial_id_of(trial)
+
+        def ask() -> bool:
+            frozen = copy.deepcopy(self.storage.get_trial(trial_id))
+            frozen.intermediate_values = {**frozen.intermediate_values, **self._report_notes}
+            return bool(self.study.pruner.prune(self.study, frozen))
+
+        return bool(self._retry(ask, "ask the pruner"))
+
+    # -- results --------------------------------------------------------------------------------
+
+    @_releasing
+    def finish(self, state: TrialState, value: float | None, values: dict[str, Any]) -> None:
+        """Tell the current trial's result: pending file first, then the study, then cleanup.
+
+        Raises:
+            DatabaseUnavailableError: the database stayed down past the deadline; the message
+                names the file that keeps the result for the next run.
+            RetryStoppedError: a stop request came while the tell waited; the result is kept.
+        """
+        trial = self.trial
+        assert trial is not None
         payload = {
             "number": trial.number,
             "trial_id": trial_id_of(trial),
             "state": state.name,
             "value": value,
-            "attrs": {k: v for k, v in values.items() if v is not None},
+            "attrs": {**self._attr_notes, **{k: v for k, v in values.items() if v is not None}},
+            "reports": {str(epoch): v for epoch, v in sorted(self._report_notes.items())},
         }
-        tmp = pending.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload))
-        tmp.replace(pending)
-        self._tell(payload)
-        pending.unlink(missing_ok=True)
+        path = self.pending.write(payload)
+        try:
+            self._tell(payload)
+        except DatabaseUnavailableError as exc:
+            raise DatabaseUnavailableError(
+                f"{exc}; the result of trial {trial.number} is kept in {path} "
+                "and the next run of the same command tells it"
+            ) from None
+        self.pending.remove(trial.number)
         self.trial = None
+        self._attr_notes, self._report_notes = {}, {}
 
-    def _pending_path(self, number: int) -> Path:
-        return self.settings.pending_dir / f"trial-{number}.json"
+    def _tell(self, payload: dict[str, Any]) -> bool:
+        """Tell one result: its attributes and intermediate values in one write, then its state.
 
-    def _tell(self, payload: dict[str, Any]) -> None:
-        trial = optuna.Trial(self.study, int(payload["trial_id"]))
-        for key, value in payload["attrs"].items():
-            self._retry(partial(trial.set_user_attr, key, value), f"set {key}")
+        Returns:
+            False when the trial was already finished (by someone else): nothing was written.
+        """
+        trial_id, number = int(payload["trial_id"]), int(payload["number"])
+        reports = {int(epoch): value for epoch, value in payload.get("reports", {}).items()}
+        write = partial(
+            write_trial_rows,
+            self.study,
+            trial_id,
+            user_attrs=payload["attrs"],
+            intermediate=reports,
+        )
+        try:
+            self._retry(write, f"record trial {number}")
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
         state = TrialState[payload["state"]]
         value = payload["value"] if state == TrialState.COMPLETE else None
         self._retry(
-            lambda: self.study.tell(trial, value, state=state, skip_if_finished=True),
-            f"tell trial {payload['number']}",
+            lambda: self.study.tell(number, value, state=state, skip_if_finished=True),
+            f"tell trial {number}",
         )
+        return True
 
+    @_releasing
     def flush_pending(self) -> int:
-        """Tell results that an earlier run computed while the database was down."""
-        folder = self.settings.pending_dir
+        """Tell results that an earlier run computed but could not tell (one teller per file)."""
         told = 0
-        for path in sorted(folder.glob("trial-*.json")) if folder.exists() else []:
-            payload = json.loads(path.read_text())
-            frozen = self._retry(
-                partial(self.storage.get_trial, int(payload["trial_id"])),
-                "read a pending trial",
-            )
-            if frozen.state.is_finished():
-                # Another worker failed it as stale meanwhile: keep the result, don't lose it.
-                path.rename(path.with_suffix(".orphan.json"))
-                log.warning("trial %d finished elsewhere; result kept in %s", frozen.number, path)
-                continue
-            self._tell(payload)
-            path.unlink()
-            told += 1
-            log.info("told the pending result of trial %d", frozen.number)
+        for claimed, payload in self.pending.claim_all():
+            try:
+                fresh = self._tell(payload)
+            except BaseException:
+                self.pending.give_back(claimed)
+                raise
+            if fresh:
+                self.pending.done(claimed)
+                told += 1
+                log.info("told the pending result of trial %s", payload["number"])
+            else:
+                # Ended elsewhere meanwhile (e.g. failed as stale by an older version): keep it.
+                kept = self.pending.orphan(claimed)
+                log.warning(
+                    "trial %s finished elsewhere; result kept in %s", payload["number"], kept
+                )
         return told
 
+    @_releasing
     def best_value(self) -> float | None:
         """The study's best value so far (None before the first COMPLETE trial)."""
         try:

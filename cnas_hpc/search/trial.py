@@ -10,12 +10,20 @@ Contract:
       when the study's multi-fidelity pruner stopped it after an epoch (``search.pruner``;
       told PRUNED with ``cnas:pruned_at_epoch``: not a failure), else the failure reason (rank
       0 told it PRUNED or FAIL).
-    * With a pruner, rank 0 reports the objective after every epoch and asks the pruner (not
-      after the last epoch: a trial that trained to the end completes); the verdict is agreed
-      by every rank inside the training loop.
-    * A diverging or out-of-memory candidate is told PRUNED: TPE ranks pruned trials below every
+    * With a pruner, rank 0 asks the pruner after every epoch (not after the last epoch: a
+      trial that trained to the end completes), with the epoch's objective as noted (the
+      pruner sees it before it is sent, see below); the verdict is agreed by every rank inside
+      the training loop. A pruned trial's reports go with its PRUNED result.
+    * A diverging or out-of-memory candidate (CUDA out of memory, or a CPU allocation a proxy
+      too large for the node cannot get) is told PRUNED: TPE ranks pruned trials below every
       COMPLETE one and so learns to avoid such cells, whereas it ignores FAIL trials and would
-      keep proposing them. Any other exception (a bug, an invalid architecture) is told FAIL.
+      keep proposing them. ANY other exception of the trial (a bug, an invalid architecture) is
+      told FAIL with its reason; only the worker's own troubles (the database gone past its
+      deadline, a stop request while it waited) end the worker instead.
+    * Each epoch's objective is reported AFTER that epoch's checkpoint is written, and without
+      blocking: reports are noted and sent with the checkpoint (:meth:`TrialOwner.flush_notes`);
+      what the database did not take goes with the result. A resumed trial re-notes the epochs
+      of its checkpoint, so no report is lost to a preemption.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from cnas_hpc.search.owner import Assignment, TrialOwner
 from cnas_hpc.space.genotype import Genotype, genotype_from_json
 from cnas_hpc.study.heartbeat import Heartbeat
 from cnas_hpc.study.optuna_internals import trial_id_of
+from cnas_hpc.study.retry import DatabaseUnavailableError, RetryStoppedError
 from cnas_hpc.train.checkpoint import (
     TrainState,
     checkpoint_path,
@@ -59,6 +68,26 @@ log = logging.getLogger(__name__)
 
 #: Failures that say "this architecture is bad" rather than "the worker is broken".
 PRUNED_REASONS = ("non_finite_loss", "out_of_memory")
+#: How allocators word "out of memory": CUDA's, and the CPU allocator's for a proxy too large.
+_OOM_TEXT = (
+    "out of memory",
+    "can't allocate memory",
+    "defaultcpuallocator",
+    "cannot allocate memory",
+)
+#: The worker's own troubles: they end the worker, never a trial.
+WORKER_ERRORS = (DatabaseUnavailableError, RetryStoppedError)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The short reason a trial failed: ``out_of_memory``, the abort's reason, or the type."""
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError) or any(
+        needle in text for needle in _OOM_TEXT
+    ):
+        return "out_of_memory"
+    return str(getattr(exc, "reason", "") or type(exc).__name__)
+
 
 #: Result fields of a trial -> the user attribute they are stored in.
 RESULT_ATTRS = {
@@ -73,14 +102,16 @@ RESULT_ATTRS = {
 }
 
 
-def proxy_task(settings: Settings) -> ProxyTask:
-    """The proxy task of a search (step plans cached in ``<output_dir>/autotune``)."""
+def proxy_task(settings: Settings, max_threads: int | None = None) -> ProxyTask:
+    """The proxy task of a search (step plans cached in ``<output_dir>/autotune``); a worker
+    gives ``max_threads``, its allocation's intra-op threads (see ``ProxyTask.max_threads``)."""
     return ProxyTask(
         settings.train,
         settings.augment,
         settings.data.image_size,
         settings.seed,
         autotune_dir=Path(settings.output_dir) / "autotune",
+        max_threads=max_threads,
     )
 
 
@@ -105,6 +136,8 @@ class TrialRunner:
         owner: rank 0's study handle (None on other ranks).
         observers: rank 0's observers (empty on other ranks).
         preemption: the process's USR2 flag, polled by the training loop.
+        max_threads: the worker's intra-op threads from its CPU allocation: the most a measured
+            step plan may use (``None``: the CPU affinity).
     """
 
     def __init__(
@@ -117,31 +150,36 @@ class TrialRunner:
         owner: TrialOwner | None,
         observers: ObserverGroup,
         preemption: Preemption,
+        *,
+        max_threads: int | None = None,
     ) -> None:
         self.assignment, self.settings, self.env = assignment, settings, env
         self.device, self.data, self.owner = device, data, owner
         self.observers, self.preemption = observers, preemption
-        self.genotype: Genotype = genotype_from_json(assignment.genotype_json)
+        self.max_threads = max_threads
         self.ckpt_path: Path = checkpoint_path(
             settings.checkpoint_root, settings.study.name, assignment.checkpoint_key
         )
-        self.summary: dict[str, Any] = {}
+        # "trial" first: a trial that fails before it trains is still named in every log line.
+        self.summary: dict[str, Any] = {"trial": assignment.number}
         self.pruned_at_epoch: int | None = None
         self.started = time.perf_counter()
+        self.prior_wall_s = 0.0
         self._last_step = (self.started, 0)
 
     # -- the trial ------------------------------------------------------------------------------
 
     def run(self) -> str | None:
-        """Train and record the trial; see the module docstring for the return value."""
-        resume = (
-            load_checkpoint(self.ckpt_path, genotype_json=self.assignment.genotype_json)
-            if self.settings.checkpoint.enabled
-            else None
-        )
-        heartbeat = self._heartbeat()
+        """Train and record the trial; see the module docstring for the return value.
+
+        Raises:
+            DatabaseUnavailableError: rank 0 could not tell the result (it is kept on disk).
+            RetryStoppedError: a stop request came while rank 0 waited to tell it (kept too).
+        """
         try:
-            with heartbeat:
+            self.genotype: Genotype = genotype_from_json(self.assignment.genotype_json)
+            resume = self._resume_state()
+            with self._heartbeat():
                 result = self._train(resume)
         except TrainingAbortedError as exc:
             if exc.reason == "stopped":
@@ -150,19 +188,36 @@ class TrialRunner:
             if exc.reason == "pruned":
                 return self._pruned()
             return self._fail(exc)
-        except (ValueError, RuntimeError) as exc:
+        except WORKER_ERRORS:
+            raise
+        except Exception as exc:  # whatever broke this trial is its reason; the worker goes on
             return self._fail(exc)
         finally:
             release_memory(self.device)
         self._complete(result)
         return None
 
+    def _resume_state(self) -> TrainState | None:
+        """The checkpoint to continue from; rank 0 re-notes the epochs it already reported."""
+        if not self.settings.checkpoint.enabled:
+            return None
+        resume = load_checkpoint(self.ckpt_path, genotype_json=self.assignment.genotype_json)
+        if resume is not None:
+            self.prior_wall_s = resume.wall_s
+            if self.owner is not None:
+                for past in resume.history:
+                    value = objective_of(EpochMetrics(**past), self.settings.search.objective)  # type: ignore[arg-type]
+                    if value is not None and math.isfinite(value):
+                        self.owner.note_report(int(past["epoch"] or 0), value)
+        return resume
+
     def _heartbeat(self) -> contextlib.AbstractContextManager[object]:
         owner = self.owner
         if owner is None or owner.trial is None:
             return contextlib.nullcontext()
         trial_id = trial_id_of(owner.trial)
-        return Heartbeat(owner.storage, trial_id, self.settings.study.heartbeat_interval)
+        interval = self.settings.study.heartbeat_interval
+        return Heartbeat(owner.storage, trial_id, interval, release=owner.release)
 
     def _train(self, resume: TrainState | None) -> TrainResult:
         model = build_candidate(self.genotype, self.settings.model, self.settings.seed, self.device)
@@ -171,7 +226,7 @@ class TrialRunner:
         result = train_candidate(
             model,
             self.data,
-            proxy_task(self.settings),
+            proxy_task(self.settings, self.max_threads),
             self.device,
             on_step=self.on_step,
             on_epoch=self.on_epoch,
@@ -193,10 +248,12 @@ class TrialRunner:
         assert self.owner is not None and self.owner.trial is not None
         image = (3, self.settings.data.image_size, self.settings.data.image_size)
         self.summary.update(n_params=count_parameters(model), macs=count_macs(model, image))
-        self.owner.set_attrs(
+        self.owner.note_attrs(
             {attrs.N_PARAMS: self.summary["n_params"], attrs.MACS: self.summary["macs"]}
         )
-        self.observers.notify("trial_started", self._info(resume), **self.summary)
+        self.owner.flush_notes()
+        sizes = {"n_params": self.summary["n_params"], "macs": self.summary["macs"]}
+        self.observers.notify("trial_started", self._info(resume), **sizes)
 
     def _info(self, resume: TrainState | None) -> TrialInfo:
         assert self.owner is not None and self.owner.trial is not None
@@ -219,7 +276,8 @@ class TrialRunner:
     def _checkpointing(self, resume: TrainState | None) -> Checkpointing:
         enabled = self.settings.checkpoint.enabled
         return Checkpointing(
-            save=self.save if self.env.is_main and enabled else None,
+            # Rank 0 always gets the call: it sends the epoch's reports after the checkpoint.
+            save=self.save if self.env.is_main else None,
             every_s=self.settings.checkpoint.every_minutes * 60 if enabled else math.inf,
             resume=resume,
             trial=self.assignment.number,
@@ -233,8 +291,16 @@ class TrialRunner:
         return self.preemption.requested
 
     def save(self, state: TrainState) -> None:
-        """Persist the trial's training state (rank 0)."""
-        save_checkpoint(state, self.ckpt_path)
+        """Persist the trial's training state, THEN send what the epoch recorded (rank 0).
+
+        In that order: a report the study holds is never ahead of the checkpoint a resumed trial
+        starts from. While stopping (preemption) nothing is sent: the stop must be quick, and a
+        resumed trial re-notes its checkpoint's epochs.
+        """
+        if self.settings.checkpoint.enabled:
+            save_checkpoint(state, self.ckpt_path)
+        if self.owner is not None and not self.stop_requested():
+            self.owner.flush_notes()
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         """Per-step metrics with throughput and memory, to the observers."""
@@ -250,7 +316,8 @@ class TrialRunner:
         self.observers.notify("step", step, metrics)
 
     def on_epoch(self, metrics: EpochMetrics) -> bool:
-        """Report the epoch's objective to the study (rank 0) and the metrics to observers.
+        """Note the epoch's objective (rank 0; sent after the checkpoint), ask the study's pruner
+        (rank 0, with ``search.pruner``) and tell observers.
 
         Returns:
             Whether the study's pruner asks to stop the trial (rank 0; False elsewhere, and
@@ -259,7 +326,7 @@ class TrialRunner:
         value = objective_of(metrics, self.settings.search.objective)
         prune = False
         if self.owner is not None and value is not None and math.isfinite(value):
-            self.owner.report(value, metrics.epoch)
+            self.owner.note_report(metrics.epoch, value)
             if self.settings.search.pruner != "none" and metrics.epoch < self.settings.train.epochs:
                 prune = self.owner.should_prune()
         if prune:
@@ -285,7 +352,7 @@ class TrialRunner:
         if self.owner is None:
             return
         self.summary.update(
-            wall_s=time.perf_counter() - self.started,
+            wall_s=self._wall_s(),
             epochs_done=result.epochs_done,
             train_loss=result.train_loss,
             val_loss=result.val_loss,
@@ -305,9 +372,7 @@ class TrialRunner:
     def _pruned(self) -> str:
         """End a trial the pruner stopped: PRUNED with its epoch; its last report is its value."""
         if self.owner is not None:
-            self.summary.update(
-                wall_s=time.perf_counter() - self.started, pruned_at_epoch=self.pruned_at_epoch
-            )
+            self.summary.update(wall_s=self._wall_s(), pruned_at_epoch=self.pruned_at_epoch)
             self.owner.finish(
                 TrialState.PRUNED,
                 None,
@@ -321,16 +386,18 @@ class TrialRunner:
             remove_checkpoint(self.ckpt_path)
         return "pruned"
 
+    def _wall_s(self) -> float:
+        """The trial's time over all its segments (a resumed trial adds its earlier ones)."""
+        return self.prior_wall_s + time.perf_counter() - self.started
+
     def _fail(self, exc: BaseException) -> str:
         """End the trial with its reason (rank 0 tells); every rank returns the reason."""
-        reason = getattr(exc, "reason", type(exc).__name__)
-        if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
-            reason = "out_of_memory"
-        message = f"{reason}: {exc}".splitlines()[0]
+        reason = failure_reason(exc)
+        message = f"{reason}: {exc}".splitlines()[0][:500]
         log.debug("trial %d failed:\n%s", self.assignment.number, traceback.format_exc())
         if self.owner is not None:
             state = TrialState.PRUNED if reason in PRUNED_REASONS else TrialState.FAIL
-            self.summary.update(wall_s=time.perf_counter() - self.started, fail_reason=message)
+            self.summary.update(wall_s=self._wall_s(), fail_reason=message)
             self.owner.finish(
                 state, None, {attrs.FAIL_REASON: message, attrs.WALL_S: self.summary["wall_s"]}
             )

@@ -6,12 +6,19 @@ Contract:
       attributes, records heartbeats and tells; it broadcasts each assignment to the other ranks,
       which build the same network and train it with DDP.
     * A claimed trial is RUNNING and owned by exactly this worker until it is told (or until its
-      heartbeat goes stale, when another worker fails it and re-enqueues its parameters).
+      worker is gone for good: then another worker fails it and re-enqueues its parameters, see
+      :mod:`cnas_hpc.study.stale`).
     * A trial that raises is told PRUNED (non-finite loss, out of memory: bad architectures TPE
       should learn to avoid) or FAIL (anything else), with its reason in ``cnas:fail_reason``;
       memory is released and the worker goes on.
       ``search.max_consecutive_failures`` failures in a row stop the worker with
       :class:`WorkerError` (a broken config must not loop forever).
+    * Rank 0's own troubles are AGREED by every rank through the next broadcast assignment, never
+      left for the others to discover in a collective's 30-minute timeout: the database gone past
+      ``study.retry_deadline_s`` (every rank raises
+      :class:`~cnas_hpc.study.retry.DatabaseUnavailableError`), a study that cannot be used, a
+      bug, or a stop request that reached rank 0 while it waited for the database (every rank
+      stops; rank 0 hands over to submitit, which requeues the job).
     * The loop ends when the study holds ``search.n_trials`` COMPLETE trials.
     * Trackers reach the worker only as :class:`~cnas_hpc.search.observer.TrialObserver` s made by
       the caller's factory (rank 0 only): the worker imports no tracker and no study analysis.
@@ -27,26 +34,34 @@ from dataclasses import dataclass
 import optuna
 import torch
 
+from cnas_hpc.common import attrs
+from cnas_hpc.common.errors import StudyError, WorkerError
 from cnas_hpc.common.observers import ObserverGroup
 from cnas_hpc.config import Settings
 from cnas_hpc.data.datasets import load_images
 from cnas_hpc.data.splits import SearchData, make_search_data
 from cnas_hpc.distributed.collectives import broadcast_object
-from cnas_hpc.distributed.env import DistEnv, distributed_session, select_device
+from cnas_hpc.distributed.env import (
+    CpuBudget,
+    DistEnv,
+    apply_cpu_budget,
+    cpu_budget,
+    distributed_session,
+    select_device,
+)
 from cnas_hpc.distributed.preemption import Preemption
 from cnas_hpc.search.observer import TrialObserver
 from cnas_hpc.search.owner import Assignment, TrialOwner
 from cnas_hpc.search.trial import TrialRunner
-from cnas_hpc.space.encoding import encoding_from_config
+from cnas_hpc.space.encoding import CellEncoding, encoding_from_config
+from cnas_hpc.study.retry import DatabaseUnavailableError, RetryStoppedError
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ObserverFactory", "WorkerError", "WorkerReport", "run_worker"]
+
 #: Builds rank 0's observers once the worker has loaded the study (given to them).
 ObserverFactory = Callable[[optuna.Study], Sequence[TrialObserver]]
-
-
-class WorkerError(RuntimeError):
-    """The worker cannot go on (e.g. too many consecutive failures); one-line message."""
 
 
 @dataclass
@@ -77,14 +92,19 @@ def run_worker(
 
     Raises:
         WorkerError: too many consecutive failed trials.
-        StudyError: the study cannot be loaded.
+        StudyError: the study cannot be used.
+        DatabaseUnavailableError: the database stayed down past ``study.retry_deadline_s``.
     """
     env = env or DistEnv.from_environment()
     device = select_device(env, settings.device)
-    if settings.train.num_threads:
-        torch.set_num_threads(settings.train.num_threads)
-    with distributed_session(env, device):
-        return _Worker(settings, env, device, observers).run()
+    # Threads from the allocation (SLURM_CPUS_PER_TASK, CPU affinity), not from the cores the
+    # process sees: four one-CPU workers with a thread per core oversubscribe a node 4x.
+    budget = cpu_budget(env, settings.train.num_threads)
+    apply_cpu_budget(budget)
+    # The USR2 flag is up before the first database call: a preemption while the worker waits
+    # for the database at start-up is honoured too.
+    with Preemption() as preemption, distributed_session(env, device):
+        return _Worker(settings, env, device, observers, budget, preemption).run()
 
 
 class _Worker:
@@ -96,48 +116,111 @@ class _Worker:
         env: DistEnv,
         device: torch.device,
         observers: ObserverFactory | None,
+        budget: CpuBudget,
+        preemption: Preemption,
     ) -> None:
         self.settings, self.env, self.device = settings, env, device
+        self.preemption = preemption
+        self.budget = budget
         encoding = encoding_from_config(settings.space)
         self.data: SearchData = make_search_data(load_images(settings.data), settings.data)
-        self.owner = TrialOwner(settings, env, encoding) if env.is_main else None
-        made = observers(self.owner.study) if observers and self.owner is not None else ()
-        self.observers = ObserverGroup(made)
         self.report = WorkerReport()
         self.failures_in_a_row = 0
+        self.owner: TrialOwner | None = None
+        #: rank 0: what to broadcast next instead of a claim (an in-flight trial, a stop, ...)
+        self.next_up: Assignment | None = None
+        self._bug: BaseException | None = None
+        if env.is_main:
+            self._rank0(lambda: self._open(encoding, budget))
+        made = observers(self.owner.study) if observers and self.owner is not None else ()
+        self.observers = ObserverGroup(made)
+
+    # -- rank 0's study operations, turned into assignments every rank agrees on ------------------
+
+    def _open(self, encoding: CellEncoding, budget: CpuBudget) -> None:
+        identity = {attrs.CPU_THREADS: budget.intra_op}
+        self.owner = TrialOwner(
+            self.settings, self.env, encoding, identity, lambda: self.preemption.requested
+        )
+        self.owner.flush_pending()
+        self.next_up = self.owner.adopt_in_flight()
+
+    def _rank0(self, action: Callable[[], None]) -> None:
+        """Run a rank-0-only study operation; its failure becomes the next assignment."""
+        try:
+            action()
+        except RetryStoppedError as exc:
+            log.warning("%s: stopping", exc)
+            self.next_up = Assignment("stop")
+        except DatabaseUnavailableError as exc:
+            self.next_up = Assignment("abort", error="database", message=str(exc))
+        except StudyError as exc:
+            self.next_up = Assignment("abort", error="study", message=str(exc))
+        except Exception as exc:  # a bug: the other ranks must not wait for it in a collective
+            self._bug = exc
+            message = f"rank 0 failed: {type(exc).__name__}: {exc}".splitlines()[0]
+            self.next_up = Assignment("abort", error="bug", message=message)
+
+    def _next(self) -> Assignment:
+        """Rank 0: a deferred assignment, a stop, or a claim. Other ranks: a placeholder."""
+        owner = self.owner
+        if not self.env.is_main:
+            return Assignment("wait")
+        if self.next_up is not None:
+            assignment, self.next_up = self.next_up, None
+            return assignment
+        if owner is None:  # opening failed and its assignment was already broadcast
+            return Assignment("abort", error="bug", message="no study")
+        if self.preemption.requested:
+            return Assignment("stop")
+        claimed: list[Assignment] = []
+
+        def claim() -> None:
+            assignment, complete = owner.claim()
+            self.report.study_complete = complete
+            self.observers.notify("study_updated", complete, owner.best_value())
+            claimed.append(assignment)
+
+        self._rank0(claim)
+        if self.next_up is not None:
+            return self._next()
+        return claimed[0]
+
+    # -- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> WorkerReport:
-        in_flight = None
-        if self.owner is not None:
-            self.owner.flush_pending()
-            in_flight = self.owner.adopt_in_flight()
-        with Preemption() as preemption:
-            try:
-                while True:
-                    assignment = broadcast_object(self._next(in_flight))
-                    in_flight = None
-                    if assignment.kind == "done":
-                        break
-                    if assignment.kind == "wait":
-                        time.sleep(self.settings.search.poll_seconds)
-                        continue
-                    self._train(assignment, preemption)
-            finally:
-                self.observers.notify("close")
+        try:
+            while True:
+                assignment = broadcast_object(self._next())
+                if assignment.kind == "done":
+                    break
+                if assignment.kind == "wait":
+                    time.sleep(self.settings.search.poll_seconds)
+                    continue
+                if assignment.kind in ("stop", "abort"):
+                    self._end(assignment)
+                self._train(assignment)
+        finally:
+            self.observers.notify("close")
         return self.report
 
-    def _next(self, in_flight: Assignment | None) -> Assignment:
-        """Rank 0: the adopted in-flight trial, else a fresh claim. Other ranks: a placeholder."""
-        if self.owner is None:
-            return Assignment("wait")
-        if in_flight is not None:
-            return in_flight
-        assignment, complete = self.owner.claim()
-        self.report.study_complete = complete
-        self.observers.notify("study_updated", complete, self.owner.best_value())
-        return assignment
+    def _end(self, assignment: Assignment) -> None:
+        """Stop every rank the same way (see the module docstring); never returns."""
+        if assignment.kind == "stop":
+            if self.env.is_main:
+                if self.owner is not None:
+                    self.owner.mark_held()
+                self.preemption.hand_over()
+            raise SystemExit(0)
+        if assignment.error == "database":
+            raise DatabaseUnavailableError(assignment.message)
+        if assignment.error == "study":
+            raise StudyError(assignment.message)
+        if self._bug is not None:
+            raise self._bug
+        raise RuntimeError(assignment.message)
 
-    def _train(self, assignment: Assignment, preemption: Preemption) -> None:
+    def _train(self, assignment: Assignment) -> None:
         runner = TrialRunner(
             assignment,
             self.settings,
@@ -146,14 +229,23 @@ class _Worker:
             self.data,
             self.owner,
             self.observers,
-            preemption,
+            self.preemption,
+            max_threads=self.budget.intra_op,
         )
-        outcome = runner.run()
+        outcomes: list[str | None] = []
+        if self.env.is_main:
+            # Rank 0's tell may outlive the database: the others learn it from the next broadcast.
+            self._rank0(lambda: outcomes.append(runner.run()))
+            if self.next_up is not None:
+                return
+        else:
+            outcomes.append(runner.run())
+        self._count(outcomes[0])
+
+    def _count(self, outcome: str | None) -> None:
         if outcome == "stopped":
             # Checkpointed; the trial stays RUNNING for the requeued job (or its retry).
-            if self.env.is_main:
-                preemption.hand_over()
-            raise SystemExit(0)
+            self._end(Assignment("stop"))
         if outcome is None or outcome == "pruned":
             if outcome is None:
                 self.report.completed += 1

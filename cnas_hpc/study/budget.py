@@ -4,7 +4,8 @@ Contract:
     * The budget is ``search.n_trials`` COMPLETE trials over the whole study, not per worker.
     * A worker claims a slot under a study-wide lock (a PostgreSQL advisory lock, or a file lock
       next to a SQLite file): inside it, stale trials are failed (and re-enqueued with the same
-      parameters), the trials are counted, and a new trial is asked only while
+      parameters; see :mod:`cnas_hpc.study.stale`, which asks SLURM before the lock whether a
+      stale trial's job still exists), the trials are counted, and a new trial is asked only while
       ``COMPLETE + RUNNING + WAITING < n_trials``. Two workers can therefore never overshoot the
       budget, and no worker waits for another between trials (the lock is held for one ask).
     * A WAITING trial (a retry of a stale one) is always handed out: it already holds its slot.
@@ -16,35 +17,44 @@ Contract:
 from __future__ import annotations
 
 import contextlib
-import datetime
 import enum
 import fcntl
 import hashlib
 import logging
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.trial import FrozenTrial
+from optuna.distributions import BaseDistribution
 
 from cnas_hpc.common import attrs
 from cnas_hpc.study.optuna_internals import (
+    arch_hashes,
+    budget_snapshot,
     count_by_state,
     engine_of,
-    fail_trial,
-    grace_period_of,
-    running_without_heartbeat,
+    record_heartbeat,
+    remember_rows,
+    reserve_trial_row,
+    storage_of,
+    study_id_of,
+    trial_id_of,
+    write_rows_unless,
+    write_trial_rows,
+)
+from cnas_hpc.study.stale import (
+    KeepCheck,
+    RequeueStaleTrial,
+    fail_orphaned_trials,
+    fail_stale,
+    stale_candidates,
 )
 
 log = logging.getLogger(__name__)
-
-# We deliberately run heartbeats with ask/tell (see cnas_hpc.study.heartbeat), and rely on
-# Optuna's heartbeat storage API, which it still flags as experimental.
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 class ClaimStatus(enum.Enum):
@@ -84,7 +94,10 @@ def count_budget(study: optuna.Study) -> BudgetCount:
     trials newer than the last finished one it saw), so an RDB study is counted with one SQL
     query; this is also O(1) in memory for studies with thousands of trials.
     """
-    by_state = count_by_state(study)
+    return _budget_of(count_by_state(study))
+
+
+def _budget_of(by_state: dict[str, int]) -> BudgetCount:
     return BudgetCount(
         complete=by_state.get("COMPLETE", 0),
         running=by_state.get("RUNNING", 0),
@@ -97,9 +110,25 @@ def _lock_key(study_name: str) -> int:
     return int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big") >> 1
 
 
+#: Settings of the session that holds (or waits for) the claim lock. A lock whose holder is gone
+#: must not stop every worker: the server probes an unanswering client within about a minute
+#: (keepalives) and ends a session idle in its transaction for 5 minutes (a suspended holder),
+#: which releases the lock; a waiter gives up after 2 minutes and retries (a transient error).
+_LOCK_SESSION_GUARDS = (
+    "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; "
+    "SET tcp_keepalives_count = 3; SET idle_in_transaction_session_timeout = '300s'; "
+    "SET lock_timeout = '120s'"
+)
+
+
 @contextlib.contextmanager
 def study_lock(study: optuna.Study) -> Iterator[None]:
-    """Hold the study-wide claim lock (blocking). Works for PostgreSQL and SQLite storages."""
+    """Hold the study-wide claim lock (blocking). Works for PostgreSQL and SQLite storages.
+
+    On PostgreSQL it is a session advisory lock, guarded against holders that died or hang
+    (see :data:`_LOCK_SESSION_GUARDS`); on SQLite a file lock next to the database file, which
+    the kernel releases when its holder dies.
+    """
     engine = engine_of(study)
     if engine is None:  # in-memory storage: one process, nothing to coordinate
         yield
@@ -107,6 +136,7 @@ def study_lock(study: optuna.Study) -> Iterator[None]:
     if engine.dialect.name == "postgresql":
         key = _lock_key(study.study_name)
         with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(_LOCK_SESSION_GUARDS))
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
             try:
                 yield
@@ -124,76 +154,184 @@ def study_lock(study: optuna.Study) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def fail_orphaned_trials(study: optuna.Study) -> list[int]:
-    """Fail RUNNING trials that never recorded a heartbeat within the grace period.
-
-    Optuna only declares a trial stale once it has a heartbeat. A trial asked by a worker that
-    lost the database (or died) before its first heartbeat would otherwise stay RUNNING forever
-    and hold a budget slot. Such a trial never trained, so it is failed without a retry.
-    """
-    grace = grace_period_of(study)
-    if grace is None:
-        return []
-    # Optuna stores datetime_start as naive local time.
-    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace)
-    failed = []
-    for trial_id, number, started in running_without_heartbeat(study):
-        if started < cutoff and fail_trial(study, trial_id):
-            log.warning("trial %d never sent a heartbeat: failed as orphaned", number)
-            failed.append(number)
-    return failed
-
-
 def claim_trial(
     study: optuna.Study,
     n_trials: int,
     prepare: Callable[[optuna.Trial], optuna.Trial] | None = None,
+    *,
+    keep: KeepCheck | None = None,
+    max_retry: int = 2,
+    sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None,
+    identity: Mapping[str, Any] | None = None,
 ) -> Claim:
     """Atomically fail stale trials, count the budget and ask one trial if a slot is free.
+
+    The critical section is short: SLURM is asked about stale candidates before it, and the ask
+    itself samples nothing (Optuna samples at the first ``suggest``); the new trial gets its
+    first heartbeat and ``identity`` in two writes before the lock is released, so a trial
+    without a heartbeat under the lock is an orphan (:func:`~cnas_hpc.study.stale.
+    fail_orphaned_trials`).
 
     Args:
         study: the shared study.
         n_trials: the budget of COMPLETE trials.
-        prepare: runs on the new trial while the lock is still held (sampling, de-duplication,
-            identity attributes) and returns the trial to keep (it may replace a duplicate).
+        prepare: runs on the new trial while the lock is still held and returns the trial to
+            keep (tests use it to sample under the lock; workers propose outside it).
+        keep: spares a stale candidate (see :mod:`cnas_hpc.study.stale`).
+        max_retry: retries of a stale trial with the same parameters.
+        sampler_for: the sampler for the proposal of the trial with the given number (set on
+            the study under the lock, where that number is known: reproducible seeds).
+        identity: user attributes of the new trial (worker, job, ...), written with its first
+            heartbeat.
     """
+    candidates = stale_candidates(study, keep)
+    if not candidates:
+        idle = _nothing_to_claim(study, n_trials)
+        if idle is not None:
+            return idle
+    engine = engine_of(study)
+    usual = not candidates and prepare is None and engine is not None
+    if usual and engine is not None and engine.dialect.name == "postgresql":
+        fast = _claim_in_one_transaction(study, n_trials, sampler_for, identity)
+        if fast is not None:
+            return fast
     with study_lock(study):
-        optuna.storages.fail_stale_trials(study)
+        fail_stale(study, candidates, RequeueStaleTrial(max_retry))
         fail_orphaned_trials(study)
-        count = count_budget(study)
+        by_state = count_by_state(study)
+        count = _budget_of(by_state)
         if count.complete >= n_trials:
             return Claim(ClaimStatus.DONE, None, count)
-        if count.waiting > 0 or count.remaining(n_trials) > 0:
-            trial = study.ask()
-            if prepare is not None:
-                trial = prepare(trial)
-            return Claim(ClaimStatus.CLAIMED, trial, count)
-        return Claim(ClaimStatus.WAIT, None, count)
+        if count.waiting == 0 and count.remaining(n_trials) == 0:
+            return Claim(ClaimStatus.WAIT, None, count)
+        if sampler_for is not None:
+            # The next trial's number is the number of trials so far (the lock is held).
+            study.sampler = sampler_for(sum(by_state.values()))
+        if count.waiting:
+            trial = study.ask()  # pops the retry, with its fixed parameters
+        else:
+            # What ask() does without a waiting trial, minus its read of every WAITING trial.
+            new_id = storage_of(study).create_new_trial(study_id_of(study))
+            trial = optuna.Trial(study, new_id)
+        trial_id = trial_id_of(trial)
+        record_heartbeat(storage_of(study), trial_id)
+        if identity:
+            write_trial_rows(study, trial_id, user_attrs=dict(identity))
+        if prepare is not None:
+            trial = prepare(trial)
+        return Claim(ClaimStatus.CLAIMED, trial, count)
 
 
-class RequeueStaleTrial:
-    """Heartbeat-stale callback: re-enqueue a dead trial with the same parameters.
+def _nothing_to_claim(study: optuna.Study, n_trials: int) -> Claim | None:
+    """DONE or WAIT, decided without the lock when nothing could change it under the lock (no
+    free slot, no retry waiting, no orphan to fail): idle workers polling near the end of a
+    study then never queue for the lock. None: take the lock."""
+    by_state, orphans = budget_snapshot(study)
+    count = _budget_of(by_state)
+    if count.complete >= n_trials:
+        return Claim(ClaimStatus.DONE, None, count)
+    if count.waiting or count.remaining(n_trials) or orphans:
+        return None
+    return Claim(ClaimStatus.WAIT, None, count)
 
-    The retry records the original trial number (``cnas:retry_of``), the trial it replaces
-    (``cnas:retried_from``) and how many retries preceded it (``cnas:retry_count``), so a
-    resumed trial can find the dead one's checkpoint. After ``max_retry`` retries the
-    parameters are dropped (the slot is freed for a new proposal).
+
+def _claim_in_one_transaction(
+    study: optuna.Study,
+    n_trials: int,
+    sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None,
+    identity: Mapping[str, Any] | None,
+) -> Claim | None:
+    """The usual claim (no stale trial, no retry waiting, no orphan) in one transaction that
+    holds the claim lock for a few milliseconds; None when the full claim must run."""
+    counts, created = reserve_trial_row(
+        study, _lock_key(study.study_name), n_trials, dict(identity or {})
+    )
+    count = _budget_of(counts)
+    if created is None:
+        if count.complete >= n_trials:
+            return Claim(ClaimStatus.DONE, None, count)
+        if count.waiting == 0 and count.remaining(n_trials) == 0 and "ORPHANED" not in counts:
+            return Claim(ClaimStatus.WAIT, None, count)
+        return None  # a retry to hand out or an orphan to fail: the full claim does it
+    trial_id, number = created
+    if sampler_for is not None:
+        study.sampler = sampler_for(number)
+    return Claim(ClaimStatus.CLAIMED, optuna.Trial(study, trial_id), count)
+
+
+class KnownArchitectures:
+    """What the study's trials are, by architecture hash: the claim's duplicate check.
+
+    COMPLETE trials never change, so they are read once (then only newer ones); RUNNING trials
+    are read at every check (a worker holds at most one). One query per check, whatever the size
+    of the study.
     """
 
-    def __init__(self, max_retry: int) -> None:
-        self.max_retry = max_retry
+    def __init__(self) -> None:
+        self.complete: dict[str, int] = {}
+        self.after = -1
 
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        retries = int(trial.user_attrs.get(attrs.RETRY_COUNT, 0))
-        if retries >= self.max_retry:
-            log.warning(
-                "trial %d went stale after %d retries: not retried again", trial.number, retries
-            )
-            return
-        retry_attrs = {
-            attrs.RETRY_OF: int(trial.user_attrs.get(attrs.RETRY_OF, trial.number)),
-            attrs.RETRIED_FROM: trial.number,
-            attrs.RETRY_COUNT: retries + 1,
-        }
-        study.enqueue_trial(trial.params, user_attrs=retry_attrs, skip_if_exists=False)
-        log.warning("trial %d went stale (heartbeat lost): re-enqueued", trial.number)
+    def warm(self, study: optuna.Study) -> None:
+        """Read what is known so far (outside the lock: the checks under it read only news)."""
+        self.learn(arch_hashes(study, attrs.ARCH_HASH, self.after), -1)
+
+    def learn(self, rows: list[tuple[int, int, str, Any]], trial_id: int) -> dict[str, int]:
+        """Take in ``(trial_id, number, state, hash)`` rows; returns the RUNNING trials' hashes
+        (other than ``trial_id``)."""
+        running: dict[str, int] = {}
+        oldest_running = None
+        for other_id, number, state, value in rows:
+            if state == "COMPLETE":
+                self.complete.setdefault(str(value), number)
+                self.after = max(self.after, other_id)
+            elif other_id != trial_id:
+                running.setdefault(str(value), number)
+                oldest_running = min(other_id, oldest_running or other_id)
+        if oldest_running is not None:
+            # A running trial completes later: read COMPLETE trials from its id on next time.
+            self.after = min(self.after, oldest_running - 1)
+        return running
+
+    def duplicate_in(
+        self, rows: list[tuple[int, int, str, Any]], arch_hash: str, trial_id: int
+    ) -> int | None:
+        """The number of a COMPLETE or RUNNING trial (other than ``trial_id``) with this hash."""
+        running = self.learn(rows, trial_id)
+        if arch_hash in self.complete:
+            return self.complete[arch_hash]
+        return running.get(arch_hash)
+
+
+def commit_proposal(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    *,
+    arch_hash: str,
+    params: dict[str, tuple[Any, BaseDistribution]],
+    user_attrs: Mapping[str, Any],
+    known: KnownArchitectures,
+) -> int | None:
+    """Under the claim lock: unless another COMPLETE or RUNNING trial has this architecture,
+    write the trial's parameters and ``user_attrs`` (the hash among them) in one transaction
+    (on PostgreSQL that transaction holds the lock: a few milliseconds).
+
+    Returns:
+        None when written; else the number of the trial it duplicates (nothing written).
+    """
+    trial_id = trial_id_of(trial)
+    engine = engine_of(study)
+    postgres = engine is not None and engine.dialect.name == "postgresql"
+    with contextlib.nullcontext() if postgres else study_lock(study):
+        duplicate = write_rows_unless(
+            study,
+            trial_id,
+            lock_key=_lock_key(study.study_name) if postgres else None,
+            key=attrs.ARCH_HASH,
+            after_trial_id=known.after,
+            duplicate_of=partial(known.duplicate_in, arch_hash=arch_hash, trial_id=trial_id),
+            params=params,
+            user_attrs=dict(user_attrs),
+        )
+    if duplicate is None:
+        remember_rows(trial, params, dict(user_attrs))
+    return duplicate

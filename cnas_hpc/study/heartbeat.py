@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from types import TracebackType
 
 from optuna.storages import BaseStorage
 
 from cnas_hpc.study.optuna_internals import record_heartbeat
+from cnas_hpc.study.retry import describe_failure
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +28,18 @@ log = logging.getLogger(__name__)
 class Heartbeat:
     """Context manager recording heartbeats of one RUNNING trial every ``interval`` seconds."""
 
-    def __init__(self, storage: BaseStorage, trial_id: int, interval: float) -> None:
+    def __init__(
+        self,
+        storage: BaseStorage,
+        trial_id: int,
+        interval: float,
+        release: Callable[[], None] | None = None,
+    ) -> None:
         self._storage = storage
         self._trial_id = trial_id
         self._interval = interval
+        #: called after each beat: a trial that trains for hours holds no idle connection
+        self._release = release
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cnas-heartbeat", daemon=True)
         self.failures = 0
@@ -40,7 +50,14 @@ class Heartbeat:
             self.failures = 0
         except Exception as exc:  # an outage must not kill the thread
             self.failures += 1
-            log.warning("heartbeat of trial id %d failed (%s); retrying", self._trial_id, exc)
+            log.warning(
+                "heartbeat of trial id %d failed (%s); retrying",
+                self._trial_id,
+                describe_failure(exc),
+            )
+        finally:
+            if self._release is not None:
+                self._release()
 
     def _run(self) -> None:
         while True:

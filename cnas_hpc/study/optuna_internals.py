@@ -3,9 +3,11 @@
 Why private at all: a fleet of ask/tell workers needs things ``optuna.Study`` does not expose
 publicly: heartbeats outside ``study.optimize`` (Optuna records them only inside it), the trial
 id of an asked trial (the storage API speaks trial ids; the public route costs two queries per
-call), the SQLAlchemy engine under the cache layer (for the claim's advisory lock), and counts
+call), the SQLAlchemy engine under the cache layer (for the claim's advisory lock), counts
 and heartbeat ages straight from the database (Optuna's trial cache misses trials other
-processes create, and loading every trial to count them is O(trials) per claim).
+processes create, and loading every trial to count them is O(trials) per claim), and a fast
+first read of a large study's finished trials into Optuna's own trial cache (its ORM read takes
+about 16 s for 10,000 trials; finished trials never change, so they can be read once, lean).
 
 Everything here is checked against the installed Optuna by
 ``tests/test_study_optuna_internals.py``: an Optuna release that renames an attribute or changes
@@ -18,11 +20,15 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.distributions import BaseDistribution, json_to_distribution
 from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.trial import FrozenTrial, TrialState
 
 #: Optuna versions whose internals this module was checked against (``pyproject.toml`` admits
@@ -142,6 +148,49 @@ def heartbeat_ages(study: optuna.Study) -> dict[int, float]:
     return ages
 
 
+def stale_running(study: optuna.Study, grace_s: float) -> list[tuple[int, int, float]]:
+    """``(trial_id, number, seconds since its last heartbeat)`` of RUNNING trials whose last
+    heartbeat is older than ``grace_s``, by the DATABASE's clock. Empty without an SQL engine.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the tables cannot be read.
+    """
+    engine = engine_of(study)
+    if engine is None:
+        return []
+    # The database's clock in the same statement: one round trip per claim.
+    query = sqlalchemy.text(
+        "SELECT t.trial_id, t.number, h.heartbeat, CURRENT_TIMESTAMP FROM trials t "
+        "JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+        "WHERE t.study_id = :study AND t.state = 'RUNNING'"
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query, {"study": study_id_of(study)}).all()
+    stale = []
+    for trial_id, number, heartbeat, now_raw in rows:
+        now, when = _as_datetime(now_raw), _as_datetime(heartbeat)
+        if now is not None and when is not None and (now - when).total_seconds() > grace_s:
+            stale.append((int(trial_id), int(number), (now - when).total_seconds()))
+    return stale
+
+
+def budget_snapshot(study: optuna.Study) -> tuple[dict[str, int], int]:
+    """Trials per state and the number of RUNNING trials without any heartbeat (orphans), in
+    one statement."""
+    engine = engine_of(study)
+    if engine is None:
+        return count_by_state(study), 0
+    query = sqlalchemy.text(
+        "SELECT t.state, COUNT(*), SUM(CASE WHEN t.state = 'RUNNING' AND h.trial_id IS NULL "
+        "THEN 1 ELSE 0 END) FROM trials t LEFT JOIN trial_heartbeats h "
+        "ON h.trial_id = t.trial_id WHERE t.study_id = :study GROUP BY t.state"
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query, {"study": study_id_of(study)}).all()
+    counts = {_state_name(state): int(n) for state, n, _ in rows}
+    return counts, sum(int(orphans or 0) for _, _, orphans in rows)
+
+
 def _as_datetime(value: object) -> datetime.datetime | None:
     if isinstance(value, datetime.datetime):
         return value.replace(tzinfo=None) if value.tzinfo else value
@@ -190,3 +239,466 @@ def set_user_attr_of_finished_trial(
             conn.execute(
                 sqlalchemy.insert(table).values(trial_id=trial_id, key=key, value_json=text)
             )
+
+
+#: How Optuna stores a value it cannot store as a float (``TrialValueModel`` and friends).
+_SPECIAL_VALUES = {"INF_POS": float("inf"), "INF_NEG": float("-inf"), "NAN": float("nan")}
+
+
+def _state_name(raw: object) -> str:
+    return str(raw).rsplit(".", 1)[-1]
+
+
+def _utc_to_local(value: object) -> datetime.datetime | None:
+    """Optuna stores naive UTC and hands out naive local time (``TrialModel.datetime_start``)."""
+    when = _as_datetime(value)
+    if when is None:
+        return None
+    return when.replace(tzinfo=datetime.UTC).astimezone().replace(tzinfo=None)
+
+
+def _stored(value: float | None, kind: object) -> float:
+    name = _state_name(kind)
+    return _SPECIAL_VALUES[name] if name in _SPECIAL_VALUES else float(value or 0.0)
+
+
+#: The lean read of trials: ``name -> query`` (followed by a join on ``trials t`` and a filter).
+_TRIAL_READS = {
+    "values": "SELECT x.trial_id, x.objective, x.value, x.value_type FROM trial_values x",
+    "params": (
+        "SELECT x.param_id, x.trial_id, x.param_name, x.param_value, x.distribution_json "
+        "FROM trial_params x"
+    ),
+    "user": "SELECT x.trial_id, x.key, x.value_json FROM trial_user_attributes x",
+    "system": "SELECT x.trial_id, x.key, x.value_json FROM trial_system_attributes x",
+    "steps": (
+        "SELECT x.trial_id, x.step, x.intermediate_value, x.intermediate_value_type "
+        "FROM trial_intermediate_values x"
+    ),
+}
+
+
+def _read_trial_rows(
+    engine: sqlalchemy.Engine, study_id: int, included: set[int], greater_than: int
+) -> dict[str, list[Any]]:
+    """Rows of every trial table for the study's trials with an id in ``included`` or above
+    ``greater_than``, in one snapshot."""
+    ids = sorted(included)
+    where = " WHERE t.study_id = :study AND (t.trial_id > :above"
+    where += " OR t.trial_id IN :ids)" if ids else ")"
+    params: dict[str, Any] = {"study": study_id, "above": greater_than}
+    if ids:
+        params["ids"] = ids
+
+    def statement(sql: str) -> sqlalchemy.TextClause:
+        text = sqlalchemy.text(sql)
+        if ids:
+            text = text.bindparams(sqlalchemy.bindparam("ids", expanding=True))
+        return text
+
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sqlalchemy.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+        out = {
+            "trials": list(
+                conn.execute(
+                    statement(
+                        "SELECT t.trial_id, t.number, t.state, t.datetime_start, "
+                        "t.datetime_complete FROM trials t" + where
+                    ),
+                    params,
+                ).all()
+            )
+        }
+        for name, query in _TRIAL_READS.items():
+            order = " ORDER BY x.param_id" if name == "params" else ""
+            join = " JOIN trials t ON t.trial_id = x.trial_id"
+            out[name] = list(conn.execute(statement(query + join + where + order), params).all())
+    return out
+
+
+_MISSING = object()
+
+
+def _build_params(
+    rows: list[Any],
+    params: dict[int, dict[Any, Any]],
+    distributions: dict[int, dict[Any, Any]],
+) -> None:
+    """Each trial's parameters and distributions, in ``param_id`` order (as Optuna's); each
+    distinct distribution parsed once, each distinct value converted once."""
+    parsed: dict[str, BaseDistribution] = {}
+    external: dict[tuple[int, float], Any] = {}
+    ordered: dict[int, list[tuple[int, str, Any, BaseDistribution]]] = defaultdict(list)
+    for param_id, trial_id, name, internal, dist_json in rows:  # already in param_id order
+        if dist_json not in parsed:
+            parsed[dist_json] = json_to_distribution(dist_json)
+        dist = parsed[dist_json]
+        key = (id(dist), internal)
+        if key not in external:
+            external[key] = dist.to_external_repr(internal)
+        ordered[trial_id].append((param_id, name, external[key], dist))
+    for trial_id, entries in ordered.items():
+        params[trial_id] = {name: value for _, name, value, _ in entries}
+        distributions[trial_id] = {name: dist for _, name, _, dist in entries}
+
+
+def _build_trials(rows: dict[str, list[Any]]) -> list[FrozenTrial]:
+    """FrozenTrials from :func:`_read_trial_rows`, as ``RDBStorage`` builds them."""
+    parts: dict[str, dict[int, dict[Any, Any]]] = {
+        name: defaultdict(dict) for name in ("values", "params", "dists", "user", "system", "steps")
+    }
+    for trial_id, objective, value, kind in rows["values"]:
+        parts["values"][trial_id][objective] = _stored(value, kind)
+    _build_params(rows["params"], parts["params"], parts["dists"])
+    decoded: dict[str, Any] = {}
+    for kind in ("user", "system"):
+        for trial_id, key, value_json in rows[kind]:
+            value = decoded.get(value_json, _MISSING)
+            if value is _MISSING:
+                value = json.loads(value_json)
+                if isinstance(value, str | int | float | bool) or value is None:
+                    decoded[value_json] = value  # immutable: one object for every equal text
+            parts[kind][trial_id][key] = value
+    for trial_id, step, value, value_kind in rows["steps"]:
+        parts["steps"][trial_id][step] = _stored(value, value_kind)
+    trials = []
+    for trial_id, number, state, started, completed in sorted(rows["trials"]):
+        objectives = parts["values"].get(trial_id)
+        trials.append(
+            FrozenTrial(
+                number=int(number),
+                state=TrialState[_state_name(state)],
+                value=None,
+                values=[objectives[k] for k in sorted(objectives)] if objectives else None,
+                datetime_start=_utc_to_local(started),
+                datetime_complete=_utc_to_local(completed),
+                params=parts["params"].get(trial_id, {}),
+                distributions=parts["dists"].get(trial_id, {}),
+                user_attrs=parts["user"].get(trial_id, {}),
+                system_attrs=parts["system"].get(trial_id, {}),
+                intermediate_values=parts["steps"].get(trial_id, {}),
+                trial_id=int(trial_id),
+            )
+        )
+    return trials
+
+
+def load_trials(
+    study: optuna.Study, included: set[int] | None = None, greater_than: int = -1
+) -> list[FrozenTrial]:
+    """The study's trials with an id in ``included`` or above ``greater_than`` (all by
+    default), read lean: six plain queries in one snapshot instead of Optuna's ORM read (16 s
+    for 10,000 trials on the development machine), distributions parsed once per distinct JSON.
+    They equal what ``RDBStorage`` returns (pinned by ``tests/test_study_optuna_internals.py``).
+    """
+    engine = engine_of(study)
+    assert engine is not None
+    rows = _read_trial_rows(engine, study_id_of(study), included or set(), greater_than)
+    return _build_trials(rows)
+
+
+class LeanCachedStorage(_CachedStorage):
+    """Optuna's trial cache (``_CachedStorage``) reading through :func:`load_trials`.
+
+    Same contract and bookkeeping as Optuna's (finished trials are cached for good; at every
+    read it fetches the unfinished trials and those newer than the last finished one), only the
+    read itself is lean: a worker's first claim on a 10,000-trial study reads it in about a
+    second instead of 16, and every claim re-reads the RUNNING trials (TPE's constant liar) in
+    milliseconds instead of an ORM load per trial, which saturated two cores with 48 workers.
+    """
+
+    def _read_trials_from_remote_storage(self, study_id: int) -> None:
+        with self._lock:
+            if study_id not in self._studies:
+                self._studies[study_id] = _StudyInfo()
+            study = self._studies[study_id]
+            rows = _read_trial_rows(
+                self._backend.engine,
+                study_id,
+                {i for i in study.unfinished_trial_ids if i <= study.last_finished_trial_id},
+                study.last_finished_trial_id,
+            )
+            trials = _build_trials(rows)
+            if not trials:
+                return
+            self._add_trials_to_cache(study_id, trials)
+            for trial in trials:
+                if not trial.state.is_finished():
+                    study.unfinished_trial_ids.add(trial._trial_id)
+                    continue
+                study.last_finished_trial_id = max(study.last_finished_trial_id, trial._trial_id)
+                study.unfinished_trial_ids.discard(trial._trial_id)
+
+
+def fixed_params_of(trial: FrozenTrial) -> dict[str, Any]:
+    """The parameters a trial must take (``enqueue_trial``'s ``system_attrs["fixed_params"]``)."""
+    fixed = trial.system_attrs.get("fixed_params", {})
+    return dict(fixed) if isinstance(fixed, dict) else {}
+
+
+def frozen_of(trial: optuna.Trial) -> FrozenTrial:
+    """The trial's own snapshot (``Trial._cached_frozen_trial``), read when it was opened."""
+    frozen: FrozenTrial = trial._cached_frozen_trial
+    return frozen
+
+
+def remember_rows(
+    trial: optuna.Trial,
+    params: dict[str, tuple[Any, BaseDistribution]],
+    user_attrs: dict[str, Any],
+) -> None:
+    """Record rows written with :func:`write_trial_rows` in the trial's snapshot, as
+    ``Trial._suggest`` and ``Trial.set_user_attr`` do after their own writes."""
+    frozen = frozen_of(trial)
+    for name, (value, dist) in params.items():
+        frozen.params[name] = value
+        frozen.distributions[name] = dist
+    frozen.user_attrs.update(user_attrs)
+
+
+def _stored_float(value: float) -> tuple[float | None, str]:
+    """``(value, type)`` as Optuna stores a float that may be NaN or infinite."""
+    if value != value:  # NaN
+        return None, "NAN"
+    if value in (float("inf"), float("-inf")):
+        return None, "INF_POS" if value > 0 else "INF_NEG"
+    return float(value), "FINITE"
+
+
+def write_trial_rows(
+    study: optuna.Study,
+    trial_id: int,
+    *,
+    params: dict[str, tuple[Any, BaseDistribution]] | None = None,
+    user_attrs: dict[str, Any] | None = None,
+    intermediate: dict[int, float] | None = None,
+) -> None:
+    """Write parameters, user attributes and intermediate values of a RUNNING trial in ONE
+    transaction: the rows ``set_trial_param``, ``set_trial_user_attr`` and
+    ``set_trial_intermediate_value`` write one transaction (and, without a pool, one connection)
+    at a time. Attributes and values replace existing ones; a parameter is written once.
+
+    Raises:
+        optuna.exceptions.UpdateFinishedTrialError: the trial is not RUNNING any more.
+    """
+    engine = engine_of(study)
+    assert engine is not None
+    with engine.begin() as conn:
+        _write_rows(conn, trial_id, params, user_attrs, intermediate)
+
+
+def _write_rows(
+    conn: sqlalchemy.Connection,
+    trial_id: int,
+    params: dict[str, tuple[Any, BaseDistribution]] | None = None,
+    user_attrs: dict[str, Any] | None = None,
+    intermediate: dict[int, float] | None = None,
+) -> None:
+    """:func:`write_trial_rows` inside the caller's transaction."""
+    lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""
+    state = conn.execute(
+        sqlalchemy.text(f"SELECT state FROM trials WHERE trial_id = :t{lock}"), {"t": trial_id}
+    ).scalar()
+    if _state_name(state) != "RUNNING":
+        raise optuna.exceptions.UpdateFinishedTrialError(
+            f"trial id {trial_id} is {_state_name(state)}: its rows cannot change"
+        )
+    rows = [
+        {"t": trial_id, "n": name, "v": dist.to_internal_repr(value), "d": _dist_json(dist)}
+        for name, (value, dist) in (params or {}).items()
+    ]
+    if rows:
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO trial_params (trial_id, param_name, param_value, "
+                "distribution_json) VALUES (:t, :n, :v, :d) "
+                "ON CONFLICT (trial_id, param_name) DO NOTHING"
+            ),
+            rows,
+        )
+    attrs = [
+        {"t": trial_id, "k": key, "v": json.dumps(value)}
+        for key, value in (user_attrs or {}).items()
+    ]
+    if attrs:
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO trial_user_attributes (trial_id, key, value_json) "
+                "VALUES (:t, :k, :v) ON CONFLICT (trial_id, key) "
+                "DO UPDATE SET value_json = excluded.value_json"
+            ),
+            attrs,
+        )
+    steps = []
+    for step, value in (intermediate or {}).items():
+        stored, kind = _stored_float(value)
+        steps.append({"t": trial_id, "s": int(step), "v": stored, "k": kind})
+    if steps:
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, "
+                "intermediate_value_type) VALUES (:t, :s, :v, :k) "
+                "ON CONFLICT (trial_id, step) DO UPDATE SET "
+                "intermediate_value = excluded.intermediate_value, "
+                "intermediate_value_type = excluded.intermediate_value_type"
+            ),
+            steps,
+        )
+
+
+def reserve_trial_row(
+    study: optuna.Study, lock_key: int, n_trials: int, identity: dict[str, Any]
+) -> tuple[dict[str, int], tuple[int, int] | None]:
+    """The whole reservation of a claim in ONE PostgreSQL transaction (a few milliseconds of
+    lock), when nothing unusual is in the study.
+
+    Under the transaction-level advisory lock ``lock_key`` (the claim lock) and Optuna's own
+    trial-creation lock (the study row, ``FOR UPDATE``): count trials by state; when a slot is
+    free, no trial WAITs (a retry to hand out) and no RUNNING trial lacks a heartbeat (an
+    orphan to fail), insert the RUNNING trial exactly as ``RDBStorage.create_new_trial`` does
+    (its number: the count of the study's earlier trials), its first heartbeat and ``identity``.
+    The lock ends with the transaction: a holder that dies releases it.
+
+    Returns:
+        ``(trials by state, (trial id, number))``; None instead of the trial when nothing was
+        created (no slot, or the full claim must run: the counts say which).
+    """
+    engine = engine_of(study)
+    assert engine is not None and engine.dialect.name == "postgresql"
+    study_id = study_id_of(study)
+    with engine.begin() as conn:
+
+        def run(sql: str, **values: Any) -> Any:
+            return conn.execute(sqlalchemy.text(sql), {"s": study_id, **values})
+
+        run("SELECT pg_advisory_xact_lock(:k)", k=lock_key)
+        run("SELECT study_id FROM studies WHERE study_id = :s FOR UPDATE")
+        rows = run("SELECT state, COUNT(*) FROM trials WHERE study_id = :s GROUP BY state").all()
+        counts = {_state_name(state): int(n) for state, n in rows}
+        if counts.get("COMPLETE", 0) >= n_trials or counts.get("WAITING", 0):
+            return counts, None
+        orphans = run(
+            "SELECT COUNT(*) FROM trials t LEFT JOIN trial_heartbeats h "
+            "ON h.trial_id = t.trial_id WHERE t.study_id = :s AND t.state = 'RUNNING' "
+            "AND h.trial_id IS NULL"
+        ).scalar()
+        if orphans:
+            counts["ORPHANED"] = int(orphans)
+            return counts, None
+        if counts.get("COMPLETE", 0) + counts.get("RUNNING", 0) >= n_trials:
+            return counts, None
+        now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+        trial_id = int(
+            run(
+                "INSERT INTO trials (number, study_id, state, datetime_start) "
+                "VALUES (NULL, :s, 'RUNNING', :now) RETURNING trial_id",
+                now=now,
+            ).scalar()
+        )
+        number = int(
+            run(
+                "UPDATE trials SET number = (SELECT COUNT(*) FROM trials "
+                "WHERE study_id = :s AND trial_id < :t) WHERE trial_id = :t RETURNING number",
+                t=trial_id,
+            ).scalar()
+        )
+        run("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (:t, now())", t=trial_id)
+        _write_rows(conn, trial_id, user_attrs=identity)
+    return counts, (trial_id, number)
+
+
+def _dist_json(dist: BaseDistribution) -> str:
+    return optuna.distributions.distribution_to_json(dist)
+
+
+def arch_hashes(
+    study: optuna.Study, key: str, after_trial_id: int
+) -> list[tuple[int, int, str, Any]]:
+    """``(trial_id, number, state, value)`` of user attribute ``key`` of the RUNNING trials and
+    of the COMPLETE trials with an id above ``after_trial_id``: what a duplicate check needs to
+    learn since it last looked (a COMPLETE trial never changes).
+    """
+    engine = engine_of(study)
+    assert engine is not None
+    with engine.connect() as conn:
+        return _arch_rows(conn, study_id_of(study), key, after_trial_id)
+
+
+def _arch_rows(
+    conn: sqlalchemy.Connection, study_id: int, key: str, after_trial_id: int
+) -> list[tuple[int, int, str, Any]]:
+    query = sqlalchemy.text(
+        "SELECT t.trial_id, t.number, t.state, a.value_json FROM trials t "
+        "JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = :key "
+        "WHERE t.study_id = :study AND (t.state = 'RUNNING' "
+        "OR (t.state = 'COMPLETE' AND t.trial_id > :after))"
+    )
+    rows = conn.execute(query, {"key": key, "study": study_id, "after": after_trial_id}).all()
+    return [(int(i), int(n), _state_name(s), json.loads(v)) for i, n, s, v in rows]
+
+
+def write_rows_unless(
+    study: optuna.Study,
+    trial_id: int,
+    *,
+    lock_key: int | None,
+    key: str,
+    after_trial_id: int,
+    duplicate_of: Callable[[list[tuple[int, int, str, Any]]], int | None],
+    params: dict[str, tuple[Any, BaseDistribution]],
+    user_attrs: dict[str, Any],
+) -> int | None:
+    """In one transaction (under the transaction-level advisory lock ``lock_key`` on
+    PostgreSQL; the caller holds the file lock on SQLite): read what :func:`arch_hashes` reads,
+    ask ``duplicate_of`` about it, and write the trial's rows unless it names a duplicate.
+
+    Returns:
+        What ``duplicate_of`` returned (None: the rows were written).
+    """
+    engine = engine_of(study)
+    assert engine is not None
+    with engine.begin() as conn:
+        if lock_key is not None:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key})
+        duplicate = duplicate_of(_arch_rows(conn, study_id_of(study), key, after_trial_id))
+        if duplicate is None:
+            _write_rows(conn, trial_id, params, user_attrs)
+    return duplicate
+
+
+class RecentAndBestTrials:
+    """A view of a study whose trial list keeps, of the finished trials, only the best quarter
+    of ``keep`` and the most recent others (RUNNING ones all): what a sampler reads through
+    ``Study._get_trials`` when its history is capped. Everything else is the study's own.
+
+    Used by :class:`cnas_hpc.study.sampler.SpaceTPESampler` with ``study.sampler.max_history``:
+    TPE's cost grows with every trial it reads (0.2 s per proposal at 10,000 trials here).
+    """
+
+    def __init__(self, study: optuna.Study, keep: int) -> None:
+        self._study = study
+        self._keep = keep
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(
+        self,
+        deepcopy: bool = True,
+        states: Any = None,
+        use_cache: bool = False,
+    ) -> list[FrozenTrial]:
+        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        if len(finished) <= self._keep:
+            return trials
+        sign = -1.0 if self._study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        complete = [t for t in finished if t.state == TrialState.COMPLETE and t.values]
+        best = sorted(complete, key=lambda t: sign * t.values[0])[: self._keep // 4]
+        chosen = {t.number for t in best}
+        for trial in reversed(finished):
+            if len(chosen) >= self._keep:
+                break
+            chosen.add(trial.number)
+        return [t for t in trials if t.number in chosen or not t.state.is_finished()]

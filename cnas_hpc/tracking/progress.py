@@ -136,7 +136,10 @@ class SearchProgress:
         )
         if summary.get("pruned_at_epoch") is not None:
             detail = f"after epoch {summary['pruned_at_epoch']} {detail}"
-        message = f"trial {self._trial}: {state} value={_fmt(value)} {detail}".rstrip()
+        # The summary names the trial even when it failed before training started.
+        number = summary.get("trial", self._trial)
+        message = f"trial {number}: {state} value={_fmt(value)} {detail}".rstrip()
+        self._trial = None
         if self.use_bars:
             tqdm.write(message, file=self.stream)
         else:

@@ -127,9 +127,13 @@ def precisions_for(cfg: TrainConfig, device: torch.device) -> tuple[str, ...]:
     return ("fp32",)
 
 
-def thread_counts_for(cfg: TrainConfig, device: torch.device) -> tuple[int, ...]:
+def thread_counts_for(
+    cfg: TrainConfig, device: torch.device, max_threads: int | None = None
+) -> tuple[int, ...]:
     """Intra-op thread counts to choose from, per candidate: on a CPU under ``perf=auto`` with
-    ``num_threads`` null, one thread or every core; empty when there is nothing to choose.
+    ``num_threads`` null, one thread or every core the process may use, at most ``max_threads``
+    (a search worker's CPU allocation, see ``distributed.env.cpu_budget``: measurement chooses
+    WITHIN the allocation, never above it); empty when there is nothing to choose.
 
     Unlike the layout, the best count depends on the node's load at the moment (on a shared
     2-core node two threads run 1.8x faster when it is idle and several times slower when
@@ -138,6 +142,8 @@ def thread_counts_for(cfg: TrainConfig, device: torch.device) -> tuple[int, ...]
     if cfg.num_threads is not None or device.type != "cpu" or cfg.perf != "auto":
         return ()
     cores = available_cores()
+    if max_threads is not None:
+        cores = max(1, min(cores, max_threads))
     return () if cores == 1 else (1, cores)
 
 

@@ -9,7 +9,8 @@ version and model shape under ``ProxyTask.autotune_dir``, so a search measures t
    compiled, the compiled one charged its compile time spread over the candidate's steps
    (every candidate is a new architecture, so it compiles anew).
 
-Then, on a CPU whose thread count is left to measurement, one or all cores: timed for every
+Then, on a CPU whose thread count is left to measurement, one thread or every core the worker's
+allocation gives it (``ProxyTask.max_threads``; never more): timed for every
 candidate on a small no-grad forward of a copy of it (a fraction of a second), because the
 answer follows the node's load, which changes within a search
 (:func:`~cnas_hpc.train.plan.thread_counts_for`).
@@ -130,7 +131,7 @@ def choose_plan(
     batch = task.train.batch_size // world_size
     workload = workload_of(model, task, batch)
     plans = {plan.name: plan for plan in eager_plans(task.train, device)}
-    thread_counts = thread_counts_for(task.train, device)
+    thread_counts = thread_counts_for(task.train, device, task.max_threads)
 
     def timed(candidates: dict[str, StepPlan], **kwargs: object) -> StepPlan:
         # With the threads left to measurement, layouts are timed with one thread (see above).

@@ -65,6 +65,8 @@ class ProxyTask:
         seed: seed of model initialisation, augmentation and the memory bank's negatives.
         autotune_dir: where the measured step plans are cached (a folder every worker sees);
             ``None`` measures once per process.
+        max_threads: the most intra-op CPU threads a measured step plan may use: a search
+            worker's allocation (``distributed.env.cpu_budget``); ``None``: the CPU affinity.
     """
 
     train: TrainConfig
@@ -72,6 +74,7 @@ class ProxyTask:
     image_size: int
     seed: int
     autotune_dir: Path | None = None
+    max_threads: int | None = None
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:

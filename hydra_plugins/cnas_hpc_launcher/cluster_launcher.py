@@ -6,12 +6,21 @@ schema and ``hydra/launcher=submitit_slurm`` gives our GPU-cluster defaults; the
 ``_target_`` at the launchers below. One multirun submits ONE SLURM array
 (``executor.map_array``) whose tasks are the workers.
 
-Difference from the plugin: the plugin waits for ``job.results()`` of every array task and the
-first failed task (a worker that was SIGKILLed, say) raises out of the whole multirun, although
-the other workers finish the study without it. Here each worker's failure is logged with its
-log file and the multirun only fails when every worker failed. Waiting relies on submitit's
-job states, which need SLURM accounting (``sacct``; the dev cluster runs slurmdbd) to see a
-killed job: without it ``job.done()`` would stay False forever.
+Differences from the plugin:
+
+* The plugin waits for ``job.results()`` of every array task and the first failed task (a worker
+  that was SIGKILLed, say) raises out of the whole multirun, although the other workers finish
+  the study without it. Here every worker is waited for; one that died (killed, failed, or ended
+  with a failed result) is logged with its reason and a log file that exists, and recorded in
+  :data:`cnas_hpc.cli.multirun.OUTCOME`: after the study's summary the multirun names the dead
+  workers in one ``error:`` line and exits with status 1. Waiting relies on submitit's job
+  states, which need SLURM accounting (``sacct``; the dev cluster runs slurmdbd) to see a killed
+  job: without it ``job.done()`` would stay False forever.
+* The array's id is recorded in the study (:func:`cnas_hpc.cli.multirun.record_array`): running
+  the same command again while the array still works the study is refused with one line
+  instead of submitting a second array.
+* Ctrl-C (SIGINT) or SIGTERM while waiting ends the launcher with one line saying that the
+  array keeps running and how to follow or stop it, instead of a traceback (or nothing).
 
 submitit also takes any state outside its short list of live ones for the end of a job, and
 remembers that verdict: a SUSPENDED worker, or one read in a passing state while it is being
@@ -23,11 +32,14 @@ running or suspended there, the launcher waits on.
 from __future__ import annotations
 
 import logging
-import subprocess
+import signal
+import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from hydra.core.singleton import Singleton
@@ -39,6 +51,9 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
     SlurmLauncher,
 )
 from omegaconf import OmegaConf
+
+from cnas_hpc.cli.multirun import OUTCOME, WorkerDeath, record_array
+from cnas_hpc.distributed.jobs import HELD_STATES, job_state
 
 # Same-named YAML over a plugin schema is Hydra's "automatic schema matching": supported by the
 # pinned hydra-core 1.3, which warns about it on every run. Here it is deliberate.
@@ -87,13 +102,36 @@ class _TolerantLaunch(BaseSubmititLauncher):
                 )
             )
         jobs = executor.map_array(self, *zip(*job_params, strict=True))
-        if jobs:
-            log.info("submitted array %s with %d workers", jobs[0].job_id.split("_")[0], len(jobs))
-        return self._collect(jobs, job_overrides)
+        array = jobs[0].job_id.split("_")[0] if jobs else None
+        OUTCOME.reset(len(jobs), array)
+        if array is not None:
+            log.info("submitted array %s with %d workers", array, len(jobs))
+            self._record(array)
+        with _interruptible(self._follow_hint(array, len(jobs))):
+            return self._collect(jobs, job_overrides, initial_job_idx)
+
+    def _follow_hint(self, array: str | None, workers: int) -> str:
+        """What keeps running when the launcher is interrupted, and how to follow or stop it."""
+        return (
+            f"the {workers} local worker process(es) keep running and finish the study; "
+            "stop them with kill"
+        )
+
+    def _record(self, array: str) -> None:
+        """Remember the array in the study: a rerun while it runs is refused, not doubled."""
+        assert self.config is not None
+        if not self.records_array or "study" not in self.config:
+            return  # not a search (another app on this launcher): no study to record it in
+        try:
+            record_array(self.config, array)
+        except Exception as exc:  # the workers run anyway; only the rerun guard is weaker
+            log.warning("could not record array %s in the study: %s", array, exc)
 
     #: Seconds between looks at a job that submitit saw end without a result while the
     #: cluster still holds it.
     held_poll_s: float = 5.0
+    #: Whether the array's id means something to SLURM (recorded in the study for reruns).
+    records_array: bool = False
 
     def _state_if_held(self, job: Any) -> str | None:
         """The cluster's state of ``job`` while it still holds it (pending, running, ...).
@@ -126,61 +164,116 @@ class _TolerantLaunch(BaseSubmititLauncher):
                 time.sleep(self.held_poll_s)
 
     def _collect(
-        self, jobs: Sequence[Any], job_overrides: Sequence[Sequence[str]]
+        self, jobs: Sequence[Any], job_overrides: Sequence[Sequence[str]], first_index: int
     ) -> list[JobReturn]:
         returns: list[JobReturn] = []
-        failures: list[BaseException] = []
-        for job, overrides in zip(jobs, job_overrides, strict=True):
+        for index, (job, overrides) in enumerate(zip(jobs, job_overrides, strict=True)):
             try:
-                returns.append(self._result(job))
+                result = self._result(job)
             except Exception as exc:  # one dead worker must not sink the others' study
-                failures.append(exc)
-                log.error(
-                    "worker job %s failed (%s); its log: %s",
-                    job.job_id,
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                    job.paths.stderr,
-                )
-                returns.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED))
-        if failures and len(failures) == len(jobs):
-            raise failures[0]
+                self._died(first_index + index, job, exc)
+                result = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
+            if result.status == JobStatus.FAILED:
+                # The task function raised (Hydra caught it): SLURM saw a clean exit.
+                self._died(first_index + index, job, result._return_value)
+                result = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
+            returns.append(result)
         return returns
 
+    def _died(self, index: int, job: Any, exc: object) -> None:
+        death = WorkerDeath(
+            index=index,
+            job_id=str(job.job_id),
+            state=self._final_state(job),
+            reason=_error_line(job) or _first_line(exc),
+            log=str(_existing_log(job)),
+        )
+        OUTCOME.deaths.append(death)
+        log.error("%s", death.describe())
 
-#: squeue/sacct states of a job that SLURM still holds and may yet run to its end.
-HELD_STATES = frozenset(
-    {
-        "PENDING",
-        "CONFIGURING",
-        "RUNNING",
-        "COMPLETING",
-        "SUSPENDED",
-        "REQUEUED",
-        "REQUEUE_HOLD",
-        "REQUEUE_FED",
-        "RESIZING",
-        "SIGNALING",
-        "STAGE_OUT",
-    }
-)
+    def _final_state(self, job: Any) -> str:
+        try:
+            return str(job.state)
+        except Exception:
+            return "UNKNOWN"
+
+
+def _first_line(exc: object) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _existing_log(job: Any) -> Path:
+    """The worker's log that exists: stderr, or stdout when stderr goes there (the presets)."""
+    for path in (job.paths.stderr, job.paths.stdout):
+        if Path(path).exists():
+            return Path(path)
+    return Path(job.paths.folder)
+
+
+def _error_line(job: Any) -> str | None:
+    """The last ``error: ...`` line the worker wrote (its own one-line reason), if any."""
+    for path in (job.paths.stderr, job.paths.stdout):
+        try:
+            with Path(path).open(errors="replace") as handle:
+                lines = [line.strip() for line in handle if line.startswith("error: ")]
+        except OSError:
+            continue
+        if lines:
+            return lines[-1].removeprefix("error: ")
+    return None
+
+
+class LauncherInterruptedError(BaseException):
+    """SIGINT or SIGTERM reached the launcher while it waited for the array.
+
+    A ``BaseException`` (as ``KeyboardInterrupt``): the per-worker ``except Exception`` of the
+    wait must not take it for a dead worker.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _interruptible(follow_hint: str) -> Iterator[None]:
+    """While waiting: SIGINT/SIGTERM end the launcher with one line, the workers keep running."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        raise LauncherInterruptedError(signum)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except LauncherInterruptedError as exc:
+        print(f"interrupted ({exc}): {follow_hint}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + exc.signum) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+__all__ = ["HELD_STATES", "ClusterLocalLauncher", "ClusterSlurmLauncher"]
 
 
 class ClusterSlurmLauncher(_TolerantLaunch, SlurmLauncher):
     """SLURM: one array per multirun, every task one worker."""
 
+    records_array = True
+
+    def _follow_hint(self, array: str | None, workers: int) -> str:
+        return (
+            f"the launcher stops waiting, but the {workers} worker(s) of SLURM array {array} "
+            f"keep running and finish the study. Follow them with `squeue -j {array}` or "
+            f"`python launch/report.py` (same overrides); stop them with `scancel {array}`. "
+            "Running the same command again is refused while the array runs."
+        )
+
     def _state_if_held(self, job: Any) -> str | None:
-        try:
-            out = subprocess.run(
-                ["squeue", "-h", "-j", str(job.job_id), "-o", "%T"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=True,
-            ).stdout.split()
-        except (OSError, subprocess.SubprocessError):
-            # No answer from the controller: submitit's verdict is all there is.
-            return None
-        return out[0] if out and out[0] in HELD_STATES else None
+        # No answer from the controller (None): submitit's verdict is all there is.
+        state = job_state(str(job.job_id))
+        return state if state in HELD_STATES else None
 
 
 class ClusterLocalLauncher(_TolerantLaunch, LocalLauncher):

@@ -1,0 +1,83 @@
+"""What a multirun's launcher tells the submitting side's callbacks: the workers that died.
+
+The launcher (``hydra_plugins.cnas_hpc_launcher``) waits for every worker of the array; a worker
+that ended without a result (killed, failed, out of memory) or with a failed one is recorded here
+instead of being raised out of the multirun (the other workers finish the study without it).
+After Hydra's ``on_multirun_end`` has printed the study's summary,
+:func:`cnas_hpc.cli.search.BootstrapCallback.on_multirun_end` names the dead workers and exits
+with status :data:`EXIT_WORKERS_DIED` (the launcher and the callbacks share this process; this
+module is their only channel). It imports little (no tracker, no plotting): Hydra imports the
+launcher plugin, hence this module, in every worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig
+
+from cnas_hpc.cli.common import settings_of
+from cnas_hpc.study.lifecycle import record_array as record_study_array
+
+#: Exit status of a multirun in which at least one worker died.
+EXIT_WORKERS_DIED = 1
+
+
+@dataclass(frozen=True)
+class WorkerDeath:
+    """One worker that did not end well.
+
+    Attributes:
+        index: the worker's index in the sweep (``worker=...``).
+        job_id: its SLURM (or local) job id.
+        state: the scheduler's last word (``FAILED``, ``CANCELLED``, ``OUT_OF_MEMORY``, ...).
+        reason: one line: the worker's own ``error:`` line when it wrote one, else what
+            submitit or Hydra reported.
+        log: a log file of the worker that exists (or the folder where it should be).
+    """
+
+    index: int
+    job_id: str
+    state: str
+    reason: str
+    log: str
+
+    def describe(self) -> str:
+        """``worker 3 (job 1234_3, FAILED): <reason>; log: <path>``."""
+        return (
+            f"worker {self.index} (job {self.job_id}, {self.state}): {self.reason}; log: {self.log}"
+        )
+
+
+@dataclass
+class MultirunOutcome:
+    """The deaths of the current multirun (one per process: a multirun is one launch)."""
+
+    workers: int = 0
+    array_job_id: str | None = None
+    deaths: list[WorkerDeath] = field(default_factory=list)
+
+    def reset(self, workers: int, array_job_id: str | None) -> None:
+        """A new launch starts."""
+        self.workers, self.array_job_id, self.deaths = workers, array_job_id, []
+
+    def summary(self) -> str:
+        """One line: how many workers died, each named (empty when none did)."""
+        if not self.deaths:
+            return ""
+        named = "; ".join(death.describe() for death in self.deaths)
+        return f"{len(self.deaths)} of {self.workers} worker(s) died: {named}"
+
+
+#: The outcome of this process's multirun.
+OUTCOME = MultirunOutcome()
+
+
+def record_array(cfg: DictConfig, array_job_id: str) -> None:
+    """Record in the study that SLURM array ``array_job_id`` works it (called by the launcher;
+    a rerun of the command is refused while the array runs).
+
+    Raises:
+        StudyError: the database cannot be written.
+    """
+    record_study_array(settings_of(cfg), array_job_id)

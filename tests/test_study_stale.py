@@ -1,0 +1,94 @@
+"""Stale trials on a real SQLite study and the REAL local SLURM cluster: a trial whose job SLURM
+still holds is kept however old its heartbeat; one whose job is gone is failed with its reason
+and retried; a trial whose result waits on disk is kept."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from cnas_hpc.common import attrs
+from cnas_hpc.config.study import StudyConfig
+from cnas_hpc.distributed.jobs import job_is_held, job_state
+from cnas_hpc.study.budget import ClaimStatus, claim_trial
+from cnas_hpc.study.optuna_internals import record_heartbeat, storage_of, trial_id_of
+from cnas_hpc.study.stale import stale_candidates
+from cnas_hpc.study.storage import make_storage
+
+GRACE_S = 2
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Iterator[optuna.Study]:
+    cfg = StudyConfig(
+        storage=f"sqlite:///{tmp_path / 'stale.db'}", heartbeat_interval=1, grace_period=GRACE_S
+    )
+    storage = make_storage(cfg, create_tables=True)
+    yield optuna.create_study(storage=storage, study_name="stale")
+    storage.engine.dispose()
+
+
+@pytest.fixture
+def sleeping_job() -> Iterator[str]:
+    """A real SLURM job that runs (or waits) for a minute; cancelled afterwards."""
+    name = f"cnas-stale-{uuid.uuid4().hex[:10]}"
+    out = subprocess.run(
+        ["sbatch", "--parsable", "-c", "1", "--mem=50M", f"--job-name={name}", "--wrap=sleep 60"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    job = out.strip().split(";")[0]
+    try:
+        yield job
+    finally:
+        subprocess.run(["scancel", job], capture_output=True, check=False)
+
+
+def running_trial(study: optuna.Study, job: str | None) -> optuna.Trial:
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    if job is not None:
+        trial.set_user_attr(attrs.WORKER, f"slurm:{job}")
+        trial.set_user_attr(attrs.JOB, job)
+    record_heartbeat(storage_of(study), trial_id_of(trial))
+    return trial
+
+
+@pytest.mark.slurm
+def test_slurm_decides_whether_a_silent_trial_is_stale(
+    study: optuna.Study, sleeping_job: str
+) -> None:
+    assert job_is_held(sleeping_job) is True
+    held = running_trial(study, sleeping_job)  # e.g. requeued, waiting in BeginTime
+    lost = running_trial(study, None)  # a worker outside SLURM: the heartbeat decides
+    pending = running_trial(study, None)  # its result waits on disk
+    time.sleep(GRACE_S + 1.5)
+    found = stale_candidates(study, keep=lambda t: t.number == pending.number)
+    assert [(c.number, c.reason.split(" for ")[0]) for c in found] == [
+        (lost.number, "stale: no heartbeat")
+    ]
+
+    subprocess.run(["scancel", sleeping_job], check=True)
+    deadline = time.monotonic() + 60
+    while job_is_held(sleeping_job) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert job_is_held(sleeping_job) is False
+    assert job_state(f"{sleeping_job}999") is None  # a job SLURM never heard of
+
+    claim = claim_trial(study, n_trials=10, keep=lambda t: t.number == pending.number)
+    assert claim.status is ClaimStatus.CLAIMED
+    failed = {t.number: t for t in study.get_trials(states=(TrialState.FAIL,))}
+    assert set(failed) == {held.number, lost.number}
+    reason = failed[held.number].user_attrs[attrs.FAIL_REASON]
+    assert reason.startswith("stale: no heartbeat for ") and f"job {sleeping_job} ended (" in reason
+    assert study.trials[pending.number].state == TrialState.RUNNING
+    # both retried with the same parameters (the claim itself took one of the retries)
+    retries = [t for t in study.trials if attrs.RETRY_OF in t.user_attrs]
+    assert sorted(t.user_attrs[attrs.RETRY_OF] for t in retries) == sorted(failed)
