@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Does the label-free score rank cells like accuracy? The README's "Does the proxy work?" figures,
-# on the real CIFAR-10 arrays, at a size a 2-core CPU finishes in about an hour and three quarters (the first command: an hour):
+# on the real CIFAR-10 arrays, at a size a 2-core CPU finishes in under two hours (the first
+# command: about an hour):
 #   * the default search score (proxy 5x6, 2 epochs, NT-Xent; val and train loss) on 24 random +
 #     8 published cells, with 4 cells x 3 extra seeds for the score's noise; every accuracy is a
 #     5x8 network trained 3 epochs on 3,000 labeled images, tested on the 10,000 test images;
