@@ -33,11 +33,10 @@ from typing import Any
 
 import optuna
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from scipy.stats import kendalltau
+from search_settings import compose_search_settings
 
-from cnas_hpc.config import Settings, settings_from_config
+from cnas_hpc.config import Settings
 from cnas_hpc.config.search import SearchConfig
 from cnas_hpc.data.datasets import load_images
 from cnas_hpc.data.splits import make_search_data
@@ -61,13 +60,8 @@ PRUNERS: dict[str, SearchConfig] = {
 
 
 def load_settings(overrides: list[str]) -> Settings:
-    """The search settings of the real configs with ``overrides``."""
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="search", overrides=overrides)
-    container = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(container, dict)
-    container.pop("hydra", None)
-    return settings_from_config(container)  # type: ignore[arg-type]
+    """The search settings the overrides describe (the real configs, composed by Hydra)."""
+    return compose_search_settings(overrides)
 
 
 def train_curves(settings: Settings, cells: int, sampler_seed: int) -> list[dict[str, Any]]:

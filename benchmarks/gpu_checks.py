@@ -42,12 +42,11 @@ from typing import Any
 import optuna
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from search_settings import compose_search_settings
 from torch.utils.data import DataLoader, Dataset
 
 from cnas_hpc.common import attrs
-from cnas_hpc.config import Settings, settings_from_config
+from cnas_hpc.config import Settings
 from cnas_hpc.config.train import LAYOUTS
 from cnas_hpc.data.datasets import load_images
 from cnas_hpc.data.splits import epoch_batches, make_search_data
@@ -115,12 +114,7 @@ class Setup:
         if tiny or self.dry_run:
             base += ["debug=tiny"]
         base.append(f"device={self.device.type}")
-        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            cfg = compose(config_name="search", overrides=[*base, *overrides])
-        container = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(container, dict)
-        container.pop("hydra", None)
-        return settings_from_config(container)  # type: ignore[arg-type]
+        return compose_search_settings([*base, *overrides])
 
 
 def check(report: Report, what: str, run: Callable[[], tuple[str, str]]) -> None:

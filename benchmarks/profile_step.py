@@ -32,11 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from search_settings import compose_search_settings
 from torch.profiler import ProfilerActivity, profile
 
-from cnas_hpc.config import Settings, settings_from_config
+from cnas_hpc.config import Settings
 from cnas_hpc.data.datasets import load_images
 from cnas_hpc.data.splits import make_search_data
 from cnas_hpc.search.trial import proxy_task
@@ -61,12 +60,7 @@ _DILATION_AT = {
 
 def load_settings(overrides: list[str]) -> Settings:
     """The search settings the overrides describe (the real configs, composed by Hydra)."""
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="search", overrides=overrides)
-    container = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(container, dict)
-    container.pop("hydra", None)
-    return settings_from_config(container)  # type: ignore[arg-type]
+    return compose_search_settings(overrides)
 
 
 def parse_plan(name: str, threads: int | None) -> StepPlan:
