@@ -47,6 +47,21 @@ def test_a_short_search_completes_its_budget_with_everything_recorded(tmp_path: 
     assert len(hashes) == 3  # no duplicated architecture
 
 
+def test_a_one_cpu_allocation_bounds_the_measured_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever the node's cores, a worker given one CPU trains every candidate with one thread:
+    # the per-candidate thread measurement (perf=auto on a CPU) only chooses within it.
+    monkeypatch.setattr("cnas_hpc.train.plan.available_cores", lambda: 8)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    s = tiny_settings(tmp_path, "search.n_trials=2")
+    bootstrap_study(s)
+    assert run_worker(s).completed == 2
+    for t in load_study(s, worker=0).get_trials(deepcopy=False):
+        assert t.user_attrs[attrs.CPU_THREADS] == 1
+        assert "threads=" not in t.user_attrs[attrs.STEP_PLAN]  # nothing measured above 1
+
+
 def test_a_rerun_with_a_larger_budget_only_adds_the_difference(tmp_path: Path) -> None:
     s2 = tiny_settings(tmp_path, "search.n_trials=2")
     bootstrap_study(s2)

@@ -32,6 +32,16 @@ from tests.helpers import tiny_settings
 CPU = torch.device("cpu")
 
 
+def test_measured_threads_stay_within_the_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worker's allocation (cpu_budget) is the upper bound: measurement chooses within it.
+    monkeypatch.setattr("cnas_hpc.train.plan.available_cores", lambda: 8)
+    assert thread_counts_for(TrainConfig(), CPU) == (1, 8)
+    assert thread_counts_for(TrainConfig(), CPU, max_threads=3) == (1, 3)
+    assert thread_counts_for(TrainConfig(), CPU, max_threads=16) == (1, 8)  # affinity caps too
+    assert thread_counts_for(TrainConfig(), CPU, max_threads=1) == ()  # nothing to choose
+    assert thread_counts_for(TrainConfig(num_threads=4), CPU, max_threads=2) == ()  # override
+
+
 def test_auto_measures_layouts_and_cpu_threads_explicit_values_are_kept() -> None:
     assert {p.name for p in eager_plans(TrainConfig(), CPU)} == {"nchw", "channels_last"}
     cores = available_cores()
