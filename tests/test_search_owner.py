@@ -6,7 +6,9 @@ import json
 import multiprocessing
 from pathlib import Path
 
+import pytest
 from optuna.trial import TrialState
+from sqlalchemy.exc import OperationalError
 
 from cnas_hpc.common import attrs
 from cnas_hpc.config import Settings
@@ -117,3 +119,31 @@ def test_workers_flushing_together_tell_each_pending_result_once(tmp_path: Path)
     assert not list(s.pending_dir.iterdir())
     study = load_study(s, worker=0)
     assert [study.trials[n].state for n in numbers] == [TrialState.COMPLETE] * len(numbers)
+
+
+def test_the_pruner_judges_unsent_reports_and_an_outage_reads_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reports wait for the checkpoint (flush_notes), but the pruner must see the epoch's value
+    at once; asked while the database is down it answers "go on", without raising."""
+    s = tiny_settings(tmp_path, "search.pruner=median", "search.pruner_startup_trials=1")
+    bootstrap_study(s)
+    who = TrialOwner(s, DistEnv(), encoding_from_config(s.space))
+    for value in (1.0, 2.0):  # two finished trials, with epoch-1 values 1.0 and 2.0 (minimised)
+        who.claim()
+        who.note_report(1, value)
+        who.finish(TrialState.COMPLETE, value, {})
+    who.claim()
+    who.note_report(1, 9.0)  # noted, not sent: worse than the median at epoch 1
+    assert who.should_prune()
+    assert who.trial is not None
+    assert not who.storage.get_trial(trial_id_of(who.trial)).intermediate_values  # not written
+    who.note_report(1, 0.5)
+    assert not who.should_prune()
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(who.storage, "get_trial", down)
+    who.note_report(1, 9.0)
+    assert not who.should_prune()

@@ -369,23 +369,25 @@ class TrialOwner:
 
     @_releasing
     def should_prune(self) -> bool:
-        """The study's pruner verdict on the current trial, its noted reports included.
+        """The study's pruner verdict on the current trial, its noted reports included; one
+        attempt, never raised: a database outage must not stall training (nor leave the other
+        ranks waiting in the collective that agrees the verdict), so it reads "go on".
 
         Asked right after an epoch, BEFORE that epoch's report is sent (reports go after the
         checkpoint, see :meth:`flush_notes`, or with the result): the pruner judges the stored
         trial with the unsent reports added, as Optuna's ``Trial.should_prune`` would judge it
-        after ``report``. Retried through outages (the verdict needs the other trials).
+        after ``report``.
         """
         trial = self.trial
         assert trial is not None
-        trial_id = trial_id_of(trial)
-
-        def ask() -> bool:
-            frozen = copy.deepcopy(self.storage.get_trial(trial_id))
+        try:
+            frozen = copy.deepcopy(self.storage.get_trial(trial_id_of(trial)))
             frozen.intermediate_values = {**frozen.intermediate_values, **self._report_notes}
             return bool(self.study.pruner.prune(self.study, frozen))
-
-        return bool(self._retry(ask, "ask the pruner"))
+        except Exception as exc:  # the next epoch asks again
+            level = logging.INFO if is_transient(exc) else logging.WARNING
+            log.log(level, "trial %d: pruner not asked (%s)", trial.number, describe_failure(exc))
+            return False
 
     # -- results --------------------------------------------------------------------------------
 

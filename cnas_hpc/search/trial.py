@@ -12,8 +12,9 @@ Contract:
       0 told it PRUNED or FAIL).
     * With a pruner, rank 0 asks the pruner after every epoch (not after the last epoch: a
       trial that trained to the end completes), with the epoch's objective as noted (the
-      pruner sees it before it is sent, see below); the verdict is agreed by every rank inside
-      the training loop. A pruned trial's reports go with its PRUNED result.
+      pruner sees it before it is sent, see below; one attempt: with the database down the
+      trial goes on); the verdict is agreed by every rank inside the training loop. A pruned
+      trial's reports go with its PRUNED result.
     * A diverging or out-of-memory candidate (CUDA out of memory, or a CPU allocation a proxy
       too large for the node cannot get) is told PRUNED: TPE ranks pruned trials below every
       COMPLETE one and so learns to avoid such cells, whereas it ignores FAIL trials and would
