@@ -12,9 +12,11 @@ from optuna.trial import TrialState
 from cnas_hpc.common import attrs
 from cnas_hpc.common.errors import ConfigError
 from cnas_hpc.config.search import SearchConfig
+from cnas_hpc.search import trial as trial_module
 from cnas_hpc.search.worker import run_worker
 from cnas_hpc.study.lifecycle import bootstrap_study, load_study
 from cnas_hpc.study.pruner import make_pruner
+from cnas_hpc.train.outcome import EpochMetrics
 from tests.helpers import tiny_settings
 
 
@@ -32,7 +34,23 @@ def test_each_pruner_is_built_from_its_settings() -> None:
         SearchConfig(pruner="hyperband", pruner_reduction_factor=1)
 
 
-def test_a_search_with_a_pruner_completes_exactly_its_budget(tmp_path: Path) -> None:
+def test_a_search_with_a_pruner_completes_exactly_its_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Which cells rank badly after one epoch depends on the proposals (seeded per proposal) and
+    # on tiny loss differences: the objective is shifted so that every second trial ranks
+    # clearly worse (pruned) and the others ever better (complete), whatever the cells.
+    real = trial_module.objective_of
+    started = {"n": -1}
+
+    def shifted(metrics: EpochMetrics, objective: str) -> float | None:
+        value = real(metrics, objective)
+        if metrics.epoch == 1:
+            started["n"] += 1
+        k = started["n"]
+        return None if value is None else value + (10.0 if k % 2 else -10.0 * k)
+
+    monkeypatch.setattr(trial_module, "objective_of", shifted)
     s = tiny_settings(
         tmp_path,
         "search.n_trials=3",

@@ -105,7 +105,10 @@ def _rank(rank: int, settings: Settings, port: int, fault: str, results: Any) ->
     ],
 )
 def test_a_failure_on_one_rank_stops_both(tmp_path: Path, fault: str, reason: str) -> None:
-    settings = tiny_settings(tmp_path, "train.epochs=1", "train.max_steps_per_epoch=6")
+    # num_threads=1: no per-candidate thread probe, whose forwards would count as steps here.
+    settings = tiny_settings(
+        tmp_path, "train.epochs=1", "train.max_steps_per_epoch=6", "train.num_threads=1"
+    )
     results = mp.Manager().dict()
     context = mp.start_processes(
         _rank, args=(settings, _free_port(), fault, results), nprocs=2, join=False

@@ -445,8 +445,13 @@ class CpuBudget:
         )
 
 
-def _affinity_cpus() -> int:
-    """CPUs this process may run on (its affinity mask; the CPU count where there is none)."""
+def affinity_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; the CPU count where there is none).
+
+    The one place outside the allocation's variables that counts cores: the step plans'
+    thread measurement and the autotune cache key ask here (see :func:`allocated_cpus` for
+    what the scheduler gave the process).
+    """
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
@@ -475,7 +480,7 @@ def allocated_cpus(env: DistEnv, environ: Mapping[str, str] | None = None) -> tu
         ``(cpus >= 1, source)``.
     """
     variables = os.environ if environ is None else environ
-    affinity = _affinity_cpus()
+    affinity = affinity_cpus()
     ranks_here = max(1, -(-env.world_size // env.num_nodes))
     per_task = variables.get("SLURM_CPUS_PER_TASK", "").strip()
     per_node = variables.get("SLURM_JOB_CPUS_PER_NODE", "").strip()

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from cnas_hpc.distributed.collectives import broadcast_object, get_rank
+from cnas_hpc.distributed.env import affinity_cpus
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,7 @@ def device_name(device: torch.device) -> str:
     """
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return f"cpu-{platform.machine()}-{cores}"
+    return f"cpu-{platform.machine()}-{affinity_cpus()}"
 
 
 def synchronize(device: torch.device) -> None:

@@ -15,7 +15,6 @@ measures, the choice is broadcast).
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,16 +23,14 @@ import torch
 from torch import nn
 
 from cnas_hpc.config.train import LAYOUTS, TrainConfig
+from cnas_hpc.distributed.env import affinity_cpus
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask, not the machine's core count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return affinity_cpus()
 
 
 @dataclass(frozen=True)
