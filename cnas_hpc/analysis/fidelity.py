@@ -23,12 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from scipy import stats
 from tabulate import tabulate
 
-from cnas_hpc.analysis.plots import write_html
+from cnas_hpc.analysis.plots import new_figure, save_figure, write_html
 from cnas_hpc.common.objectives import direction_of
 from cnas_hpc.fidelity.app import FidelityPlan
 from cnas_hpc.fidelity.store import COMPLETE, FAIL
@@ -299,9 +297,7 @@ def format_summary(summary: FidelitySummary, confidence: float) -> str:
 
 
 def _scatter(summary: FidelitySummary, path: Path) -> Path:
-    fig = Figure(figsize=(7, 5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = new_figure(7, 5)
     for source, colour in (("random", "#1f5fa8"), ("preset", "#c45a00"), ("file", "#2a9d3a")):
         points = [
             (r.key, r.score, 100 * r.accuracy)
@@ -321,15 +317,11 @@ def _scatter(summary: FidelitySummary, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, facecolor="white")
-    return path
+    return save_figure(fig, path)
 
 
 def _by_epoch(summary: FidelitySummary, path: Path) -> Path:
-    fig = Figure(figsize=(6, 3.5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = new_figure(6, 3.5)
     ax.plot(range(1, len(summary.by_epoch) + 1), summary.by_epoch, marker="o")
     ax.axhline(0.0, color="#888888", linewidth=1)
     ax.set_xlabel("proxy epochs")
@@ -337,8 +329,7 @@ def _by_epoch(summary: FidelitySummary, path: Path) -> Path:
     ax.set_title(f"{summary.objective}: ranking quality by proxy epoch", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, facecolor="white")
-    return path
+    return save_figure(fig, path)
 
 
 def _jsonable(value: Any) -> Any:

@@ -43,13 +43,15 @@ MAX_IMPORTANCES = 20
 IMPORTANCE_PLACEHOLDER = "needs >= 2 complete trials with varying params"
 
 
-def _figure(width: float = 7.5, height: float = 4.2) -> tuple[Figure, Axes]:
+def new_figure(width: float = 7.5, height: float = 4.2) -> tuple[Figure, Axes]:
+    """A headless (Agg) figure with one axes; no pyplot state is touched."""
     fig = Figure(figsize=(width, height), dpi=_DPI)
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (folders created); returns the path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=_DPI, facecolor="white")
@@ -108,10 +110,10 @@ def plot_history(study: optuna.Study, path: str | Path) -> Path:
         The path written.
     """
     if not complete_trials(study):
-        fig, ax = _figure()
+        fig, ax = new_figure()
         ax.set_title(f"{study.study_name}: objective per trial")
         _placeholder(ax, "no complete trial yet")
-        return _save(fig, path)
+        return save_figure(fig, path)
     ax = optuna_plots.plot_optimization_history(study, target_name=_objective_label(study))
     failed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
     if failed:
@@ -140,7 +142,7 @@ def _save_optuna(ax: Axes, path: str | Path) -> Path:
     fig.set_size_inches(7.5, 4.2)
     fig.tight_layout()
     try:
-        return _save(fig, path)
+        return save_figure(fig, path)
     finally:
         plt.close(fig)
 
@@ -159,13 +161,13 @@ def plot_best_vs_time(study: optuna.Study, path: str | Path) -> Path:
     Returns:
         The path written.
     """
-    fig, ax = _figure()
+    fig, ax = new_figure()
     ax.set_title(f"{study.study_name}: best objective over wall time")
     starts = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start]
     trials = [t for t in complete_trials(study) if t.datetime_complete is not None]
     if not trials or not starts:
         _placeholder(ax, "no complete trial yet")
-        return _save(fig, path)
+        return save_figure(fig, path)
     first = min(starts)
     trials.sort(key=lambda t: (t.datetime_complete or first, t.number))
     hours = [_hours_since(first, t.datetime_complete or first) for t in trials]
@@ -186,7 +188,7 @@ def plot_best_vs_time(study: optuna.Study, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def param_importances(study: optuna.Study) -> dict[str, float] | None:
@@ -230,10 +232,10 @@ def plot_importances(study: optuna.Study, path: str | Path) -> Path:
     """
     importances = param_importances(study)
     if importances is None:
-        fig, ax = _figure(7.5, 3.0)
+        fig, ax = new_figure(7.5, 3.0)
         ax.set_title(f"{study.study_name}: parameter importances")
         _placeholder(ax, IMPORTANCE_PLACEHOLDER)
-        return _save(fig, path)
+        return save_figure(fig, path)
     shown = [name for name, _ in sorted(importances.items(), key=lambda kv: -kv[1])]
     shown = shown[:MAX_IMPORTANCES]
     ax = optuna_plots.plot_param_importances(

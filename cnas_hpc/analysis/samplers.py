@@ -16,11 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from tabulate import tabulate
 
-from cnas_hpc.analysis.plots import write_html
+from cnas_hpc.analysis.plots import new_figure, save_figure, write_html
 
 
 @dataclass(frozen=True)
@@ -104,9 +102,7 @@ def format_methods(summaries: Sequence[MethodSummary], target: float, objective:
 
 
 def _plot(summaries: Sequence[MethodSummary], path: Path, objective: str, target: float) -> Path:
-    fig = Figure(figsize=(7, 4.2), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = new_figure(7, 4.2)
     for s in summaries:
         x = np.arange(1, len(s.curve_mean) + 1)
         mean, std = np.array(s.curve_mean), np.array(s.curve_std)
@@ -119,9 +115,7 @@ def _plot(summaries: Sequence[MethodSummary], path: Path, objective: str, target
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, facecolor="white")
-    return path
+    return save_figure(fig, path)
 
 
 def write_comparison(
