@@ -136,7 +136,8 @@ def thread_counts_for(
 
     Unlike the layout, the best count depends on the node's load at the moment (on a shared
     2-core node two threads run 1.8x faster when it is idle and several times slower when
-    another process holds a core), so it is measured anew for every candidate, not cached.
+    another process holds a core), so it is measured anew for every candidate, not cached (a
+    resumed candidate keeps its checkpoint's count, see :func:`why_unfit`).
     """
     if cfg.num_threads is not None or device.type != "cpu" or cfg.perf != "auto":
         return ()
