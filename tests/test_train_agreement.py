@@ -3,7 +3,8 @@
 Two gloo ranks train one candidate; a failure is injected on ONE rank only (an out-of-memory
 error in the forward or in the backward pass, a preemption request, a prune asked by rank 0's
 pruner after an epoch). Both ranks must leave with
-the same reason, quickly, instead of one of them hanging in the next collective.
+the same reason, quickly, instead of one of them hanging in the next collective. Likewise a
+resumed candidate's stored step plan is reused by both ranks or measured by both.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from cnas_hpc.distributed.collectives import average_gradients
 from cnas_hpc.distributed.env import DistEnv, distributed_session
 from cnas_hpc.search.trial import proxy_task
 from cnas_hpc.space.genotype import DARTS_V2
+from cnas_hpc.train import plan as plan_module
 from cnas_hpc.train.loop import build_candidate, train_candidate
 from cnas_hpc.train.outcome import TrainingAbortedError
+from cnas_hpc.train.plan import StepPlan, plan_record
+from cnas_hpc.train.plan_tuning import stored_plan
 from tests.helpers import tiny_settings
 
 
@@ -136,3 +140,27 @@ def test_gradients_are_averaged_like_ddp() -> None:
     results = mp.Manager().dict()
     mp.spawn(_average, args=(_free_port(), results), nprocs=2, join=True)
     assert results[0] == results[1] == ([[1.5] * 3] * 2, None)
+
+
+def _stored(rank: int, settings: Settings, port: int, threads: int, results: Any) -> None:
+    plan_module.available_cores = lambda: 4  # this spawned process only: a 4-core node
+    env = DistEnv(global_rank=rank, local_rank=rank, world_size=2, master_port=port)
+    cpu = torch.device("cpu")
+    # Rank 1's allocation is one CPU, rank 0's the node's four.
+    task = proxy_task(settings, max_threads=1 if rank == 1 else None)
+    record = plan_record(StepPlan("channels_last", threads=threads), cpu)
+    with distributed_session(env, cpu):
+        plan = stored_plan(record, task, cpu)
+        results[rank] = None if plan is None else plan.name
+
+
+@pytest.mark.parametrize(("threads", "reused"), [(1, "channels_last+threads=1"), (2, None)])
+def test_a_stored_plan_is_reused_by_every_rank_or_by_none(
+    tmp_path: Path, threads: int, reused: str | None
+) -> None:
+    # Two threads exceed rank 1's allocation only: both ranks must measure (they meet in the
+    # measurement's broadcasts), not rank 1 alone.
+    settings = tiny_settings(tmp_path)
+    results = mp.Manager().dict()
+    mp.spawn(_stored, args=(settings, _free_port(), threads, results), nprocs=2, join=True)
+    assert dict(results) == {0: reused, 1: reused}

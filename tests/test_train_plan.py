@@ -24,7 +24,10 @@ from cnas_hpc.train.plan import (
     available_cores,
     compile_wanted,
     eager_plans,
+    plan_from_record,
+    plan_record,
     thread_counts_for,
+    why_unfit,
 )
 from cnas_hpc.train.plan_tuning import choose_plan
 from tests.helpers import tiny_settings
@@ -40,6 +43,27 @@ def test_measured_threads_stay_within_the_allocation(monkeypatch: pytest.MonkeyP
     assert thread_counts_for(TrainConfig(), CPU, max_threads=16) == (1, 8)  # affinity caps too
     assert thread_counts_for(TrainConfig(), CPU, max_threads=1) == ()  # nothing to choose
     assert thread_counts_for(TrainConfig(num_threads=4), CPU, max_threads=2) == ()  # override
+
+
+def test_a_stored_plan_fits_only_where_measurement_could_have_chosen_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("cnas_hpc.train.plan.available_cores", lambda: 4)
+    plan = StepPlan("channels_last", threads=4)
+    assert plan_from_record(plan_record(plan, CPU)) == (plan, "cpu")  # what a checkpoint holds
+    auto = TrainConfig()
+    assert why_unfit(plan, "cpu", auto, CPU) is None
+    assert why_unfit(StepPlan("nchw"), "cpu", auto, CPU) is None  # the allocation's threads
+    # Never more threads than the allocation gives: a plan measured on a bigger one is re-measured.
+    assert "exceed this allocation's 2" in str(why_unfit(plan, "cpu", auto, CPU, max_threads=2))
+    # An explicit setting wins over what the checkpoint says.
+    assert "train.num_threads=1" in str(why_unfit(plan, "cpu", TrainConfig(num_threads=1), CPU))
+    assert "train.perf=nchw" in str(why_unfit(plan, "cpu", TrainConfig(perf="nchw"), CPU))
+    assert "chosen on cuda" in str(why_unfit(StepPlan(), "cuda", auto, CPU))
+    with pytest.raises(ValueError, match="threads"):
+        plan_from_record({**plan_record(plan, CPU), "threads": True})
+    with pytest.raises(ValueError, match="layout must be one of"):
+        plan_from_record({**plan_record(plan, CPU), "layout": "nhwc"})
 
 
 def test_auto_measures_layouts_and_cpu_threads_explicit_values_are_kept() -> None:

@@ -71,6 +71,8 @@ def test_a_stopped_run_resumes_to_exactly_the_unbroken_result(digits: LabeledDat
     assert info.value.reason == "stopped"
     state = saved[-1]
     assert (state.epoch, state.step_in_epoch) == (1, 7)
+    # It says how its steps ran, so a resumed cell keeps that layout (evaluate.speed).
+    assert state.plan == {"device": "cpu", "memory_format": "contiguous", "amp": "none"}
     resumed = _train(digits, checkpointing=SupervisedCheckpointing(None, 1e9, state, 0, GENOTYPE))
     assert resumed.resumed_from_epoch == 1
     assert resumed.test_accuracy == unbroken.test_accuracy

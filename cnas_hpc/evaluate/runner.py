@@ -158,12 +158,14 @@ class CellRunner:
                 f"{protocol.max_macs / 1e6:.0f} M: lower protocol.channels"
             )
         task = SupervisedTask(protocol, self.data.num_classes, settings.eval.seed)
+        resume = self._load(self.supervised_path)
+        # A resumed cell keeps the layout its checkpoint recorded (a new choice rounds otherwise).
         task = choose_layout(
             model, task, self.data, self.device,
             cache_dir=Path(settings.output_dir) / "autotune", world_size=self.env.world_size,
+            stored=resume.plan if resume is not None else None,
         )  # fmt: skip
         model = model.to(self.device).to(memory_format=task.memory_format)
-        resume = self._load(self.supervised_path)
         self.observers.notify(
             "cell_started",
             self._info(resume, protocol.epochs),

@@ -7,27 +7,39 @@ training steps on a throwaway copy of the network and the fastest wins
 (:func:`cnas_hpc.train.autotune.choose_fastest`, cached per device, torch version and network
 under ``<output_dir>/autotune``). A forced value is used as given. On the CPU only the memory
 format is measured: autocast is a CUDA feature here.
+
+A resumed cell keeps the memory format and AMP its checkpoint recorded
+(``SupervisedTask.layout_record``) instead of measuring again, when they are among this device's
+candidates: another choice would round differently, and the resumed run would not end with the
+accuracy of an unbroken one.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
 from cnas_hpc.config.protocol import ProtocolConfig
 from cnas_hpc.data.labeled import LabeledData
+from cnas_hpc.distributed.collectives import any_across_ranks
 from cnas_hpc.train.autotune import choose_fastest
-from cnas_hpc.train.supervised import EvalNetwork, SupervisedStep, SupervisedTask
+from cnas_hpc.train.supervised import (
+    AMP_DTYPES,
+    MEMORY_FORMATS,
+    EvalNetwork,
+    SupervisedStep,
+    SupervisedTask,
+)
 
-_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
-_AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+log = logging.getLogger(__name__)
 
 
 def _candidates(protocol: ProtocolConfig, device: torch.device) -> list[tuple[str, str]]:
-    formats = list(_FORMATS) if protocol.memory_format == "auto" else [protocol.memory_format]
+    formats = list(MEMORY_FORMATS) if protocol.memory_format == "auto" else [protocol.memory_format]
     if protocol.amp != "auto":
         amps = [protocol.amp]
     elif device.type == "cuda":
@@ -57,6 +69,32 @@ def _one_step(
     return run
 
 
+def _stored_layout(
+    record: Mapping[str, object], candidates: list[tuple[str, str]], device: torch.device
+) -> tuple[str, str] | None:
+    """The (memory format, AMP) a resumed cell's checkpoint recorded, when it is one of this
+    device's ``candidates`` on every rank (agreed in one collective), else ``None`` (logged why).
+    """
+    chosen = (record.get("memory_format"), record.get("amp"))
+    if not record:
+        reason = "the checkpoint holds no layout (written before layouts were saved)"
+    elif record.get("device") != device.type:
+        reason = f"it was chosen on {record.get('device')}, this rank trains on {device.type}"
+    elif chosen not in candidates:
+        reason = f"{chosen[0]}/{chosen[1]} is not a candidate here"
+    else:
+        reason = ""
+    if any_across_ranks(bool(reason), device):
+        log.info(
+            "resumed cell: measuring its layout again, not reusing the checkpoint's: %s",
+            reason or "it does not fit on another rank",
+        )
+        return None
+    memory_format, amp = str(chosen[0]), str(chosen[1])
+    log.info("resumed cell: training under its checkpoint's layout %s/%s", memory_format, amp)
+    return memory_format, amp
+
+
 def choose_layout(
     model: EvalNetwork,
     task: SupervisedTask,
@@ -65,17 +103,30 @@ def choose_layout(
     *,
     cache_dir: Path | None,
     world_size: int = 1,
+    stored: Mapping[str, object] | None = None,
 ) -> SupervisedTask:
     """``task`` with the memory format and AMP dtype that run fastest here (see the module).
 
-    Every rank must call it; rank 0 alone times rank-local steps and its choice is broadcast.
-    ``model`` is not changed.
+    Every rank must call it, with the same ``stored``; rank 0 alone times rank-local steps and
+    its choice is broadcast. ``model`` is not changed.
+
+    Args:
+        stored: a resumed cell's checkpoint record (``TrainState.plan``; None for a fresh
+            start): its memory format and AMP are kept, unmeasured, when they are candidates
+            on this device (chosen on the same device type, allowed by the protocol).
     """
     candidates = _candidates(task.protocol, device)
+    kept = _stored_layout(stored, candidates, device) if stored is not None else None
+    if kept is not None:
+        candidates = [kept]
     options: dict[str, Callable[[], None]] = {}
     for memory_format, amp in candidates:
         variant = SupervisedTask(
-            task.protocol, task.num_classes, task.seed, _FORMATS[memory_format], _AMP[amp]
+            task.protocol,
+            task.num_classes,
+            task.seed,
+            MEMORY_FORMATS[memory_format],
+            AMP_DTYPES[amp],
         )
         name = f"{memory_format}/{amp}"
         if len(candidates) == 1:
@@ -96,5 +147,5 @@ def choose_layout(
     )
     memory_format, amp = chosen.split("/")
     return SupervisedTask(
-        task.protocol, task.num_classes, task.seed, _FORMATS[memory_format], _AMP[amp]
+        task.protocol, task.num_classes, task.seed, MEMORY_FORMATS[memory_format], AMP_DTYPES[amp]
     )

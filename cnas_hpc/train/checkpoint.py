@@ -9,6 +9,9 @@ Contract:
     * Loads use ``torch.load(weights_only=True)``: the payload is tensors, numbers, strings,
       lists and dicts only, never pickled objects.
     * The checkpoint of a finished trial (told COMPLETE or FAIL) is removed by its owner.
+    * A checkpoint records HOW its steps ran (:attr:`TrainState.plan`), so a resumed run trains
+      under the same plan as the interrupted one instead of measuring anew (a busy node may
+      measure another one, and a different thread count or layout rounds differently).
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ class TrainState:
     #: the learning-rate scheduler's ``state_dict`` (empty in checkpoints written before it
     #: was saved: the scheduler is then fast-forwarded by ``step`` steps).
     scheduler: dict[str, Any] = field(default_factory=dict)
+    #: how the steps ran, in the trainer's own terms (the proxy's
+    #: :func:`~cnas_hpc.train.plan.plan_record`, the evaluation network's memory format and
+    #: AMP): plain strings, numbers, booleans and ``None``, with the device type it was chosen
+    #: on under ``"device"``. Empty in checkpoints written before it was saved: a resumed run
+    #: then measures its plan as a fresh one does.
+    plan: dict[str, Any] = field(default_factory=dict)
 
     def to_payload(self) -> dict[str, Any]:
         """A ``weights_only``-loadable dict."""

@@ -42,8 +42,8 @@ from cnas_hpc.models.networks import ProxyNetwork, build_proxy
 from cnas_hpc.space.genotype import Genotype
 from cnas_hpc.train.checkpoint import TrainState
 from cnas_hpc.train.outcome import EpochMetrics, TrainingAbortedError, TrainResult
-from cnas_hpc.train.plan import StepPlan
-from cnas_hpc.train.plan_tuning import choose_plan
+from cnas_hpc.train.plan import StepPlan, plan_record
+from cnas_hpc.train.plan_tuning import choose_plan, stored_plan
 from cnas_hpc.train.scoring import knn_accuracy, validation_loss
 from cnas_hpc.train.step import ContrastiveStep, ProxyTask
 
@@ -81,7 +81,8 @@ class Checkpointing:
     Attributes:
         save: called on rank 0 with the state to persist (None on other ranks: nothing to do).
         every_s: also save within an epoch when this many seconds passed since the last save.
-        resume: the state to continue from (loaded by every rank), or None for a fresh start.
+        resume: the state to continue from (loaded by every rank), or None for a fresh start;
+            its step plan is reused when it fits (see :func:`train_candidate`).
         trial: the trial number recorded in saved states.
         genotype_json: the architecture recorded in saved states.
     """
@@ -168,6 +169,7 @@ class _Saver:
                 history=[dataclasses.asdict(h) for h in position.history],
                 wall_s=position.prior_wall_s + time.perf_counter() - self.started,
                 scheduler=state["scheduler"],
+                plan=plan_record(self.stepper.plan, self.stepper.device),
             )
         )
 
@@ -266,7 +268,10 @@ def train_candidate(
 
     How the steps run on ``device`` (layout, precision, compilation, CPU threads) is chosen
     first by measurement (:func:`~cnas_hpc.train.plan_tuning.choose_plan`, cached per device
-    and model shape) and recorded in the result.
+    and model shape), saved in every checkpoint and recorded in the result. A resumed run
+    trains under its checkpoint's plan without measuring, when that plan fits this device and
+    allocation (:func:`~cnas_hpc.train.plan_tuning.stored_plan`; else it measures, logged), so
+    it ends where an unbroken run under that plan would.
 
     Args:
         model: the candidate, already on ``device`` (not yet wrapped in DDP). Its parameters
@@ -293,16 +298,19 @@ def train_candidate(
     images = data.train.images.to(device, non_blocking=True)
     per_epoch = steps_per_epoch(images.shape[0], task.train)
     total_steps = task.train.epochs * per_epoch
-    plan = choose_plan(
-        model, images, task, device, total_steps=total_steps, world_size=get_world_size()
-    )
+    resume = checkpointing.resume if checkpointing is not None else None
+    plan = stored_plan(resume.plan, task, device) if resume is not None else None
+    if plan is None:
+        plan = choose_plan(
+            model, images, task, device, total_steps=total_steps, world_size=get_world_size()
+        )
     with plan.threads_applied():
         plan.prepare(model)
         stepper = ContrastiveStep(
             model, task, device, n_train=images.shape[0], total_steps=total_steps,
             warmup_steps=round(task.train.warmup_epochs * per_epoch), rank=get_rank(), plan=plan,
         )  # fmt: skip
-        position = _restore(model, stepper, checkpointing.resume if checkpointing else None)
+        position = _restore(model, stepper, resume)
         saver = _Saver(checkpointing, stepper)
         images_seen = 0
         while position.epoch < task.train.epochs:

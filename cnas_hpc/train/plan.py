@@ -9,13 +9,15 @@ module only says which plans are candidates for a config and device, and applies
 
 Contract: a plan is applied to a whole candidate (model, views, validation) by
 :func:`cnas_hpc.train.loop.train_candidate`; every rank of a worker runs the same plan (rank 0
-measures, the choice is broadcast).
+measures, the choice is broadcast). A candidate keeps its plan across a resume: the plan is
+saved in its checkpoint (:func:`plan_record`) and reused when it fits the device it resumes on
+(:func:`why_unfit`), never with more CPU threads than the allocation gives.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,14 +136,21 @@ def thread_counts_for(
 
     Unlike the layout, the best count depends on the node's load at the moment (on a shared
     2-core node two threads run 1.8x faster when it is idle and several times slower when
-    another process holds a core), so it is measured anew for every candidate, not cached.
+    another process holds a core), so it is measured anew for every candidate, not cached (a
+    resumed candidate keeps its checkpoint's count, see :func:`why_unfit`).
     """
     if cfg.num_threads is not None or device.type != "cpu" or cfg.perf != "auto":
         return ()
-    cores = available_cores()
-    if max_threads is not None:
-        cores = max(1, min(cores, max_threads))
+    cores = thread_cap(max_threads)
     return () if cores == 1 else (1, cores)
+
+
+def thread_cap(max_threads: int | None = None) -> int:
+    """The most intra-op threads a plan may use here without an explicit ``train.num_threads``:
+    the cores this process may run on, at most ``max_threads`` (the worker's allocation), >= 1.
+    """
+    cores = available_cores()
+    return cores if max_threads is None else max(1, min(cores, max_threads))
 
 
 def eager_plans(cfg: TrainConfig, device: torch.device) -> list[StepPlan]:
@@ -166,3 +175,77 @@ def compile_wanted(cfg: TrainConfig, device: torch.device) -> bool | None:
     if cfg.perf != "auto":
         return cfg.perf.endswith("+compile")
     return None if device.type == "cuda" else False
+
+
+def plan_record(plan: StepPlan, device: torch.device) -> dict[str, str | bool | int | None]:
+    """What a checkpoint stores of the plan a candidate trains under: its fields and the type of
+    the device it was chosen on (``weights_only``-loadable; :func:`plan_from_record` reads it).
+    """
+    return {
+        "device": device.type,
+        "layout": plan.layout,
+        "precision": plan.precision,
+        "compile": plan.compile,
+        "threads": plan.threads,
+    }
+
+
+def plan_from_record(record: Mapping[str, object]) -> tuple[StepPlan, str]:
+    """The plan of a :func:`plan_record` and the device type it was chosen on.
+
+    Raises:
+        ValueError: ``record`` is not a plan record (a field missing, mistyped or unknown).
+    """
+    fields = ("device", "layout", "precision", "compile", "threads")
+    missing = [name for name in fields if name not in record]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)} in {dict(record)}")
+    device, compiled, threads = record["device"], record["compile"], record["threads"]
+    if not isinstance(device, str) or not isinstance(compiled, bool):
+        raise ValueError(f"mistyped device or compile in {dict(record)}")
+    # bool is an int: a stored True is no thread count.
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)):
+        raise ValueError(f"threads must be a whole number or None, got {threads!r}")
+    count = threads if isinstance(threads, int) else None
+    plan = StepPlan(str(record["layout"]), str(record["precision"]), compiled, count)
+    return plan, device
+
+
+def why_unfit(
+    plan: StepPlan,
+    chosen_on: str,
+    cfg: TrainConfig,
+    device: torch.device,
+    max_threads: int | None = None,
+) -> str | None:
+    """Why ``plan``, chosen on a ``chosen_on`` device, may not train a candidate of ``cfg`` on
+    ``device``; ``None`` when it may.
+
+    A plan fits when a measurement here could have chosen it: the same device type, a layout
+    ``train.perf`` allows, a precision this device runs under ``train.amp``
+    (:func:`precisions_for`: no autocast on a CPU, no bf16 on a GPU without it), compilation as
+    ``train.perf`` fixes it (:func:`compile_wanted`), and threads as ``train.num_threads`` fixes
+    them or else at most :func:`thread_cap` (``max_threads``: the worker's allocation). A thread
+    count measured within a larger allocation than this one's therefore does not fit.
+    """
+    if chosen_on != device.type:
+        return f"it was chosen on {chosen_on}, this rank trains on {device.type}"
+    layouts = {p.layout for p in eager_plans(cfg, device)}
+    if plan.layout not in layouts:
+        return f"layout {plan.layout} is not one train.perf={cfg.perf} allows"
+    precisions = precisions_for(cfg, device)
+    if plan.precision not in precisions:
+        return (
+            f"precision {plan.precision} does not run here (train.amp={cfg.amp} on "
+            f"{device.type}: {', '.join(precisions)})"
+        )
+    wanted = compile_wanted(cfg, device)
+    if wanted is not None and plan.compile != wanted:
+        state = "on" if plan.compile else "off"
+        return f"torch.compile {state} against train.perf={cfg.perf} on {device.type}"
+    if cfg.num_threads is not None:
+        if plan.threads != cfg.num_threads:
+            return f"threads={plan.threads} against train.num_threads={cfg.num_threads}"
+    elif plan.threads is not None and plan.threads > thread_cap(max_threads):
+        return f"threads={plan.threads} exceed this allocation's {thread_cap(max_threads)}"
+    return None

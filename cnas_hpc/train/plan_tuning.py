@@ -15,6 +15,11 @@ candidate on a small no-grad forward of a copy of it (a fraction of a second), b
 answer follows the node's load, which changes within a search
 (:func:`~cnas_hpc.train.plan.thread_counts_for`).
 
+A resumed candidate is not measured again: :func:`stored_plan` hands back the plan its
+checkpoint recorded when it fits this device and allocation, so the resumed run rounds exactly
+as the interrupted one did (a new measurement on a busy node may pick another thread count or
+layout).
+
 A probe step is what a training step does on one rank: two augmented views of real images,
 two forwards, NT-Xent, backward, an SGD update, on a throwaway copy of the candidate, without
 any collective (rank 0 measures alone; its choice is broadcast). The loss, the optimizer and
@@ -25,17 +30,25 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import partial
 
 import torch
 
+from cnas_hpc.distributed.collectives import any_across_ranks
 from cnas_hpc.models.networks import ProxyNetwork
 from cnas_hpc.ssl.augment import BatchAugment
 from cnas_hpc.ssl.losses import nt_xent_loss
 from cnas_hpc.train.autotune import choose_fastest, measure_in_turns
-from cnas_hpc.train.plan import StepPlan, compile_wanted, eager_plans, thread_counts_for
+from cnas_hpc.train.plan import (
+    StepPlan,
+    compile_wanted,
+    eager_plans,
+    plan_from_record,
+    thread_counts_for,
+    why_unfit,
+)
 from cnas_hpc.train.step import ProxyTask
 
 log = logging.getLogger(__name__)
@@ -158,6 +171,38 @@ def choose_plan(
                                                     thread_counts))  # fmt: skip
     log.debug("step plan on %s: %s", device, best.name)
     return best
+
+
+def stored_plan(
+    record: Mapping[str, object], task: ProxyTask, device: torch.device
+) -> StepPlan | None:
+    """The plan a resumed candidate's checkpoint recorded, or ``None``: measure it anew.
+
+    Every rank calls it with the same ``record`` (every rank loads the checkpoint); the plan is
+    reused only when it fits on EVERY rank (:func:`~cnas_hpc.train.plan.why_unfit`: this device
+    type, ``task.train``, at most ``task.max_threads`` threads), agreed in one collective, so
+    either all ranks measure (and meet in its broadcasts) or none does. An empty ``record`` (a
+    checkpoint written before plans were saved) or an unreadable one is measured too. Why a
+    stored plan is not reused is logged. The thread count is rank 0's (rank 0 writes the
+    checkpoint): every rank resumes with it.
+    """
+    plan: StepPlan | None = None
+    if not record:
+        reason: str | None = "the checkpoint holds no step plan (written before plans were saved)"
+    else:
+        try:
+            plan, chosen_on = plan_from_record(record)
+            reason = why_unfit(plan, chosen_on, task.train, device, task.max_threads)
+        except ValueError as exc:
+            reason = f"the checkpoint's step plan is unreadable: {exc}"
+    if any_across_ranks(reason is not None, device) or plan is None:
+        log.info(
+            "resumed candidate: measuring its step plan again, not reusing the checkpoint's: %s",
+            reason or "it does not fit on another rank",
+        )
+        return None
+    log.info("resumed candidate: training under its checkpoint's step plan %s", plan.name)
+    return plan
 
 
 def choose_threads(

@@ -10,7 +10,8 @@ Contract:
     * Randomness depends only on ``(seed, rank, global step)`` (augmentation and drop-path) and
       ``(seed, epoch)`` (data order): a run stopped and resumed from its checkpoint ends with
       exactly the weights, hence the accuracy, of an unbroken run with the same seed (on the CPU;
-      CUDA kernels may be non-deterministic).
+      CUDA kernels may be non-deterministic). Every checkpoint records the task's memory format
+      and AMP (:meth:`SupervisedTask.layout_record`), so a resumed run can keep them.
     * No host sync inside a step except where a logged value is read: losses, accuracies and a
       non-finite flag accumulate on the device and are read at log points and epoch ends.
     * The result is identical on every rank (metrics are reduced).
@@ -75,6 +76,18 @@ IMAGENET_AUGMENT = AugmentConfig(
 
 EvalNetwork = NetworkCIFAR | NetworkImageNet
 
+#: The memory formats and autocast dtypes of a :class:`SupervisedTask`, by the names that
+#: ``protocol.memory_format`` / ``protocol.amp`` and checkpoints use.
+MEMORY_FORMATS: dict[str, torch.memory_format] = {
+    "channels_last": torch.channels_last,
+    "contiguous": torch.contiguous_format,
+}
+AMP_DTYPES: dict[str, torch.dtype | None] = {
+    "none": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
 
 @dataclass(frozen=True)
 class SupervisedTask:
@@ -87,6 +100,15 @@ class SupervisedTask:
     memory_format: torch.memory_format = torch.contiguous_format
     #: autocast dtype on CUDA (None: fp32).
     amp_dtype: torch.dtype | None = None
+
+    def layout_record(self, device: torch.device) -> dict[str, str]:
+        """What a checkpoint stores of how this task's steps run on ``device``: the names of
+        its memory format and AMP (keys of :data:`MEMORY_FORMATS` / :data:`AMP_DTYPES`) and the
+        device type they were chosen on (read back by ``evaluate.speed.choose_layout``).
+        """
+        memory_format = next(n for n, f in MEMORY_FORMATS.items() if f == self.memory_format)
+        amp = next(n for n, d in AMP_DTYPES.items() if d == self.amp_dtype)
+        return {"device": device.type, "memory_format": memory_format, "amp": amp}
 
 
 @dataclass
@@ -436,6 +458,7 @@ class _Trainer:
                 history=[dataclasses.asdict(h) for h in p.history],
                 wall_s=p.prior_wall_s + time.perf_counter() - self.started,
                 scheduler=state["scheduler"],
+                plan=self.task.layout_record(self.device),
             )
         )
 
