@@ -157,3 +157,33 @@ def test_the_lean_read_keeps_each_trials_parameter_order_when_rows_interleave(
     lean = internals.load_trials(study)
     assert [list(t.params) for t in lean] == [["n", "c", "x"], ["x", "n", "c"]]
     assert repr(lean) == repr(study.get_trials(deepcopy=False))
+
+
+def test_rows_written_in_one_go_read_back_as_optunas_own_and_not_after_the_end(
+    study: optuna.Study,
+) -> None:
+    """``write_trial_rows`` (one round trip on PostgreSQL): every kind of row and special value,
+    replacements, and a refusal once the trial is finished that writes nothing."""
+    trial = study.ask()
+    trial_id = internals.trial_id_of(trial)
+    choice = optuna.distributions.CategoricalDistribution(["a", "b"])
+    internals.write_trial_rows(
+        study,
+        trial_id,
+        params={"c": ("b", choice), "x": (0.5, optuna.distributions.FloatDistribution(0, 1))},
+        user_attrs={"nested": [1, "z"], "f": 1.5},
+        intermediate={1: 0.5, 2: float("nan"), 3: float("inf"), 4: -float("inf")},
+    )
+    internals.write_trial_rows(study, trial_id, user_attrs={"f": 2.5}, intermediate={1: 0.25})
+    study.tell(trial, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError, match="COMPLETE"):
+        internals.write_trial_rows(study, trial_id, user_attrs={"late": 1}, intermediate={9: 1.0})
+    backend = internals.rdb_backend(study)
+    assert backend is not None
+    url = backend.engine.url.render_as_string(hide_password=False)
+    (stored,) = optuna.load_study(study_name="pin", storage=url).get_trials(deepcopy=False)
+    assert stored.params == {"c": "b", "x": 0.5}
+    assert stored.user_attrs == {"nested": [1, "z"], "f": 2.5}
+    assert repr(stored.intermediate_values) == repr({1: 0.25, 2: float("nan"), 3: float("inf"),
+                                                     4: -float("inf")})  # fmt: skip
+    assert list(stored.params) == ["c", "x"]
