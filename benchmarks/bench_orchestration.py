@@ -193,16 +193,32 @@ def busy_sweeper(workers: int, n_trials: int, work: Path, workload: str) -> dict
     return _fractions(spans, workers, command)
 
 
+def zero_overhead_bound(workers: int, durations: list[float]) -> float:
+    """The busy fraction (first start to last end) of a scheduler with no overhead at all that
+    hands trial i, in order, to the first free worker: what the workload itself allows.
+
+    No online system does better without knowing the durations in advance: the last trials
+    end at different times, and the workers that finish first have nothing left to take.
+    """
+    free = [0.0] * workers
+    for seconds in durations:
+        earliest = free.index(min(free))
+        free[earliest] += seconds
+    return sum(durations) / (workers * max(free))
+
+
 def busy(workers: int, per_worker: int, work: Path, workload: str) -> dict[str, Any]:
     n_trials = workers * per_worker
     median_s, sigma = WORKLOADS[workload]
+    durations = [duration(i, median_s, sigma) for i in range(n_trials)]
     result = {
         "workload": workload,
         "workers": workers,
         "trials": n_trials,
         "median_s": median_s,
         "sigma": sigma,
-        "work_s": sum(duration(i, median_s, sigma) for i in range(n_trials)),
+        "work_s": sum(durations),
+        "zero_overhead_bound": zero_overhead_bound(workers, durations),
         "ours": busy_ours(workers, n_trials, work, workload),
         "sweeper": busy_sweeper(workers, n_trials, work, workload),
     }
@@ -294,6 +310,18 @@ def report(results: dict[str, Any]) -> str:
                 )
             ratio = b["sweeper"]["command_s"] / b["ours"]["command_s"]
             lines.append(f"| {workload} | sweeper / ours, wall time | | | {ratio:.2f}x | |")
+            if "zero_overhead_bound" in b:
+                bound = f"{b['zero_overhead_bound']:.1%}"
+                lines.append(f"| {workload} | no overhead at all (the workload's bound) | "
+                             f"{bound} | | | |")  # fmt: skip
+        lines += [
+            "",
+            "The bound is a scheduler with zero overhead handing the trials out in the same order:",
+            "no online system can beat it without knowing the durations in advance. A heavy tail",
+            "puts it below 97 % by itself (the workers that finish first find nothing to take).",
+            "The steady workload is the NAS case: issue 13's 12 trials took 74-111 s (sigma",
+            "about 0.13), narrower than its sigma 0.25.",
+        ]
         lines.append("")
     if "latency" in results:
         lines += [
@@ -304,8 +332,8 @@ def report(results: dict[str, Any]) -> str:
             "`suggest_categorical` per parameter + `set_user_attr` per attribute, same lock.",
             "",
             "| trials | ours: claim | ours: tell | ours, max_history=1000: claim | stock: claim "
-            "| stock: tell | first claim s (ours / stock) |",
-            "|---|---|---|---|---|---|---|",
+            "| stock: tell | first claim s (ours / stock) | ours: client CPU per claim+tell ms |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for size, row in results["latency"].items():
             lines.append(
@@ -316,7 +344,8 @@ def report(results: dict[str, Any]) -> str:
                 f"{_ms(row, 'ours_cheap_sampler_claim', 'p99_ms')} | "
                 f"{_ms(row, 'stock_claim', 'p50_ms')} / {_ms(row, 'stock_claim', 'p99_ms')} | "
                 f"{_ms(row, 'stock_tell', 'p50_ms')} / {_ms(row, 'stock_tell', 'p99_ms')} | "
-                f"{row['ours_first_claim_s']:.2f} / {row['stock_first_claim_s']:.2f} |"
+                f"{row['ours_first_claim_s']:.2f} / {row['stock_first_claim_s']:.2f} | "
+                f"{row.get('ours_cpu_ms', float('nan')):.0f} |"
             )
         lines.append("")
     if "new_worker" in results:
@@ -363,12 +392,28 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join([*lines, MARKERS[1]]) + "\n"
 
 
+def _herd_floor(results: dict[str, Any], workers: int) -> str:
+    """What ``workers`` first claims at one barrier cost on this machine's cores at the least:
+    each needs its client CPU (measured one worker alone, smallest study), and they share the
+    cores with each other and the server."""
+    latency = results.get("latency", {})
+    smallest = latency[min(latency, key=int)] if latency else {}
+    cpu_ms = smallest.get("ours_cpu_ms")
+    if cpu_ms is None:
+        return ""
+    cores = int(results["machine"]["cores"])
+    floor_s = workers * cpu_ms / 1e3 / cores
+    return f" (CPU floor here: {workers} x {cpu_ms:.0f} ms / {cores} cores = {floor_s:.1f} s)"
+
+
 def targets(results: dict[str, Any]) -> list[str]:
     rows: list[tuple[str, str, str, str]] = []
     for b in results.get("busy", []):
         ours, name = b["ours"], b["workload"]
         span, command = ours["busy_span"], ours["busy_command"]
-        rows.append((f"busy, first start to last end ({name})", f"{span:.1%}", "≥ 97 %",
+        bound = b.get("zero_overhead_bound")
+        target = "≥ 97 %" if bound is None else f"≥ 97 % (bound {bound:.1%})"
+        rows.append((f"busy, first start to last end ({name})", f"{span:.1%}", target,
                      _ok(span, TARGETS["busy_span"], True)))  # fmt: skip
         rows.append((f"busy, whole command ({name})", f"{command:.1%}", "≥ 90 %",
                      _ok(command, TARGETS["busy_command"], True)))  # fmt: skip
@@ -393,7 +438,7 @@ def targets(results: dict[str, Any]) -> list[str]:
         rows.append(("128 workers: errors", str(errors), "0", _ok(errors, 1, False)))
         limit = TARGETS["p99_claim_plus_tell_ms_at_128"]
         rows.append(("128 workers: claim+tell p99 (all start together)", f"{p99:.0f} ms",
-                     "< 1 s", _ok(p99, limit, False)))  # fmt: skip
+                     "< 1 s" + _herd_floor(results, 128), _ok(p99, limit, False)))  # fmt: skip
         rows.append(("128 workers: claim+tell p99 (after each worker's first)",
                      f"{steady:.0f} ms", "< 1 s", _ok(steady, limit, False)))  # fmt: skip
         rows.append(("128 workers: peak connections", str(peak), f"≤ {bound}",

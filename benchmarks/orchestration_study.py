@@ -106,7 +106,9 @@ def latency(sizes: list[int], repeats: int, work: Path) -> dict[str, Any]:
                 started = time.perf_counter()
                 _claim_tell(owner, rng)  # the first claim reads the study: reported apart
                 row[f"{name}_first_claim_s"] = time.perf_counter() - started
+                cpu = time.process_time()
                 samples = [_claim_tell(owner, rng) for _ in range(repeats)]
+                row[f"{name}_cpu_ms"] = (time.process_time() - cpu) / repeats * 1e3
                 row[f"{name}_claim"] = percentiles([c for c, _ in samples])
                 row[f"{name}_tell"] = percentiles([t for _, t in samples])
             stock = optuna.load_study(study_name="bench", storage=url)
