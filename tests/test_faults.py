@@ -350,8 +350,11 @@ def test_a_killed_worker_s_trial_is_retried_from_its_checkpoint(
         "search.n_trials=3",
         "study.heartbeat_interval=1",
         "study.grace_period=8",
-        # Longer epochs: SLURM may take seconds to deliver the KILL under load, and the trial
-        # must still be training when it lands.
+        # Longer epochs: the trial must still be training when the KILL lands, and SLURM
+        # delivers it only after the step's KillWait (SIGTERM first, which submitit bypasses):
+        # up to 7 s here. 60 % of the images make 30 real steps per epoch (the tiny default's 256
+        # images made 8, and 4 epochs of 8 steps were done within those 7 s).
+        "data.fraction=0.6",
         "train.max_steps_per_epoch=40",
     )
     numbers = wait_for(lambda: early_checkpoints(tmp_path), "a checkpoint")
