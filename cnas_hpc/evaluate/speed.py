@@ -17,6 +17,7 @@ accuracy of an unbroken one.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,8 +26,8 @@ import torch
 
 from cnas_hpc.config.protocol import ProtocolConfig
 from cnas_hpc.data.labeled import LabeledData
-from cnas_hpc.distributed.collectives import any_across_ranks
 from cnas_hpc.train.autotune import choose_fastest
+from cnas_hpc.train.checkpoint import reuse_agreed
 from cnas_hpc.train.supervised import (
     AMP_DTYPES,
     MEMORY_FORMATS,
@@ -83,12 +84,8 @@ def _stored_layout(
     elif chosen not in candidates:
         reason = f"{chosen[0]}/{chosen[1]} is not a candidate here"
     else:
-        reason = ""
-    if any_across_ranks(bool(reason), device):
-        log.info(
-            "resumed cell: measuring its layout again, not reusing the checkpoint's: %s",
-            reason or "it does not fit on another rank",
-        )
+        reason = None
+    if not reuse_agreed(reason, device, log, "cell", "layout"):
         return None
     memory_format, amp = str(chosen[0]), str(chosen[1])
     log.info("resumed cell: training under its checkpoint's layout %s/%s", memory_format, amp)
@@ -121,13 +118,7 @@ def choose_layout(
         candidates = [kept]
     options: dict[str, Callable[[], None]] = {}
     for memory_format, amp in candidates:
-        variant = SupervisedTask(
-            task.protocol,
-            task.num_classes,
-            task.seed,
-            MEMORY_FORMATS[memory_format],
-            AMP_DTYPES[amp],
-        )
+        variant = _with_layout(task, memory_format, amp)
         name = f"{memory_format}/{amp}"
         if len(candidates) == 1:
             return variant
@@ -146,6 +137,11 @@ def choose_layout(
         options, device, workload=workload, cache_dir=cache_dir, warmup=1, repeat=repeat
     )
     memory_format, amp = chosen.split("/")
-    return SupervisedTask(
-        task.protocol, task.num_classes, task.seed, MEMORY_FORMATS[memory_format], AMP_DTYPES[amp]
+    return _with_layout(task, memory_format, amp)
+
+
+def _with_layout(task: SupervisedTask, memory_format: str, amp: str) -> SupervisedTask:
+    """``task`` with the memory format and AMP named as in ``protocol`` and checkpoints."""
+    return dataclasses.replace(
+        task, memory_format=MEMORY_FORMATS[memory_format], amp_dtype=AMP_DTYPES[amp]
     )

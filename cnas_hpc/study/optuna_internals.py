@@ -538,9 +538,9 @@ def _write_rows(
     if conn.dialect.name == "postgresql":
         _write_rows_postgres(conn, trial_id, params or {}, user_attrs or {}, intermediate or {})
         return
-    lock = ""
+    # SQLite: the caller's transaction holds the database's write lock, no row lock needed.
     state = conn.execute(
-        sqlalchemy.text(f"SELECT state FROM trials WHERE trial_id = :t{lock}"), {"t": trial_id}
+        sqlalchemy.text("SELECT state FROM trials WHERE trial_id = :t"), {"t": trial_id}
     ).scalar()
     if _state_name(state) != "RUNNING":
         raise optuna.exceptions.UpdateFinishedTrialError(

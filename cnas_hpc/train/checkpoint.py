@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from cnas_hpc.distributed.collectives import any_across_ranks
+
 log = logging.getLogger(__name__)
 
 
@@ -112,3 +114,22 @@ def load_checkpoint(path: Path, *, genotype_json: str) -> TrainState | None:
 def remove_checkpoint(path: Path) -> None:
     """Delete a finished trial's checkpoint (missing is fine)."""
     path.unlink(missing_ok=True)
+
+
+def reuse_agreed(
+    why_not: str | None, device: torch.device, logger: logging.Logger, run: str, what: str
+) -> bool:
+    """Whether EVERY rank reuses the ``what`` a resumed ``run``'s checkpoint recorded:
+    ``why_not`` is this rank's reason against it (None: it fits here). Agreed in one collective,
+    so either all ranks measure anew (and meet in its broadcasts) or none does; why not goes to
+    the caller's ``logger``. Every rank must call it.
+    """
+    if any_across_ranks(why_not is not None, device):
+        logger.info(
+            "resumed %s: measuring its %s again, not reusing the checkpoint's: %s",
+            run,
+            what,
+            why_not or "it does not fit on another rank",
+        )
+        return False
+    return True

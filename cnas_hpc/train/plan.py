@@ -246,6 +246,6 @@ def why_unfit(
     if cfg.num_threads is not None:
         if plan.threads != cfg.num_threads:
             return f"threads={plan.threads} against train.num_threads={cfg.num_threads}"
-    elif plan.threads is not None and plan.threads > thread_cap(max_threads):
-        return f"threads={plan.threads} exceed this allocation's {thread_cap(max_threads)}"
+    elif plan.threads is not None and plan.threads > (cap := thread_cap(max_threads)):
+        return f"threads={plan.threads} exceed this allocation's {cap}"
     return None

@@ -36,11 +36,11 @@ from functools import partial
 
 import torch
 
-from cnas_hpc.distributed.collectives import any_across_ranks
 from cnas_hpc.models.networks import ProxyNetwork
 from cnas_hpc.ssl.augment import BatchAugment
 from cnas_hpc.ssl.losses import nt_xent_loss
 from cnas_hpc.train.autotune import choose_fastest, measure_in_turns
+from cnas_hpc.train.checkpoint import reuse_agreed
 from cnas_hpc.train.plan import (
     StepPlan,
     compile_wanted,
@@ -195,11 +195,7 @@ def stored_plan(
             reason = why_unfit(plan, chosen_on, task.train, device, task.max_threads)
         except ValueError as exc:
             reason = f"the checkpoint's step plan is unreadable: {exc}"
-    if any_across_ranks(reason is not None, device) or plan is None:
-        log.info(
-            "resumed candidate: measuring its step plan again, not reusing the checkpoint's: %s",
-            reason or "it does not fit on another rank",
-        )
+    if not reuse_agreed(reason, device, log, "candidate", "step plan") or plan is None:
         return None
     log.info("resumed candidate: training under its checkpoint's step plan %s", plan.name)
     return plan
