@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cnas_hpc.space.genotype import PRESETS, genotype_to_dict
 from tests.helpers import run_launch
 
 #: A toy study on the embedded digits: a few steps per measurement.
@@ -36,19 +37,23 @@ def test_a_study_reports_and_a_larger_rerun_measures_only_the_new_cells(tmp_path
     first = run_launch("fidelity.py", [*QUICK, "fidelity.n_random=3"], home=tmp_path, env=ENV)
     logs = first.stdout + first.stderr
     assert first.returncode == 0, logs[-3000:]
-    # 4 cells: an accuracy and a score each, and 2 extra seeds for the first cell's score.
-    assert len(_made(logs)) == 4 * 2 + 2
+    # 4 cells: an accuracy, zero-cost proxies and a score each, and 2 extra seeds for the first
+    # cell's score and zero-cost proxies.
+    assert len(_made(logs)) == 4 * 3 + 2 + 2
     (folder,) = (tmp_path / "fidelity").iterdir()
     report = json.loads((folder / "fidelity.json").read_text())
     assert report["n_cells"] == 4 and report["n_measured"] == 4
     assert -1.0 <= report["tau"]["value"] <= 1.0 and report["tau"]["low"] <= report["tau"]["high"]
     assert report["noise_std"] is not None
-    for name in ("scatter.png", "tau_by_epoch.png", "index.html", "summary.txt"):
+    assert {r["name"] for r in report["rankings"]} >= {
+        "val_contrastive_loss", "naswot", "synflow", "params", "MACs"
+    }  # fmt: skip
+    for name in ("scatter.png", "tau_vs_cost.png", "tau_by_epoch.png", "index.html", "summary.txt"):
         assert (folder / name).stat().st_size > 0
     assert "Kendall tau" in first.stdout
     again = run_launch("fidelity.py", [*QUICK, "fidelity.n_random=5"], home=tmp_path, env=ENV)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
-    assert len(_made(again.stdout + again.stderr)) == 2 * 2  # two new cells, two units each
+    assert len(_made(again.stdout + again.stderr)) == 2 * 3  # two new cells, three units each
     assert json.loads((folder / "fidelity.json").read_text())["n_cells"] == 6
     # Another objective reuses every accuracy: only the scores are new.
     other = run_launch(
@@ -59,12 +64,61 @@ def test_a_study_reports_and_a_larger_rerun_measures_only_the_new_cells(tmp_path
     assert all(m.startswith("score") for m in _made(other.stdout + other.stderr))
 
 
+def _reference_file(path: Path) -> Path:
+    """A ground-truth file of four cells in the format of ../shared/data/darts_ground_truth."""
+    genotypes = [PRESETS[name] for name in ("DARTS_V1", "DARTS_V2", "PC_DARTS", "SNAS")]
+    cells = [
+        {
+            "name": f"cell{i}",
+            "genotype": genotype_to_dict(g),
+            "cifar10_test_acc": 96.0 + 0.3 * i,
+            "cheap_settings_acc": {"Task1": 60.0 + i, "Task2": 70.0 - i},
+        }
+        for i, g in enumerate(genotypes)
+    ]
+    settings = {
+        "Task1": {"epoch": "10", "n_layers": "6", "MeanTime(GPU Hours)": "0.1"},
+        "Task2": {"epoch": "100", "n_layers": "6", "MeanTime(GPU Hours)": "0.9"},
+    }
+    path.write_text(json.dumps({"source": "test", "settings": settings, "cells": cells}))
+    return path
+
+
+def test_reference_mode_ranks_against_the_files_accuracies(tmp_path: Path) -> None:
+    reference = _reference_file(tmp_path / "truth.json")
+    args = [
+        "debug=tiny", f"fidelity.reference={reference}", "fidelity.noise_cells=1",
+        "fidelity.noise_seeds=1", "fidelity.bootstrap=100", "fidelity.reference_cells=3",
+        "fidelity.reference_channels=4", "search.objective=naswot",
+    ]  # fmt: skip
+    first = run_launch("fidelity.py", args, home=tmp_path, env=ENV)
+    logs = first.stdout + first.stderr
+    assert first.returncode == 0, logs[-3000:]
+    # No training at all: an accuracy read from the file and zero-cost proxies per cell.
+    assert sorted(set(m.split()[0] for m in _made(logs))) == ["accuracy", "zero_cost"]
+    assert len(_made(logs)) == 4 * 2 + 1
+    (folder,) = (tmp_path / "fidelity").iterdir()
+    report = json.loads((folder / "fidelity.json").read_text())
+    rankings = {r["name"]: r for r in report["rankings"]}
+    # The file's own rankings, with their cost: Task1 agrees with accuracy, Task2 reverses it.
+    assert rankings["Task1"]["tau"]["value"] == pytest.approx(1.0)
+    assert rankings["Task2"]["tau"]["value"] == pytest.approx(-1.0)
+    assert rankings["Task1"]["cost_s"] == pytest.approx(360.0) and rankings["Task1"]["labels"]
+    assert not rankings["naswot"]["labels"] and rankings["naswot"]["cost_s"] > 0
+    assert [r["accuracy"] for r in report["rows"]] == pytest.approx([0.96, 0.963, 0.966, 0.969])
+    assert "Task1" in first.stdout and "cost per cell" in first.stdout
+    again = run_launch("fidelity.py", args, home=tmp_path, env=ENV)
+    assert again.returncode == 0 and _made(again.stdout + again.stderr) == []  # all reused
+
+
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
         (["fidelity.n_random=1", "fidelity.presets=[]"], "at least 3 cells"),
         (["fidelity.presets=[NOPE]"], "unknown preset 'NOPE'"),
         (["data=npz", "data.path=UNLABELED"], "has no labels"),
+        (["fidelity.reference=MISSING.json"], "MISSING.json not found"),
+        (["fidelity.reference=UNLABELED"], "does not parse"),
     ],
 )
 def test_bad_input_is_refused_with_one_line(tmp_path: Path, extra: list[str], needle: str) -> None:

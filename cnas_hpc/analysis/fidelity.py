@@ -10,7 +10,10 @@ use (the validation and the training contrastive loss come from the same runs) a
 proxy epoch (how many epochs the score needs), the tau of the parameter count alone (a baseline
 any score should beat), and the score's own noise: the spread of one cell's score across seeds
 next to the spread of the scores across cells (a difference smaller than the noise means
-nothing).
+nothing). Every ranking of the cells is also put side by side in one table with its cost per
+cell (:class:`RankingRow`): the label-free scores, the zero-cost proxies, parameters and MACs,
+and, in reference mode, the ground-truth file's own cheaper rankings (supervised settings with
+their GPU time), so a user sees which ranking to buy for which budget.
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ from scipy import stats
 from tabulate import tabulate
 
 from cnas_hpc.analysis.plots import new_figure, save_figure, write_html
-from cnas_hpc.common.objectives import direction_of
+from cnas_hpc.common.objectives import direction_of, is_zero_cost
 from cnas_hpc.fidelity.app import FidelityPlan
-from cnas_hpc.fidelity.store import COMPLETE, FAIL
+from cnas_hpc.fidelity.reference import Reference
+from cnas_hpc.fidelity.store import COMPLETE, FAIL, Measurement
 
 #: Objectives whose value every score measurement records.
 SCORE_OBJECTIVES = ("val_contrastive_loss", "train_contrastive_loss", "knn_accuracy")
+#: Scores every zero-cost measurement records.
+ZERO_COST_SCORES = ("naswot", "synflow")
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,29 @@ class CellRow:
     params: int | None
     objectives: dict[str, float | None] = field(default_factory=dict)
     epochs: dict[str, list[float | None]] = field(default_factory=dict)
+    macs: int | None = None
+    seeds: dict[str, list[float]] = field(default_factory=dict)
+    rankings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RankingRow:
+    """One way of ranking the cells, its agreement with accuracy and its cost per cell.
+
+    ``cost_s`` is seconds per cell on ``device`` (the measured mean wall time of this study's
+    measurements, or the ground-truth file's GPU-hours x 3600); 0 for a count.
+    """
+
+    name: str
+    kind: str
+    labels: bool
+    cost_s: float | None
+    device: str
+    tau: Interval | None
+    rho: Interval | None
+    top_k_overlap: float | None
+    noise_share: float | None = None
+    note: str = ""
 
 
 @dataclass
@@ -123,6 +152,7 @@ class FidelitySummary:
     score_spread: float | None
     failures: list[str]
     rows: list[CellRow]
+    rankings: list[RankingRow] = field(default_factory=list)
 
 
 def _sign(objective: str) -> float:
@@ -136,31 +166,43 @@ def collect_rows(
     rows, failures = [], []
     for cell in plan.cells:
         accuracy = plan.accuracy[cell.genotype_hash]
-        scores = plan.scores[cell.genotype_hash]
-        for m in [accuracy, *scores]:
+        scores = plan.scores.get(cell.genotype_hash, [])
+        zero_cost = plan.zero_cost.get(cell.genotype_hash, [])
+        for m in [accuracy, *zero_cost, *scores]:
             if m.state == FAIL:
                 failures.append(f"{cell.key} {m.kind} seed {m.seed}: {m.fail_reason}")
         done = [m for m in scores if m.state == COMPLETE]
         main = next((m for m in done if m.seed == base_seed), None)
+        zc_done = [m for m in zero_cost if m.state == COMPLETE]
+        zc_main = next((m for m in zc_done if m.seed == base_seed), None)
         history = main.extra.get("history", []) if main is not None else []
+        objectives = {o: main.extra.get(o) for o in SCORE_OBJECTIVES} if main else {}
+        objectives |= {z: zc_main.extra.get(z) for z in ZERO_COST_SCORES} if zc_main else {}
+        seeds_of = _seed_values(zc_done if is_zero_cost(objective) else done, objective)
         rows.append(
             CellRow(
                 key=cell.key,
                 source=cell.source,
                 accuracy=accuracy.value if accuracy.state == COMPLETE else None,
-                score=main.extra.get(objective) if main is not None else None,
-                score_seeds=[
-                    float(m.extra[objective]) for m in done if m.extra.get(objective) is not None
-                ],
+                score=objectives.get(objective),
+                score_seeds=seeds_of,
                 params=accuracy.params,
-                objectives={o: main.extra.get(o) for o in SCORE_OBJECTIVES} if main else {},
+                objectives=objectives,
                 epochs={
                     "val_contrastive_loss": [h.get("val_loss") for h in history],
                     "train_contrastive_loss": [h.get("train_loss") for h in history],
                 },
+                macs=accuracy.macs,
+                seeds={o: _seed_values(done, o) for o in SCORE_OBJECTIVES}
+                | {z: _seed_values(zc_done, z) for z in ZERO_COST_SCORES},
+                rankings=dict(accuracy.extra.get("rankings", {})),
             )
         )
     return rows, failures
+
+
+def _seed_values(done: Sequence[Measurement], name: str) -> list[float]:
+    return [float(m.extra[name]) for m in done if m.extra.get(name) is not None]
 
 
 def _tau_of(
@@ -194,6 +236,129 @@ def _at_epoch(objective: str, epoch: int) -> Callable[[CellRow], float | None]:
     return value
 
 
+def _mean_wall(groups: dict[str, list[Measurement]]) -> float | None:
+    walls = [m.wall_s for ms in groups.values() for m in ms if m.state == COMPLETE and m.wall_s]
+    return float(np.mean(walls)) if walls else None
+
+
+def _noise_share(rows: Sequence[CellRow], name: str, sign: float) -> float | None:
+    """Mean std of one cell's values across seeds over the std of the values across cells."""
+    noisy = [float(np.std(r.seeds[name])) for r in rows if len(r.seeds.get(name, [])) > 1]
+    values = [sign * v for r in rows if (v := r.objectives.get(name)) is not None]
+    spread = float(np.std(values)) if len(values) > 1 else 0.0
+    return float(np.mean(noisy)) / spread if noisy and spread > 0 else None
+
+
+@dataclass(frozen=True)
+class _Stats:
+    resamples: int
+    confidence: float
+    top_k: int
+
+
+def _ranking(
+    rows: Sequence[CellRow],
+    get: Callable[[CellRow], float | None],
+    stats_of: _Stats,
+    **fields: Any,
+) -> RankingRow | None:
+    pairs = [(v, r.accuracy) for r in rows if (v := get(r)) is not None and r.accuracy is not None]
+    if len(pairs) < 3:
+        return None
+    x, y = (list(t) for t in zip(*pairs, strict=True))
+    n, level = stats_of.resamples, stats_of.confidence
+    return RankingRow(
+        tau=bootstrap(x, y, kendall_tau, resamples=n, confidence=level),
+        rho=bootstrap(x, y, spearman_rho, resamples=n, confidence=level),
+        top_k_overlap=top_k_overlap(x, y, stats_of.top_k),
+        **fields,
+    )
+
+
+def _better(name: str) -> Callable[[CellRow], float | None]:
+    sign = _sign(name)
+
+    def value(row: CellRow) -> float | None:
+        v = row.objectives.get(name)
+        return None if v is None else sign * v
+
+    return value
+
+
+def _size(attribute: str) -> Callable[[CellRow], float | None]:
+    def value(row: CellRow) -> float | None:
+        v = getattr(row, attribute)
+        return float(v) if v else None
+
+    return value
+
+
+def _file_ranking(name: str) -> Callable[[CellRow], float | None]:
+    def value(row: CellRow) -> float | None:
+        return row.rankings.get(name)
+
+    return value
+
+
+def ranking_rows(
+    plan: FidelityPlan,
+    rows: Sequence[CellRow],
+    stats_of: _Stats,
+    *,
+    device: str,
+    reference: Reference | None = None,
+) -> list[RankingRow]:
+    """Every ranking of the cells side by side (see :class:`RankingRow`), cheapest first."""
+    costs = {"score": _mean_wall(plan.scores), "zero_cost": _mean_wall(plan.zero_cost)}
+    out: list[RankingRow | None] = []
+    for name in (*SCORE_OBJECTIVES, *ZERO_COST_SCORES):
+        sign = _sign(name)
+        out.append(
+            _ranking(
+                rows,
+                _better(name),
+                stats_of,
+                name=name,
+                kind="zero-cost" if is_zero_cost(name) else "label-free score",
+                labels=name == "knn_accuracy",
+                cost_s=costs["zero_cost" if is_zero_cost(name) else "score"],
+                device=device,
+                noise_share=_noise_share(rows, name, sign),
+            )
+        )
+    for name, attribute in (("params", "params"), ("MACs", "macs")):
+        out.append(
+            _ranking(
+                rows,
+                _size(attribute),
+                stats_of,
+                name=name,
+                kind="size",
+                labels=False,
+                cost_s=0.0,
+                device="-",
+            )
+        )
+    for name in reference.ranking_names() if reference is not None else []:
+        setting = reference.settings.get(name) if reference is not None else None
+        hours = setting.gpu_hours if setting is not None else None
+        out.append(
+            _ranking(
+                rows,
+                _file_ranking(name),
+                stats_of,
+                name=name,
+                kind="supervised (file)",
+                labels=True,
+                cost_s=None if hours is None else 3600.0 * hours,
+                device="GPU",
+                note=setting.description if setting is not None else "",
+            )
+        )
+    found = [r for r in out if r is not None]
+    return sorted(found, key=lambda r: (r.cost_s is None, r.cost_s or 0.0, r.name))
+
+
 def summarise(
     plan: FidelityPlan,
     objective: str,
@@ -202,6 +367,8 @@ def summarise(
     top_k: int,
     resamples: int,
     confidence: float,
+    reference: Reference | None = None,
+    device: str = "CPU",
 ) -> FidelitySummary:
     """The statistics of a fidelity study (see the module docstring)."""
     rows, failures = collect_rows(plan, objective, base_seed)
@@ -212,7 +379,7 @@ def summarise(
     enough = len(measured) >= 3
     by_objective = {
         name: _tau_of(rows, _objective(name), _sign(name), resamples, confidence)
-        for name in SCORE_OBJECTIVES
+        for name in (*SCORE_OBJECTIVES, *ZERO_COST_SCORES)
     }
     epochs = max((len(r.epochs.get(objective, [])) for r in rows), default=0)
     by_epoch = []
@@ -241,7 +408,57 @@ def summarise(
         score_spread=float(np.std(better)) if measured else None,
         failures=failures,
         rows=rows,
+        rankings=ranking_rows(
+            plan,
+            rows,
+            _Stats(resamples, confidence, top_k),
+            device=device,
+            reference=reference,
+        ),
     )
+
+
+def _cost_text(row: RankingRow) -> str:
+    if row.cost_s is None:
+        return "?"
+    if row.cost_s == 0:
+        return "0"
+    if row.cost_s >= 3600:
+        return f"{row.cost_s / 3600:.2f} {row.device}-h"
+    return f"{row.cost_s:.1f} {row.device}-s"
+
+
+def format_rankings(summary: FidelitySummary, confidence: float) -> str:
+    """Every ranking side by side: tau and rho with their intervals, top-k, noise, cost."""
+    pct = f"{100 * confidence:.0f}%"
+    table = tabulate(
+        [
+            [
+                r.name,
+                r.kind + (" (labels)" if r.labels else ""),
+                _cost_text(r),
+                str(r.tau) if r.tau else "-",
+                str(r.rho) if r.rho else "-",
+                "-" if r.top_k_overlap is None else f"{r.top_k_overlap:.2f}",
+                "-" if r.noise_share is None else f"{r.noise_share:.2f}",
+                r.note,
+            ]
+            for r in summary.rankings
+        ],
+        [
+            "ranking",
+            "kind",
+            "cost per cell",
+            f"Kendall tau [{pct}]",
+            f"Spearman rho [{pct}]",
+            f"top-{summary.top_k}",
+            "noise share",
+            "setting",
+        ],
+        tablefmt="simple",
+        disable_numparse=True,
+    )
+    return "every ranking of these cells vs accuracy, cheapest first:\n" + table
 
 
 def format_summary(summary: FidelitySummary, confidence: float) -> str:
@@ -293,7 +510,10 @@ def format_summary(summary: FidelitySummary, confidence: float) -> str:
     )
     if summary.failures:
         lines.append("failures: " + "; ".join(summary.failures))
-    return "\n".join(line for line in lines if line) + "\n\n" + table
+    head = "\n".join(line for line in lines if line)
+    if summary.rankings:
+        head += "\n\n" + format_rankings(summary, confidence)
+    return head + "\n\n" + table
 
 
 def _scatter(summary: FidelitySummary, path: Path) -> Path:
@@ -313,7 +533,7 @@ def _scatter(summary: FidelitySummary, path: Path) -> Path:
     ax.set_xlabel(
         f"{summary.objective} ({'higher' if _sign(summary.objective) > 0 else 'lower'} is better)"
     )
-    ax.set_ylabel("test accuracy after the short training (%)")
+    ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -328,6 +548,37 @@ def _by_epoch(summary: FidelitySummary, path: Path) -> Path:
     ax.set_ylabel("Kendall tau")
     ax.set_title(f"{summary.objective}: ranking quality by proxy epoch", fontsize=10)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _tau_vs_cost(summary: FidelitySummary, path: Path) -> Path:
+    fig, ax = new_figure(8, 5)
+    colours = {
+        "label-free score": "#1f5fa8",
+        "zero-cost": "#2a9d3a",
+        "size": "#777777",
+        "supervised (file)": "#c45a00",
+    }
+    floor = min((r.cost_s for r in summary.rankings if r.cost_s), default=1.0) / 3
+    for kind, colour in colours.items():
+        points = [r for r in summary.rankings if r.kind == kind and r.tau and r.cost_s is not None]
+        if not points:
+            continue
+        xs = [max(r.cost_s or 0.0, floor) for r in points]
+        taus = [r.tau.value for r in points if r.tau]
+        low = [r.tau.value - r.tau.low for r in points if r.tau]
+        high = [r.tau.high - r.tau.value for r in points if r.tau]
+        ax.errorbar(xs, taus, yerr=[low, high], fmt="o", color=colour, label=kind, capsize=2)
+        for r, x, t in zip(points, xs, taus, strict=True):
+            ax.annotate(r.name, (x, t), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.axhline(0.0, color="#888888", linewidth=1)
+    ax.set_xlabel("cost per cell (seconds on its device; counts drawn at the left edge)")
+    ax.set_ylabel("Kendall tau vs accuracy")
+    ax.set_title(f"ranking quality against cost ({summary.n_cells} cells)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -349,8 +600,8 @@ def write_report(
     title: str,
     setup: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Write ``summary.txt``, ``fidelity.json``, ``scatter.png``, ``tau_by_epoch.png`` and
-    ``index.html`` into ``folder``; returns the paths."""
+    """Write ``summary.txt``, ``fidelity.json``, ``scatter.png``, ``tau_vs_cost.png``,
+    ``tau_by_epoch.png`` and ``index.html`` into ``folder``; returns the paths."""
     folder.mkdir(parents=True, exist_ok=True)
     text = format_summary(summary, confidence)
     (folder / "summary.txt").write_text(text + "\n", encoding="utf-8")
@@ -359,6 +610,8 @@ def write_report(
         json.dumps(_jsonable(payload), indent=2), encoding="utf-8"
     )
     images = [_scatter(summary, folder / "scatter.png")]
+    if summary.rankings:
+        images.append(_tau_vs_cost(summary, folder / "tau_vs_cost.png"))
     if summary.by_epoch:
         images.append(_by_epoch(summary, folder / "tau_by_epoch.png"))
     page = write_html(folder, text, images, title=title)

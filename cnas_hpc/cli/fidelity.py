@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -37,6 +38,7 @@ from cnas_hpc.data.labeled import check_labeled
 from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.fidelity import store
 from cnas_hpc.fidelity.app import plan_units, run_fidelity
+from cnas_hpc.fidelity.reference import load_reference
 from cnas_hpc.study.storage import connect_engine
 
 log = logging.getLogger("cnas_hpc")
@@ -59,7 +61,10 @@ def plan_fidelity(cfg: DictConfig, launcher: DictConfig | None) -> list[int]:
     settings = fidelity_settings_of(cfg)
     check_config_secrets(cfg, settings.search)
     check_available(settings.search.data)
-    check_labeled(settings.search.data)
+    if settings.fidelity.reference is None:
+        check_labeled(settings.search.data)
+    else:
+        load_reference(settings.fidelity.reference)  # a bad file: one line, before anything
     check_launcher(launcher, settings.search.train.batch_size)
     check_launcher(launcher, settings.protocol.batch_size)
     engine = connect_engine(settings.search.study)
@@ -91,17 +96,37 @@ def pending_units(cfg: DictConfig) -> list[int]:
 
 def setup_of(settings: FidelitySettings) -> dict[str, Any]:
     """The settings a reader of the report needs to tell studies apart."""
-    search, protocol = settings.search, settings.protocol
+    search, protocol, fidelity = settings.search, settings.protocol, settings.fidelity
+    zero_cost = search.zero_cost
+    accuracy = (
+        f"reference {fidelity.reference} (size of the {fidelity.reference_cells}x"
+        f"{fidelity.reference_channels} network)"
+        if fidelity.reference is not None
+        else f"{protocol.name} {protocol.cells}x{protocol.channels} {protocol.epochs} ep"
+    )
     return {
+        "objective": search.search.objective,
         "proxy": f"{search.model.cells}x{search.model.channels}",
         "epochs": search.train.epochs,
         "loss": search.train.loss,
         "temperature": search.train.temperature,
+        "batch_size": search.train.batch_size,
         "data": search.data.source,
+        "data_path": search.data.path,
         "fraction": search.data.fraction,
-        "protocol": f"{protocol.name} {protocol.cells}x{protocol.channels} {protocol.epochs} ep",
-        "accuracy_fraction": settings.fidelity.accuracy_fraction,
+        "val_fraction": search.data.val_fraction,
+        "zero_cost": f"{zero_cost.cells}x{zero_cost.channels}, batch {zero_cost.batch_size}",
+        "accuracy": accuracy,
+        "accuracy_fraction": fidelity.accuracy_fraction,
+        "seed": search.seed,
     }
+
+
+def device_label(device: str) -> str:
+    """How the report names the device the measurements' seconds were spent on."""
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return "CPU"
+    return "GPU"
 
 
 def report_fidelity(settings: FidelitySettings) -> str:
@@ -119,6 +144,8 @@ def report_fidelity(settings: FidelitySettings) -> str:
         top_k=fidelity.top_k,
         resamples=fidelity.bootstrap,
         confidence=fidelity.confidence,
+        reference=load_reference(fidelity.reference) if fidelity.reference else None,
+        device=device_label(settings.search.device),
     )
     paths = write_report(
         summary,
@@ -127,7 +154,8 @@ def report_fidelity(settings: FidelitySettings) -> str:
         title=f"cnas-hpc fidelity: {settings.search.search.objective}",
         setup=setup_of(settings),
     )
-    text = format_summary(summary, fidelity.confidence)
+    setup = "\n".join(f"  {k}: {v}" for k, v in setup_of(settings).items() if v is not None)
+    text = f"settings:\n{setup}\n" + format_summary(summary, fidelity.confidence)
     print(f"\n{text}\nreport: {paths[-1]}", flush=True)
     return text
 

@@ -14,7 +14,19 @@ OBJECTIVES: Final[dict[str, Direction]] = {
     "train_contrastive_loss": "minimize",
     # Leave-one-out kNN accuracy on a small labeled split: NOT label-free, off by default.
     "knn_accuracy": "maximize",
+    # Zero-cost proxies of the untrained network (seconds per cell, no contrastive training):
+    # NASWOT's log-determinant of the activation-code kernel, and data-free synflow (log).
+    "naswot": "maximize",
+    "synflow": "maximize",
 }
+
+#: Objectives computed on the untrained network: a trial with one of these trains nothing.
+ZERO_COST_OBJECTIVES: Final = ("naswot", "synflow")
+
+
+def is_zero_cost(objective: str) -> bool:
+    """Whether ``objective`` is a zero-cost proxy (no contrastive training needed)."""
+    return objective in ZERO_COST_OBJECTIVES
 
 
 def direction_of(objective: str) -> Direction:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cnas_hpc.common.errors import ConfigError
+from cnas_hpc.common.objectives import is_zero_cost
 from cnas_hpc.config.build import build_section
 from cnas_hpc.config.data import DataConfig
 from cnas_hpc.config.protocol import ProtocolConfig
@@ -42,6 +43,12 @@ class FidelityConfig:
         accuracy_fraction: Share of the training images the short supervised training uses
             (seeded). The label-free score uses ``data.fraction``: the two vary apart, so a study
             of how the score's amount of data changes tau reuses every accuracy.
+        reference: A ground-truth file (:mod:`cnas_hpc.fidelity.reference`): its cells, with
+            their known accuracies, replace the random/preset/file cells and the short
+            supervised runs; its other rankings are reported beside the scores.
+        reference_cells: Reference mode: cells of the network whose size (parameters, MACs) is
+            reported (DARTS's CIFAR evaluation network: 20).
+        reference_channels: Its channels (DARTS: 36).
         unit: Which planned measurement THIS process makes (set by the array sweeper); None: all.
     """
 
@@ -55,6 +62,9 @@ class FidelityConfig:
     confidence: float = 0.95
     top_k: int = 5
     accuracy_fraction: float = 1.0
+    reference: str | None = None
+    reference_cells: int = 20
+    reference_channels: int = 36
     unit: int | None = None
 
     def __post_init__(self) -> None:
@@ -62,7 +72,7 @@ class FidelityConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"fidelity.{key} must be an integer >= 0, got {value!r}")
-        for key in ("bootstrap", "top_k"):
+        for key in ("bootstrap", "top_k", "reference_cells", "reference_channels"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"fidelity.{key} must be an integer >= 1, got {value!r}")
@@ -72,7 +82,7 @@ class FidelityConfig:
             )
         if not 0.5 <= self.confidence < 1.0:
             raise ConfigError(f"fidelity.confidence must be in [0.5, 1), got {self.confidence}")
-        if self.n_random + len(self.presets) + len(self.genotypes) < 3:
+        if self.reference is None and self.n_random + len(self.presets) + len(self.genotypes) < 3:
             raise ConfigError(
                 "a fidelity study needs at least 3 cells: raise fidelity.n_random or add "
                 "fidelity.presets / fidelity.genotypes"
@@ -115,8 +125,25 @@ class FidelitySettings:
             fraction=self.fidelity.accuracy_fraction,
         )
 
+    def zero_cost_fingerprint(self) -> tuple[dict[str, Any], str]:
+        """What decides a cell's zero-cost scores (and its short hash): network, batch, data."""
+        zero_cost = dataclasses.asdict(self.search.zero_cost)
+        zero_cost.pop("record")
+        decisive = {"zero_cost": zero_cost, "data": _data_identity(self.search.data)}
+        return decisive, _digest(decisive)
+
     def accuracy_fingerprint(self) -> tuple[dict[str, Any], str]:
-        """What decides a cell's supervised accuracy (and its short hash)."""
+        """What decides a cell's accuracy (and its short hash): the short protocol, or in
+        reference mode the ground-truth file's content and the network its size is counted on."""
+        reference = self.fidelity.reference
+        if reference is not None:
+            path = Path(reference).expanduser()
+            content = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
+            decisive: dict[str, Any] = {
+                "reference": {"file": path.name, "sha256": content},
+                "network": [self.fidelity.reference_cells, self.fidelity.reference_channels],
+            }
+            return decisive, _digest(decisive)
         decisive = {
             "protocol": {
                 k: v
@@ -131,7 +158,10 @@ class FidelitySettings:
     @property
     def results_dir(self) -> Path:
         """Where the report of this fidelity study is written."""
-        _, score = self.score_fingerprint()
+        if is_zero_cost(self.search.search.objective):
+            _, score = self.zero_cost_fingerprint()
+        else:
+            _, score = self.score_fingerprint()
         _, accuracy = self.accuracy_fingerprint()
         return Path(self.search.output_dir) / "fidelity" / f"{score}-{accuracy}"
 

@@ -29,6 +29,7 @@ from cnas_hpc.config.space import SpaceConfig
 from cnas_hpc.config.study import SamplerConfig, StudyConfig
 from cnas_hpc.config.train import TrainConfig
 from cnas_hpc.config.wandb import WandbConfig
+from cnas_hpc.config.zero_cost import ZeroCostConfig
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Settings:
     search: SearchConfig
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    zero_cost: ZeroCostConfig = field(default_factory=ZeroCostConfig)
     worker: int = 0
     seed: int = 0
     device: str = "auto"
@@ -101,6 +103,7 @@ def settings_from_config(cfg: Mapping[str, Any]) -> Settings:
         search=build_section(SearchConfig, "search", cfg.get("search")),
         checkpoint=build_section(CheckpointConfig, "checkpoint", cfg.get("checkpoint")),
         wandb=build_section(WandbConfig, "wandb", cfg.get("wandb")),
+        zero_cost=build_section(ZeroCostConfig, "zero_cost", cfg.get("zero_cost")),
         worker=int(cfg.get("worker", 0)),
         seed=int(cfg.get("seed", 0)),
         device=str(cfg.get("device", "auto")),

@@ -53,6 +53,7 @@ _DISPLAY_NAMES: Final[dict[str, str]] = {
 STREAM_CAP: Final[int] = 1
 STREAM_SPLIT: Final[int] = 2
 STREAM_EPOCH: Final[int] = 3
+STREAM_ZERO_COST: Final[int] = 4
 # Images resized per chunk: bounds the float32 working memory (STL-10 unlabeled is 100k images).
 _RESIZE_CHUNK: Final[int] = 1024
 # Image files decoded per chunk by the folder source, for the same reason.

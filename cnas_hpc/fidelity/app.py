@@ -2,8 +2,10 @@
 
 Contract:
     * :func:`plan_units` (the submitting side, once) turns the settings into measurements:
-      per cell one supervised accuracy, one label-free score at the search's seed, and for the
-      first ``fidelity.noise_cells`` cells a score at each extra noise seed. Measurements that
+      per cell one accuracy (a short supervised run, or in reference mode the ground-truth
+      file's value), its zero-cost proxies and (unless the objective is itself a zero-cost
+      proxy) one contrastive score at the search's seed; for the first ``fidelity.noise_cells``
+      cells the scores again at each extra noise seed. Measurements that
       exist already (COMPLETE, in the same database) are reused, never made again.
     * :func:`run_fidelity` runs on every rank of a task; rank 0 alone opens the database. With
       ``fidelity.unit`` set (one SLURM array task per unit) it makes that unit; without, every
@@ -23,6 +25,7 @@ import sqlalchemy
 import torch
 
 from cnas_hpc.common.errors import StudyError
+from cnas_hpc.common.objectives import is_zero_cost
 from cnas_hpc.config.fidelity import FidelitySettings
 from cnas_hpc.data.datasets import load_images
 from cnas_hpc.data.labeled import LabeledData, load_labeled
@@ -47,41 +50,38 @@ class FidelityPlan:
     cells: list[FidelityCell]
     accuracy: dict[str, store.Measurement] = field(default_factory=dict)
     scores: dict[str, list[store.Measurement]] = field(default_factory=dict)
+    zero_cost: dict[str, list[store.Measurement]] = field(default_factory=dict)
 
     @property
     def measurements(self) -> list[store.Measurement]:
-        """Every measurement, cell by cell (accuracy first, then scores by seed)."""
+        """Every measurement, cell by cell (accuracy, zero-cost, then scores by seed)."""
         out = []
         for cell in self.cells:
             out.append(self.accuracy[cell.genotype_hash])
-            out += self.scores[cell.genotype_hash]
+            out += self.zero_cost.get(cell.genotype_hash, [])
+            out += self.scores.get(cell.genotype_hash, [])
         return out
 
 
 def planned_units(settings: FidelitySettings) -> tuple[list[FidelityCell], list[store.Unit]]:
     """The study's cells and its measurements, in a fixed order (no database needed)."""
     cells = fidelity_cells(settings.fidelity, encoding_from_config(settings.search.space))
-    score_cfg, score_hash = settings.score_fingerprint()
-    accuracy_cfg, accuracy_hash = settings.accuracy_fingerprint()
-    score_text = json.dumps(score_cfg, sort_keys=True, default=str)
-    accuracy_text = json.dumps(accuracy_cfg, sort_keys=True, default=str)
+    kinds = [
+        (store.ACCURACY, settings.accuracy_fingerprint(), False),
+        (store.ZERO_COST, settings.zero_cost_fingerprint(), True),
+    ]
+    if not is_zero_cost(settings.search.search.objective):
+        kinds.append((store.SCORE, settings.score_fingerprint(), True))
     seed = settings.search.seed
     units = []
     for index, cell in enumerate(cells):
-        units.append(
-            store.Unit(
-                store.ACCURACY, accuracy_hash, accuracy_text, cell.genotype_hash,
-                cell.genotype_json, seed,
-            )
-        )  # fmt: skip
         extra = settings.fidelity.noise_seeds if index < settings.fidelity.noise_cells else 0
-        for k in range(1 + extra):
-            units.append(
-                store.Unit(
-                    store.SCORE, score_hash, score_text, cell.genotype_hash,
-                    cell.genotype_json, seed + k,
+        for kind, (decisive, digest), noisy in kinds:
+            text = json.dumps(decisive, sort_keys=True, default=str)
+            for k in range(1 + (extra if noisy else 0)):
+                units.append(
+                    store.Unit(kind, digest, text, cell.genotype_hash, cell.genotype_json, seed + k)
                 )
-            )  # fmt: skip
     return cells, units
 
 
@@ -94,6 +94,8 @@ def plan_units(engine: sqlalchemy.Engine, settings: FidelitySettings) -> Fidelit
     for row in rows:
         if row.kind == store.ACCURACY:
             plan.accuracy[row.genotype_hash] = row
+        elif row.kind == store.ZERO_COST:
+            plan.zero_cost.setdefault(row.genotype_hash, []).append(row)
         else:
             plan.scores.setdefault(row.genotype_hash, []).append(row)
     return plan
@@ -138,6 +140,10 @@ class _Data:
         return self._labeled
 
 
+def _needs_labels(unit: store.Measurement, settings: FidelitySettings) -> bool:
+    return unit.kind == store.ACCURACY and settings.fidelity.reference is None
+
+
 def _make(
     unit: store.Measurement,
     settings: FidelitySettings,
@@ -155,8 +161,8 @@ def _make(
             unit,
             settings,
             device,
-            search_data=data.search() if unit.kind == store.SCORE else None,
-            labeled_data=data.labeled() if unit.kind == store.ACCURACY else None,
+            search_data=data.search() if unit.kind in (store.SCORE, store.ZERO_COST) else None,
+            labeled_data=data.labeled() if _needs_labels(unit, settings) else None,
         )
     except (TrainingAbortedError, ValueError, RuntimeError) as exc:
         reason = f"{getattr(exc, 'reason', type(exc).__name__)}: {exc}".splitlines()[0]

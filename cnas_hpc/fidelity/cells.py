@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cnas_hpc.config.fidelity import FidelityConfig
+from cnas_hpc.fidelity.reference import load_reference
 from cnas_hpc.space.encoding import CellEncoding, compact_hash
 from cnas_hpc.space.genotype import (
     PRESETS,
@@ -66,12 +67,16 @@ def _from_file(path_text: str) -> list[FidelityCell]:
 
 
 def fidelity_cells(cfg: FidelityConfig, encoding: CellEncoding) -> list[FidelityCell]:
-    """The study's cells: random, then presets, then files; a genotype appears once.
+    """The study's cells: random, then presets, then files; a genotype appears once. In
+    reference mode (``cfg.reference``) the ground-truth file's cells, in its order, instead.
 
     Raises:
         ValueError: an unknown preset or a file that does not parse (one line).
-        FileNotFoundError: a missing genotype file.
+        FileNotFoundError: a missing genotype or reference file.
     """
+    if cfg.reference is not None:
+        reference = load_reference(cfg.reference)
+        return _unique([_cell(c.name, "reference", c.genotype) for c in reference.cells])
     cells = [
         _cell(f"random-{i}", "random", random_cell(encoding, cfg.seed, i))
         for i in range(cfg.n_random)
@@ -84,6 +89,10 @@ def fidelity_cells(cfg: FidelityConfig, encoding: CellEncoding) -> list[Fidelity
         cells.append(_cell(name, "preset", PRESETS[name]))
     for path in cfg.genotypes:
         cells += _from_file(path)
+    return _unique(cells)
+
+
+def _unique(cells: list[FidelityCell]) -> list[FidelityCell]:
     unique: dict[str, FidelityCell] = {}
     for cell in cells:
         unique.setdefault(cell.genotype_hash, cell)

@@ -1,10 +1,12 @@
 """The ``fidelity_measurements`` table: one row per measurement of one cell, reused by reruns.
 
 A measurement is ``(kind, config_hash, genotype_hash, seed)``: the label-free score of a cell
-under one search config and seed (``kind="score"``), or its supervised accuracy under one short
-protocol (``kind="accuracy"``). A fidelity study only plans the measurements that are missing:
-a rerun with a larger ``fidelity.n_random`` computes the new cells alone, and a study with another
-search config (another objective, loss, proxy size) reuses every accuracy already measured.
+under one search config and seed (``kind="score"``), its zero-cost proxies under one network
+shape, batch and seed (``kind="zero_cost"``), or its accuracy under one short protocol or one
+ground-truth file (``kind="accuracy"``). A fidelity study only plans the measurements that are
+missing: a rerun with a larger ``fidelity.n_random`` computes the new cells alone, and a study
+with another search config (another objective, loss, proxy size) reuses every accuracy already
+measured.
 
 Contract: only global rank 0 of a task (and the submitting process) opens the database; SQLite
 or PostgreSQL (SQLAlchemy Core, created if missing next to Optuna's tables).
@@ -57,7 +59,7 @@ MEASUREMENTS = Table(
     UniqueConstraint("kind", "config_hash", "genotype_hash", "seed", name="uq_fidelity_unit"),
 )
 
-SCORE, ACCURACY = "score", "accuracy"
+SCORE, ACCURACY, ZERO_COST = "score", "accuracy", "zero_cost"
 PENDING, RUNNING, COMPLETE, FAIL = "PENDING", "RUNNING", "COMPLETE", "FAIL"
 
 

@@ -41,6 +41,7 @@ import torch
 from optuna.trial import TrialState
 
 from cnas_hpc.common import attrs
+from cnas_hpc.common.objectives import is_zero_cost
 from cnas_hpc.common.observers import ObserverGroup
 from cnas_hpc.config import Settings, public_hparams
 from cnas_hpc.data.splits import SearchData
@@ -64,6 +65,7 @@ from cnas_hpc.train.loop import Checkpointing, build_candidate, train_candidate
 from cnas_hpc.train.memory import memory_mb, release_memory
 from cnas_hpc.train.outcome import EpochMetrics, TrainingAbortedError, TrainResult
 from cnas_hpc.train.step import ProxyTask
+from cnas_hpc.train.zero_cost import ZeroCostScores, zero_cost_scores
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +181,11 @@ class TrialRunner:
         """
         try:
             self.genotype: Genotype = genotype_from_json(self.assignment.genotype_json)
+            if is_zero_cost(self.settings.search.objective):
+                with self._heartbeat():
+                    scores = self._score_untrained()
+                self._complete_zero_cost(scores)
+                return None
             resume = self._resume_state()
             with self._heartbeat():
                 result = self._train(resume)
@@ -224,6 +231,8 @@ class TrialRunner:
         model = build_candidate(self.genotype, self.settings.model, self.settings.seed, self.device)
         if self.owner is not None and self.owner.trial is not None:
             self._record_complexity(model, resume)
+            if self.settings.zero_cost.record:
+                self._zero_cost()
         result = train_candidate(
             model,
             self.data,
@@ -244,6 +253,43 @@ class TrialRunner:
             f", resumed at epoch {result.resumed_from_epoch}" if resume is not None else "",
         )
         return result
+
+    def _zero_cost(self) -> ZeroCostScores:
+        """The cell's zero-cost proxies (seeded like the candidate); rank 0 notes them."""
+        scores = zero_cost_scores(
+            self.genotype,
+            self.data.train.images,
+            self.settings.zero_cost,
+            self.settings.seed,
+            self.device,
+        )
+        self.summary.update(naswot=scores.naswot, synflow=scores.synflow)
+        if self.owner is not None:
+            self.owner.note_attrs(
+                {
+                    attrs.NASWOT: scores.naswot,
+                    attrs.SYNFLOW: scores.synflow,
+                    attrs.ZERO_COST_S: scores.wall_s,
+                }
+            )
+        return scores
+
+    def _score_untrained(self) -> ZeroCostScores:
+        """A zero-cost objective: record the proxy's size, score the untrained network."""
+        if self.owner is not None and self.owner.trial is not None:
+            model = build_candidate(
+                self.genotype, self.settings.model, self.settings.seed, torch.device("cpu")
+            )
+            self._record_complexity(model, None)
+        return self._zero_cost()
+
+    def _complete_zero_cost(self, scores: ZeroCostScores) -> None:
+        value = scores.value(self.settings.search.objective)
+        if self.owner is None:
+            return
+        self.summary.update(wall_s=self._wall_s())
+        self.owner.finish(TrialState.COMPLETE, value, {attrs.WALL_S: self.summary["wall_s"]})
+        self.observers.notify("trial_finished", "COMPLETE", value, self.summary)
 
     def _record_complexity(self, model: torch.nn.Module, resume: TrainState | None) -> None:
         assert self.owner is not None and self.owner.trial is not None
