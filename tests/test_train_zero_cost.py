@@ -53,7 +53,7 @@ def test_naswot_of_two_images_with_one_code_is_minus_infinity() -> None:
 def test_naswot_refuses_what_it_cannot_score() -> None:
     with pytest.raises(ValueError, match="B>=2"):
         naswot(nn.Sequential(nn.Flatten(), nn.ReLU()), torch.ones(1, 2, 1, 1))
-    with pytest.raises(ValueError, match="nn.ReLU"):
+    with pytest.raises(ValueError, match=r"nn\.ReLU"):
         naswot(nn.Flatten(), torch.ones(2, 2, 1, 1))
 
 

@@ -141,9 +141,7 @@ def load_reference(path_text: str) -> Reference:
         if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
             raise ValueError("it must be a JSON object with a 'cells' list")
         cells = [_cell(i, entry) for i, entry in enumerate(data["cells"])]
-        settings = {
-            str(k): _setting(str(k), v) for k, v in (data.get("settings") or {}).items()
-        }
+        settings = {str(k): _setting(str(k), v) for k, v in (data.get("settings") or {}).items()}
     except (ValueError, KeyError, TypeError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(f"reference file {path} does not parse: {message}") from None
