@@ -35,6 +35,34 @@ def test_search_runs_resumes_and_writes_the_best_genotype(tmp_path: Path) -> Non
     assert "trial 2: COMPLETE" in output
 
 
+@pytest.mark.parametrize("objective", ["naswot", "synflow"])
+def test_a_zero_cost_search_trains_nothing_and_records_its_proxy(
+    tmp_path: Path, objective: str
+) -> None:
+    name = f"zc-{objective}"
+    result = run_search(
+        [*TINY, f"search.objective={objective}", "search.n_trials=3", f"study.name={name}"],
+        home=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/cnas.db")
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert len(trials) == 3 and study.direction == optuna.study.StudyDirection.MAXIMIZE
+    for trial in trials:
+        assert trial.value == trial.user_attrs[f"cnas:{objective}"]
+        assert "cnas:epochs_done" not in trial.user_attrs  # no contrastive training at all
+        assert trial.user_attrs["cnas:n_params"] > 0
+
+
+def test_a_contrastive_search_records_the_zero_cost_proxies_of_every_trial(tmp_path: Path) -> None:
+    result = run_search([*TINY, "search.n_trials=1", "study.name=zc-record"], home=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="zc-record", storage=f"sqlite:///{tmp_path}/cnas.db")
+    (trial,) = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert {"cnas:naswot", "cnas:synflow", "cnas:zero_cost_s"} <= set(trial.user_attrs)
+    assert trial.user_attrs["cnas:epochs_done"] == 1
+
+
 def test_the_paper_preset_runs_end_to_end_with_tiny_overrides(tmp_path: Path) -> None:
     result = run_search(
         [

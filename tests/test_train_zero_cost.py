@@ -79,12 +79,16 @@ def test_zero_cost_scores_of_a_real_cell_are_seeded_and_finite() -> None:
     assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is left alone
     again = zero_cost_scores(PRESETS["DARTS_V2"], images, cfg, 0, device)
     other = zero_cost_scores(PRESETS["DARTS_V2"], images, cfg, 1, device)
-    assert math.isfinite(first.naswot) and math.isfinite(first.synflow)
+    assert math.isfinite(first.value("naswot")) and math.isfinite(first.value("synflow"))
     assert (first.naswot, first.synflow) == (again.naswot, again.synflow)
     assert first.naswot != other.naswot  # another seed: another network and batch
     assert first.value("naswot") == first.naswot and first.value("synflow") == first.synflow
     with pytest.raises(ValueError, match="not a zero-cost"):
         first.value("val_contrastive_loss")
+    only = zero_cost_scores(PRESETS["DARTS_V2"], images, cfg, 0, device, names=("synflow",))
+    assert only.naswot is None and only.synflow == first.synflow
+    with pytest.raises(ValueError, match="not computed"):
+        only.value("naswot")
 
 
 def test_naswot_batch_is_seeded_and_normalised_per_channel() -> None:

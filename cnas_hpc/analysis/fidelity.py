@@ -461,6 +461,12 @@ def format_rankings(summary: FidelitySummary, confidence: float) -> str:
     return "every ranking of these cells vs accuracy, cheapest first:\n" + table
 
 
+def format_setup(setup: dict[str, Any]) -> str:
+    """The settings a study was measured with, one per line (empty without settings)."""
+    lines = [f"  {k}: {v}" for k, v in setup.items() if v is not None]
+    return "settings:\n" + "\n".join(lines) + "\n" if lines else ""
+
+
 def format_summary(summary: FidelitySummary, confidence: float) -> str:
     """The summary as plain text."""
     pct = f"{100 * confidence:.0f}%"
@@ -603,7 +609,7 @@ def write_report(
     """Write ``summary.txt``, ``fidelity.json``, ``scatter.png``, ``tau_vs_cost.png``,
     ``tau_by_epoch.png`` and ``index.html`` into ``folder``; returns the paths."""
     folder.mkdir(parents=True, exist_ok=True)
-    text = format_summary(summary, confidence)
+    text = format_setup(setup or {}) + format_summary(summary, confidence)
     (folder / "summary.txt").write_text(text + "\n", encoding="utf-8")
     payload = {"setup": setup or {}, **asdict(summary)}
     (folder / "fidelity.json").write_text(

@@ -23,7 +23,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from cnas_hpc.analysis.fidelity import format_summary, summarise, write_report
+from cnas_hpc.analysis.fidelity import format_setup, format_summary, summarise, write_report
 from cnas_hpc.cli.common import (
     USER_ERRORS,
     check_config_secrets,
@@ -154,8 +154,7 @@ def report_fidelity(settings: FidelitySettings) -> str:
         title=f"cnas-hpc fidelity: {settings.search.search.objective}",
         setup=setup_of(settings),
     )
-    setup = "\n".join(f"  {k}: {v}" for k, v in setup_of(settings).items() if v is not None)
-    text = f"settings:\n{setup}\n" + format_summary(summary, fidelity.confidence)
+    text = format_setup(setup_of(settings)) + format_summary(summary, fidelity.confidence)
     print(f"\n{text}\nreport: {paths[-1]}", flush=True)
     return text
 

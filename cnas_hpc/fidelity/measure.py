@@ -78,7 +78,7 @@ def _zero_cost(
     cfg = settings.search.zero_cost
     scores = zero_cost_scores(genotype, data.train.images, cfg, unit.seed, device)
     extra = {"naswot": scores.naswot, "synflow": scores.synflow}
-    return Result(scores.naswot, extra, 0, 0, scores.wall_s)
+    return Result(scores.value("naswot"), extra, 0, 0, scores.wall_s)
 
 
 _REFERENCES: dict[str, Reference] = {}

@@ -65,7 +65,7 @@ from cnas_hpc.train.loop import Checkpointing, build_candidate, train_candidate
 from cnas_hpc.train.memory import memory_mb, release_memory
 from cnas_hpc.train.outcome import EpochMetrics, TrainingAbortedError, TrainResult
 from cnas_hpc.train.step import ProxyTask
-from cnas_hpc.train.zero_cost import ZeroCostScores, zero_cost_scores
+from cnas_hpc.train.zero_cost import ZERO_COST_NAMES, ZeroCostScores, zero_cost_scores
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class TrialRunner:
         )
         return result
 
-    def _zero_cost(self) -> ZeroCostScores:
+    def _zero_cost(self, names: tuple[str, ...] = ZERO_COST_NAMES) -> ZeroCostScores:
         """The cell's zero-cost proxies (seeded like the candidate); rank 0 notes them."""
         scores = zero_cost_scores(
             self.genotype,
@@ -262,6 +262,7 @@ class TrialRunner:
             self.settings.zero_cost,
             self.settings.seed,
             self.device,
+            names=names,
         )
         self.summary.update(naswot=scores.naswot, synflow=scores.synflow)
         if self.owner is not None:
@@ -281,7 +282,8 @@ class TrialRunner:
                 self.genotype, self.settings.model, self.settings.seed, torch.device("cpu")
             )
             self._record_complexity(model, None)
-        return self._zero_cost()
+        # Only the objective: a zero-cost search is seconds per trial, the other proxy adds more.
+        return self._zero_cost((self.settings.search.objective,))
 
     def _complete_zero_cost(self, scores: ZeroCostScores) -> None:
         value = scores.value(self.settings.search.objective)

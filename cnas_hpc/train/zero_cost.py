@@ -155,25 +155,31 @@ def synflow(model: nn.Module, input_shape: tuple[int, int, int], *, inplace: boo
     return math.log(value) if value > 0 else -math.inf
 
 
+#: The proxies :func:`zero_cost_scores` computes.
+ZERO_COST_NAMES = ("naswot", "synflow")
+
+
 @dataclass(frozen=True)
 class ZeroCostScores:
-    """The zero-cost proxies of one cell (higher is better for both) and their cost."""
+    """The zero-cost proxies of one cell (higher is better for both; ``None``: not asked for)
+    and their cost."""
 
-    naswot: float
-    synflow: float
+    naswot: float | None
+    synflow: float | None
     wall_s: float
 
     def value(self, objective: str) -> float:
         """The score named ``objective`` (``naswot`` or ``synflow``).
 
         Raises:
-            ValueError: another name.
+            ValueError: another name, or a score that was not computed.
         """
-        if objective == "naswot":
-            return self.naswot
-        if objective == "synflow":
-            return self.synflow
-        raise ValueError(f"{objective!r} is not a zero-cost objective")
+        value = {"naswot": self.naswot, "synflow": self.synflow}.get(objective)
+        if objective not in ZERO_COST_NAMES:
+            raise ValueError(f"{objective!r} is not a zero-cost objective")
+        if value is None:
+            raise ValueError(f"{objective} was not computed")
+        return value
 
 
 def naswot_batch(images: Tensor, batch_size: int, seed: int) -> Tensor:
@@ -202,6 +208,8 @@ def zero_cost_scores(
     cfg: ZeroCostConfig,
     seed: int,
     device: torch.device,
+    *,
+    names: tuple[str, ...] = ZERO_COST_NAMES,
 ) -> ZeroCostScores:
     """NASWOT and synflow of ``genotype``'s untrained network (see the module docstring).
 
@@ -214,11 +222,15 @@ def zero_cost_scores(
         cfg: The network's shape and NASWOT's batch size.
         seed: Seed of the network's initialisation and of the batch.
         device: Where to run.
+        names: Which proxies to compute (a search on one of them needs only that one).
     """
     started = time.perf_counter()
     network = scored_network(genotype, cfg, seed).to(device)
-    batch = naswot_batch(images, cfg.batch_size, seed).to(device)
+    shape = (int(images.shape[1]), int(images.shape[2]), int(images.shape[3]))
+    score = flow = None
     with torch.random.fork_rng(devices=[]):
-        score = naswot(network, batch)
-        flow = synflow(network, tuple(batch.shape[1:]), inplace=True)  # type: ignore[arg-type]
+        if "naswot" in names:
+            score = naswot(network, naswot_batch(images, cfg.batch_size, seed).to(device))
+        if "synflow" in names:
+            flow = synflow(network, shape, inplace=True)
     return ZeroCostScores(score, flow, time.perf_counter() - started)
