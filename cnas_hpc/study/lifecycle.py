@@ -7,7 +7,10 @@ Contract:
       submitting side before anything is queued (or by the single local worker). Workers call
       :func:`load_study`, which never creates tables.
     * A study remembers the search space and objective it was built for (study user attrs
-      ``cnas:space`` and ``cnas:objective``); loading it with another one is refused.
+      ``cnas:space`` and ``cnas:objective``) and the scoring setup of its scores
+      (``cnas:score_setup``, see :mod:`cnas_hpc.config.scoring`); loading it with another one
+      is refused, naming each differing key with its old and new value. A study made before the
+      setup was recorded gets it at its first bootstrap.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from cnas_hpc.common.errors import ConfigError, StudyError, StudyUnreachableErro
 from cnas_hpc.common.objectives import direction_of
 from cnas_hpc.common.storage_url import mask_url, normalize_storage_url
 from cnas_hpc.config import Settings
+from cnas_hpc.config.scoring import scoring_setup, setup_differences
 from cnas_hpc.space.encoding import encoding_from_config
 from cnas_hpc.space.genotype import load_genotype
 from cnas_hpc.study.optuna_internals import LeanCachedStorage
@@ -63,6 +67,13 @@ def _check_compatible(study: optuna.Study, settings: Settings) -> None:
         raise StudyError(
             f"study {study.study_name!r} was built for another search space "
             f"({recorded[attrs.STUDY_SPACE]}): choose another study.name"
+        )
+    setup = recorded.get(attrs.STUDY_SCORE_SETUP)
+    differences = setup_differences(setup, settings) if setup is not None else []
+    if differences:
+        raise StudyError(
+            f"study {study.study_name!r} was scored with another setup: "
+            f"{', '.join(differences)}; use another study.name"
         )
 
 
@@ -125,9 +136,13 @@ def bootstrap_study(settings: Settings) -> BootstrapResult:
             space, objective = _fingerprint(settings)
             study.set_user_attr(attrs.STUDY_SPACE, space)
             study.set_user_attr(attrs.STUDY_OBJECTIVE, objective)
+            study.set_user_attr(attrs.STUDY_SCORE_SETUP, scoring_setup(settings))
         else:
             study = optuna.load_study(study_name=cfg.name, storage=storage)
             _check_compatible(study, settings)
+            if attrs.STUDY_SCORE_SETUP not in study.user_attrs:
+                # Made before setups were recorded: its scores are taken as made with this one.
+                study.set_user_attr(attrs.STUDY_SCORE_SETUP, scoring_setup(settings))
         enqueue_known_cells(study, known)
         n_complete = len(
             study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
