@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -207,6 +208,34 @@ def _claim_and_finish(url: str, tmp: str, n_trials: int, worker: int) -> int:
         claim.trial.suggest_float("x", 0, 1)
         study.tell(claim.trial, 1.0)
         done += 1
+
+
+def _bootstrap_together(url: str, tmp: str, start: Any, results: Any) -> None:
+    """A submitting process: compose the settings, wait for the other one, bootstrap at once."""
+    settings = settings_for(Path(tmp), url)
+    start.wait()
+    try:
+        results.put("created" if bootstrap_study(settings).created else "resumed")
+    except Exception as exc:  # reported to the test, which names it
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_two_bootstraps_started_together_on_a_new_database_both_succeed(
+    storage_url: str, tmp_path: Path
+) -> None:
+    ctx = mp.get_context("spawn")
+    start, results = ctx.Barrier(2), ctx.Queue()
+    processes = [
+        ctx.Process(target=_bootstrap_together, args=(storage_url, str(tmp_path), start, results))
+        for _ in range(2)
+    ]
+    for process in processes:
+        process.start()
+    outcomes = sorted(results.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+    assert outcomes == ["created", "resumed"]  # one made schema and study, the other found them
+    assert load_study(settings_for(tmp_path, storage_url), worker=0).user_attrs[attrs.STUDY_SPACE]
 
 
 def test_concurrent_claims_never_overshoot_the_budget(storage_url: str, tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ Contract:
     * The study (SQLite file or PostgreSQL database) is the single source of truth of a search:
       running the same command again resumes it.
     * Exactly one process creates the schema and the study: :func:`bootstrap_study`, called on the
-      submitting side before anything is queued (or by the single local worker). Workers call
-      :func:`load_study`, which never creates tables.
+      submitting side before anything is queued (or by each single local worker: bootstraps
+      started together take turns under :func:`~cnas_hpc.study.storage.bootstrap_lock`, the
+      later ones find the study). Workers call :func:`load_study`, which never creates tables.
     * A study remembers the search space and objective it was built for (study user attrs
       ``cnas:space`` and ``cnas:objective``) and the scoring setup of its scores
       (``cnas:score_setup``, see :mod:`cnas_hpc.config.scoring`); loading it with another one
@@ -35,7 +36,12 @@ from cnas_hpc.space.genotype import load_genotype
 from cnas_hpc.study.optuna_internals import LeanCachedStorage
 from cnas_hpc.study.pruner import make_pruner
 from cnas_hpc.study.sampler import make_sampler
-from cnas_hpc.study.storage import db_error, make_storage, release_connections
+from cnas_hpc.study.storage import (
+    bootstrap_lock,
+    db_error,
+    make_storage,
+    release_connections,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +132,16 @@ def bootstrap_study(settings: Settings) -> BootstrapResult:
     cfg = settings.study
     known = known_cells(settings)  # refused before anything is written
     url = normalize_storage_url(cfg.storage)
+    with bootstrap_lock(cfg, url, may_create=Path(settings.output_dir)):
+        created, n_complete = _create_or_check(settings, url, known)
+    return BootstrapResult(url, cfg.name, created, n_complete)
+
+
+def _create_or_check(
+    settings: Settings, url: str, known: list[tuple[str, dict[str, Any]]]
+) -> tuple[bool, int]:
+    """The bootstrap's work under the bootstrap lock: ``(created, COMPLETE trials)``."""
+    cfg = settings.study
     storage = make_storage(cfg, create_tables=True, url=url, may_create=Path(settings.output_dir))
     direction = direction_of(settings.search.objective)
     try:
@@ -153,7 +169,7 @@ def bootstrap_study(settings: Settings) -> BootstrapResult:
         raise db_error(exc, url) from None
     finally:
         storage.engine.dispose()
-    return BootstrapResult(url, cfg.name, created, n_complete)
+    return created, n_complete
 
 
 def load_study(settings: Settings, *, worker: int) -> optuna.Study:
