@@ -14,7 +14,12 @@ encoding, impossible sizes, fractions outside (0, 1], ``search.n_trials <= 0``, 
 :mod:`cnas_hpc.config`), missing data files, a search split smaller than one batch (digits and
 npz, whose image counts are cheap to read), a launcher asking for more GPUs than tasks or a batch
 the world size does not divide, an unreachable database, refused credentials, a study name taken
-by another search space or objective, and a password written into ``study.storage``.
+by another search space, objective or scoring setup (each differing key named), a password
+written into ``study.storage``, an ``output_dir`` that cannot be made, a proxy over the worker's
+memory (:func:`~cnas_hpc.cli.common.check_proxy_memory`), and on SLURM what the cluster cannot
+grant (:func:`~cnas_hpc.cli.common.check_slurm_request`: partition, GPUs, ``MaxArraySize``).
+Typos in group options and keys are refused earlier, before Hydra runs
+(:mod:`cnas_hpc.cli.overrides`). A multirun on a complete study submits nothing (exit 0).
 
 Secrets: the database password comes from ``PGPASSWORD``, ``~/.pgpass`` or an
 ``${oc.env:VAR}`` interpolation inside the URL; never from text Hydra saves. The callback runs
