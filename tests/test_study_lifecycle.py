@@ -120,6 +120,7 @@ def test_a_study_scored_with_another_setup_is_refused_naming_each_key(
     assert str(refused.value) == expected
     with pytest.raises(StudyError, match="another setup"):
         load_study(other, worker=0)  # a worker started by hand is refused too
+    load_study(other, worker=0, scoring=False)  # a reader (the report) scores nothing: allowed
     # What does not change a score resumes: threads, step plan, pruner, W&B, paths, budget.
     same = settings_for(
         tmp_path, storage_url, "model.cells=5", "train.epochs=2", "train.num_threads=1",

@@ -61,7 +61,7 @@ class BootstrapResult:
     n_complete: int
 
 
-def _check_compatible(study: optuna.Study, settings: Settings) -> None:
+def _check_compatible(study: optuna.Study, settings: Settings, *, scoring: bool = True) -> None:
     space, objective = _fingerprint(settings)
     recorded = study.user_attrs
     if recorded.get(attrs.STUDY_OBJECTIVE, objective) != objective:
@@ -74,7 +74,7 @@ def _check_compatible(study: optuna.Study, settings: Settings) -> None:
             f"study {study.study_name!r} was built for another search space "
             f"({recorded[attrs.STUDY_SPACE]}): choose another study.name"
         )
-    setup = recorded.get(attrs.STUDY_SCORE_SETUP)
+    setup = recorded.get(attrs.STUDY_SCORE_SETUP) if scoring else None
     differences = setup_differences(setup, settings) if setup is not None else []
     if differences:
         raise StudyError(
@@ -172,8 +172,11 @@ def _create_or_check(
     return created, n_complete
 
 
-def load_study(settings: Settings, *, worker: int) -> optuna.Study:
+def load_study(settings: Settings, *, worker: int, scoring: bool = True) -> optuna.Study:
     """Load the bootstrapped study with this worker's sampler and pruner. Never creates anything.
+
+    ``scoring=False`` is for readers that score nothing (the report): they are not refused for
+    another scoring setup, only for another space or objective.
 
     Its trials are read lean into Optuna's trial cache (a second for 10,000 trials, at the first
     claim); the sampler's seed depends only on ``study.sampler.seed``, ``worker`` and the trial
@@ -201,7 +204,7 @@ def load_study(settings: Settings, *, worker: int) -> optuna.Study:
         ) from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise db_error(exc, url) from None
-    _check_compatible(study, settings)
+    _check_compatible(study, settings, scoring=scoring)
     return study
 
 
