@@ -185,10 +185,10 @@ def check_proxy_memory(
     """Refuse a proxy shape that cannot train in the memory one worker gets.
 
     Compares :func:`~cnas_hpc.train.memory.training_bytes_floor` (a lower bound: weights,
-    gradients, optimizer states, the stem's activations) with the allocation of one task (the
-    launcher's ``mem``/``mem_gb``, else a node of its partition) or, for a local run, the
-    host's memory (the GPU's when it trains on one). GPU arrays are not checked (the GPU's
-    memory is not known before a job runs).
+    gradients and the stem's activations, so nothing that could fit is refused) with the
+    allocation of one task (the launcher's ``mem``/``mem_gb``, else a node of its partition)
+    or, for a local run, the host's memory (the GPU's when it trains on one). GPU arrays are
+    not checked (the GPU's memory is not known before a job runs).
 
     Raises:
         ConfigError: one line with the bound, the limit and where the limit comes from.
