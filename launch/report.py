@@ -9,10 +9,14 @@ study is an error (exit 2), never created.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
 import hydra_plugins.cnas_hpc_launcher.cluster_launcher  # noqa: F401 - silences the schema-matching warning
+from cnas_hpc.cli.overrides import check_overrides
 from cnas_hpc.cli.report import report_task
 
 
@@ -23,4 +27,6 @@ def main(cfg: DictConfig) -> int:
 
 
 if __name__ == "__main__":
+    # A typo in an override: one error line (exit 2) instead of Hydra's multi-line report.
+    check_overrides(Path(__file__).resolve().parent.parent / "configs", "report", sys.argv[1:])
     main()

@@ -130,7 +130,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Searched:
         assert run_worker(settings).completed == 3
     finally:
         torch.set_num_threads(threads)  # train.num_threads is process-wide: give it back
-    study = load_study(settings, worker=0)
+    study = load_study(settings, worker=0, scoring=False)
     alive = add_running(study, worker="slurm:4242_7", job="4242", task=7, host="gpu-node-12")
     stale = add_running(study, worker="slurm:4242_3", job="4242", task=3, host="gpu-node-03")
     age_heartbeat(study, stale, hours=1.0)
@@ -143,7 +143,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Searched:
 @pytest.fixture(scope="module")
 def status(searched: Searched) -> StudyStatus:
     settings = report_settings(searched.home)
-    study = load_study(settings, worker=0)
+    study = load_study(settings, worker=0, scoring=False)
     states = [t.state for t in study.get_trials(deepcopy=False)]
     result = collect_status(study, settings, top_k=2, recent=2)
     assert [t.state for t in study.get_trials(deepcopy=False)] == states  # read-only
@@ -188,7 +188,7 @@ def test_failures_are_grouped_by_cause(searched: Searched, status: StudyStatus) 
 
 
 def test_best_trials_throughput_and_eta(searched: Searched, status: StudyStatus) -> None:
-    study = load_study(searched.settings, worker=0)
+    study = load_study(searched.settings, worker=0, scoring=False)
     complete = sorted(
         study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
         key=lambda t: float(t.value or 0.0),
@@ -223,7 +223,7 @@ def test_the_text_is_plain_and_says_it_all(searched: Searched, status: StudyStat
 
 def test_a_spent_budget_says_a_resume_does_nothing(searched: Searched) -> None:
     settings = report_settings(searched.home, n_trials=3)
-    study = load_study(settings, worker=0)
+    study = load_study(settings, worker=0, scoring=False)
     done = collect_status(study, settings)
     assert done.done and done.to_complete == 0 and done.eta == timedelta(0)
     assert (done.retries, done.new_trials) == (0, 0)
@@ -256,7 +256,7 @@ def test_run_report_writes_pictures_html_and_best_genotypes(
     assert (out / "status.txt").read_text().startswith("study      cnas-digits-compact")
 
     best = json.loads((out / "best_genotypes.json").read_text())
-    study = load_study(settings, worker=0)
+    study = load_study(settings, worker=0, scoring=False)
     trials = study.get_trials(deepcopy=False)
     assert best["study"] == "cnas-digits-compact" and len(best["top"]) == 2
     assert best["trial"] == study.best_trial.number and best["value"] == study.best_value
@@ -372,7 +372,7 @@ def test_the_report_command_refuses_a_missing_study(tmp_path: Path) -> None:
 def test_status_on_postgresql(fresh_pg_url: str, tmp_path: Path) -> None:
     settings = tiny_settings(tmp_path, f"study.storage={fresh_pg_url}", "search.n_trials=4")
     bootstrap_study(settings)
-    study = load_study(settings, worker=0)
+    study = load_study(settings, worker=0, scoring=False)
     space = encoding_from_config(settings.space)
     for value in (2.0, 1.0):
         trial = study.ask()

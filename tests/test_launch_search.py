@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -89,6 +90,13 @@ def test_the_paper_preset_runs_end_to_end_with_tiny_overrides(tmp_path: Path) ->
         ("data.fraction=2", "data.fraction must be in (0, 1]"),
         ("data=npz", "data.path"),
         ("study.storage=postgresql://nobody@127.0.0.1:1/none", "unreachable"),
+        # Hydra's own errors, as one line naming the nearest valid name (no `+key` advice).
+        ("data=imagenet", "config group data has no option 'imagenet' (options: cifar10,"),
+        ("model=proxy_smal", "did you mean model=proxy_small?"),
+        ("search.ntrials=5", "search.ntrials is not a key of the config: did you mean search.n_"),
+        ("study.name=a/b", "study.name='a/b' is not a plain name"),
+        ("output_dir=/proc/nope", "output_dir=/proc/nope cannot be created"),
+        ("model.channels=100000", "needs at least"),  # this host's memory
     ],
 )
 def test_bad_input_exits_non_zero_with_one_line(tmp_path: Path, override: str, needle: str) -> None:
@@ -98,3 +106,31 @@ def test_bad_input_exits_non_zero_with_one_line(tmp_path: Path, override: str, n
     assert len(errors) == 1 and needle in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "cnas.db").exists()  # nothing written
+    assert not (tmp_path / "a").exists() and not (tmp_path / "hydra" / "a").exists()
+
+
+def test_an_npz_without_images_is_named_as_such(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, images=np.zeros((0, 32, 32, 3), dtype=np.uint8))
+    result = run_search([*TINY, "data=npz", f"data.path={empty}"], home=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"error: npz file {empty} (data.path) holds 0 images: nothing to search on"
+    )
+    assert not (tmp_path / "cnas.db").exists()
+
+
+#: A multirun on the REAL local SLURM cluster (the refusals of what SLURM cannot grant are
+#: cases of tests/test_validation.py, which also checks that no job was queued).
+SLURM_RUN = ("-m", "hydra/launcher=slurm_cpu", *TINY)
+
+
+@pytest.mark.slurm
+def test_a_rerun_of_a_complete_study_submits_nothing(tmp_path: Path) -> None:
+    first = run_search([*TINY, "search.n_trials=1"], home=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_search([*SLURM_RUN, "search.n_trials=1", "worker=range(2)"], home=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "study 'cnas-digits-compact' is complete (1/1 trials): nothing submitted" in again.stdout
+    assert not list(tmp_path.rglob(".submitit"))  # no array

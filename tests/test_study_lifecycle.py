@@ -9,9 +9,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from cnas_hpc.common import attrs
@@ -19,7 +21,7 @@ from cnas_hpc.common.errors import ConfigError, StudyError
 from cnas_hpc.common.storage_url import mask_url, normalize_storage_url
 from cnas_hpc.config import Settings
 from cnas_hpc.search.worker import run_worker
-from cnas_hpc.space.encoding import compact_hash
+from cnas_hpc.space.encoding import compact_hash, encoding_from_config
 from cnas_hpc.space.genotype import DARTS_V2, PC_DARTS, genotype_from_json
 from cnas_hpc.study import optuna_internals
 from cnas_hpc.study.budget import ClaimStatus, claim_trial, count_budget
@@ -103,6 +105,52 @@ def test_known_cells_are_enqueued_once_and_evaluated_first(tmp_path: Path) -> No
     assert len(load_study(s, worker=0).get_trials(deepcopy=False)) == len(trials)
 
 
+def test_a_study_scored_with_another_setup_is_refused_naming_each_key(
+    storage_url: str, tmp_path: Path
+) -> None:
+    s = settings_for(tmp_path, storage_url, "model.cells=5", "train.epochs=2")
+    bootstrap_study(s)
+    other = settings_for(tmp_path, storage_url, "model.cells=2", "train.epochs=1")
+    expected = (
+        "study 't' was scored with another setup: model.cells 5 -> 2, train.epochs 2 -> 1; "
+        "use another study.name"
+    )
+    with pytest.raises(StudyError) as refused:
+        bootstrap_study(other)
+    assert str(refused.value) == expected
+    with pytest.raises(StudyError, match="another setup"):
+        load_study(other, worker=0)  # a worker started by hand is refused too
+    load_study(other, worker=0, scoring=False)  # a reader (the report) scores nothing: allowed
+    # What does not change a score resumes: threads, step plan, pruner, W&B, paths, budget.
+    same = settings_for(
+        tmp_path, storage_url, "model.cells=5", "train.epochs=2", "train.num_threads=1",
+        "train.perf=nchw", "train.log_every_steps=3", "search.pruner=median",
+        "search.n_trials=50", "wandb=offline", f"output_dir={tmp_path}/elsewhere",
+        "worker=7",
+    )  # fmt: skip
+    assert not bootstrap_study(same).created
+    load_study(same, worker=7)
+
+
+def test_an_old_study_without_a_setup_records_it_at_its_first_resume(tmp_path: Path) -> None:
+    s = tiny_settings(tmp_path)
+    bootstrap_study(s)
+    # An old study: made by code that did not record the setup.
+    engine = sqlalchemy.create_engine(s.study.storage)
+    with engine.begin() as connection:
+        connection.execute(
+            sqlalchemy.text("DELETE FROM study_user_attributes WHERE key = :key"),
+            {"key": attrs.STUDY_SCORE_SETUP},
+        )
+    engine.dispose()
+    assert attrs.STUDY_SCORE_SETUP not in load_study(s, worker=0).user_attrs
+    other = tiny_settings(tmp_path, "train.epochs=3")
+    assert not bootstrap_study(other).created  # not refused: recorded as it is now
+    assert load_study(other, worker=0).user_attrs[attrs.STUDY_SCORE_SETUP]["train.epochs"] == 3
+    with pytest.raises(StudyError, match=r"train\.epochs 3 -> 1"):
+        bootstrap_study(tiny_settings(tmp_path, "train.epochs=1"))
+
+
 def test_a_known_cell_outside_the_space_is_refused(tmp_path: Path) -> None:
     s = tiny_settings(
         tmp_path, "space.ops=[sep_conv_3x3,max_pool_3x3]", "search.enqueue=[DARTS_V2]"
@@ -163,6 +211,34 @@ def _claim_and_finish(url: str, tmp: str, n_trials: int, worker: int) -> int:
         done += 1
 
 
+def _bootstrap_together(url: str, tmp: str, start: Any, results: Any) -> None:
+    """A submitting process: compose the settings, wait for the other one, bootstrap at once."""
+    settings = settings_for(Path(tmp), url)
+    start.wait()
+    try:
+        results.put("created" if bootstrap_study(settings).created else "resumed")
+    except Exception as exc:  # reported to the test, which names it
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_two_bootstraps_started_together_on_a_new_database_both_succeed(
+    storage_url: str, tmp_path: Path
+) -> None:
+    ctx = mp.get_context("spawn")
+    start, results = ctx.Barrier(2), ctx.Queue()
+    processes = [
+        ctx.Process(target=_bootstrap_together, args=(storage_url, str(tmp_path), start, results))
+        for _ in range(2)
+    ]
+    for process in processes:
+        process.start()
+    outcomes = sorted(results.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+    assert outcomes == ["created", "resumed"]  # one made schema and study, the other found them
+    assert load_study(settings_for(tmp_path, storage_url), worker=0).user_attrs[attrs.STUDY_SPACE]
+
+
 def test_concurrent_claims_never_overshoot_the_budget(storage_url: str, tmp_path: Path) -> None:
     bootstrap_study(settings_for(tmp_path, storage_url))
     n_trials, n_workers = 13, 6
@@ -197,6 +273,29 @@ def test_a_stale_trial_is_failed_and_retried_with_the_same_params(
     assert retry.trial.user_attrs[attrs.RETRY_OF] == dead.number
     assert retry.trial.user_attrs[attrs.RETRY_COUNT] == 1
     assert count_budget(study).running == 1
+
+
+def test_a_retried_known_cell_keeps_its_identity_and_the_one_arch_hash(tmp_path: Path) -> None:
+    s = tiny_settings(
+        tmp_path, "search.n_trials=1", "search.enqueue=[DARTS_V2]",
+        "study.heartbeat_interval=1", "study.grace_period=2",
+    )  # fmt: skip
+    bootstrap_study(s)
+    study = load_study(s, worker=0)
+    dead = claim_trial(study, 1).trial
+    assert dead is not None and dead.user_attrs[attrs.ENQUEUED_AS] == "DARTS_V2"
+    for name, distribution in encoding_from_config(s.space).distributions().items():
+        dead.suggest_categorical(name, distribution.choices)  # the enqueued (fixed) values
+    optuna_internals.record_heartbeat(
+        optuna_internals.storage_of(study), optuna_internals.trial_id_of(dead)
+    )
+    time.sleep(3.5)  # its worker "died": the real worker below retries and trains the cell
+    assert run_worker(s).completed == 1
+    trials = load_study(s, worker=0).get_trials(deepcopy=False)
+    (done,) = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert done.user_attrs[attrs.RETRY_OF] == dead.number
+    assert done.user_attrs[attrs.ENQUEUED_AS] == "DARTS_V2"
+    assert done.user_attrs[attrs.ARCH_HASH] == compact_hash(DARTS_V2)  # evaluate/fidelity's hash
 
 
 def test_a_trial_that_never_sent_a_heartbeat_is_failed_as_orphaned(

@@ -118,9 +118,39 @@ CASES: dict[str, Case] = {
     "n-trials-not-a-number": Case(
         ("search.n_trials=abc",), "search.n_trials must be an integer, got 'abc'"
     ),
+    # Issue 19: Hydra's multi-line errors, SLURM's refusals and traps seen after a study existed.
+    "unknown-data": Case(("data=imagenet",), "config group data has no option 'imagenet'"),
+    "misspelt-model": Case(("model=proxy_smal",), "did you mean model=proxy_small?"),
+    "misspelt-key": Case(("search.ntrials=5",), "did you mean search.n_trials?"),
+    "unusable-output-dir": Case(
+        ("output_dir=/proc/nope",), "output_dir=/proc/nope cannot be created"
+    ),
+    "npz-without-images": Case(
+        ("data=npz", "data.path={data}/empty.npz"), "holds 0 images: nothing to search on"
+    ),
+    "proxy-over-the-allocation": Case(
+        ("model.channels=3000",), "more than the 1.2 GiB of hydra.launcher.additional_parameters"
+    ),
+    "unknown-partition": Case(
+        ("hydra.launcher.partition=nosuch",), "SLURM has no such partition (partitions: "
+    ),
+    "gpus-on-a-cluster-without": Case(
+        ("hydra.launcher.gpus_per_node=1",), "gpus_per_node=1: partition debug has no GPU"
+    ),
+    "array-over-max-array-size": Case(
+        ("worker=range(5000)",), "the sweep asks for 5000 workers, more than SLURM's MaxArraySize"
+    ),
+    "study-scored-with-another-setup": Case(
+        ("model.cells=2", "train.epochs=2"),
+        f"study '{STUDY}' was scored with another setup: model.cells 3 -> 2, train.epochs 1 -> 2;",
+        bootstrapped=True,
+    ),
 }
 #: The same refusals as single runs (``python launch/search.py <bad>``, no ``-m``).
-SINGLE_RUN_CASES = ("n-trials-zero", "missing-npz", "batch-larger-than-split", "wrong-credentials")
+SINGLE_RUN_CASES = (
+    "n-trials-zero", "missing-npz", "batch-larger-than-split", "wrong-credentials",
+    "unknown-data", "misspelt-key", "unusable-output-dir", "study-scored-with-another-setup",
+)  # fmt: skip
 
 
 def table_rows(url: str) -> dict[str, int]:
@@ -212,6 +242,7 @@ def bad_data(folder: Path) -> Path:
     np.savez(folder / "float.npz", images=np.zeros((40, 8, 8, 3), dtype=np.float32))
     np.savez(folder / "nchw.npz", images=np.zeros((40, 3, 8, 8), dtype=np.uint8))
     np.savez(folder / "rgba.npz", images=np.zeros((40, 8, 8, 4), dtype=np.uint8))
+    np.savez(folder / "empty.npz", images=np.zeros((0, 8, 8, 3), dtype=np.uint8))
     for name in ("a", "b"):
         (folder / "images" / name).mkdir(parents=True)
         Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(

@@ -595,7 +595,7 @@ def run_report(settings: Settings, report_cfg: ReportConfig | Mapping[str, Any])
         else ReportConfig.from_mapping(report_cfg)
     )
     _check_storage_exists(settings)
-    study = load_study(settings, worker=settings.worker)
+    study = load_study(settings, worker=settings.worker, scoring=False)  # reads, scores nothing
     try:
         status = collect_status(study, settings, top_k=cfg.top_k, recent=cfg.recent)
         text = format_status(status) + _evaluations_text(study)

@@ -12,9 +12,14 @@ is refused before it reaches a file (see
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
@@ -23,7 +28,9 @@ from cnas_hpc.common.storage_url import check_storage_secret
 from cnas_hpc.config import Settings, settings_from_config
 from cnas_hpc.config.evaluate import EvalSettings
 from cnas_hpc.config.train import check_global_batch
+from cnas_hpc.distributed.cluster import Cluster
 from cnas_hpc.space.encoding import encoding_from_config
+from cnas_hpc.train.memory import training_bytes_floor
 
 #: Errors that are the user's input, reported as one line (no traceback).
 USER_ERRORS = (ConfigError, StudyError, WorkerError, FileNotFoundError, ValueError)
@@ -112,6 +119,139 @@ def check_config_secrets(cfg: DictConfig, settings: Settings | EvalSettings | No
     else:
         # to_yaml does not resolve: the same text Hydra writes to config/hydra/multirun.yaml.
         check_storage_secret(written, settings.study.storage, saved=OmegaConf.to_yaml(cfg))
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Refuse an ``output_dir`` that cannot be made or written (the study, checkpoints and logs
+    go there), without creating anything: a probe folder is made and removed in its nearest
+    existing parent.
+
+    Raises:
+        ConfigError: one line naming ``output_dir`` and why it cannot be used.
+    """
+    path = Path(output_dir).absolute()
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"output_dir={output_dir}: {parent} is a file, not a folder")
+    try:
+        Path(tempfile.mkdtemp(prefix=".cnas-probe-", dir=parent)).rmdir()
+    except OSError as exc:
+        raise ConfigError(
+            f"output_dir={output_dir} cannot be created: {exc.strerror or exc}"
+        ) from None
+
+
+#: ``sbatch --mem`` units (a bare number is MiB).
+_MEM_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _mem_bytes(text: object) -> int | None:
+    """``sbatch --mem`` text (``1200M``, ``32G``, ``500``) in bytes; None when unreadable."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", str(text), re.IGNORECASE)
+    if found is None:
+        return None
+    return int(float(found.group(1)) * _MEM_UNITS[(found.group(2) or "M").upper()])
+
+
+def _launcher_memory(launcher: DictConfig, cluster: Cluster | None) -> tuple[int, str] | None:
+    """Bytes one task of the array may use, and where that limit comes from."""
+    extra = launcher.get("additional_parameters") or {}
+    tasks = int(launcher.get("tasks_per_node") or 1)
+    if extra.get("mem") is not None and (found := _mem_bytes(extra["mem"])) is not None:
+        return found // tasks, f"hydra.launcher.additional_parameters.mem={extra['mem']}"
+    if launcher.get("mem_gb") is not None:
+        return int(float(launcher["mem_gb"]) * 2**30) // tasks, (
+            f"hydra.launcher.mem_gb={launcher['mem_gb']}"
+        )
+    partition = launcher.get("partition") or (cluster.default if cluster else None)
+    if cluster is not None and partition in cluster.partitions:
+        node = cluster.partitions[partition].memory_mb * 2**20
+        return (node // tasks, f"the nodes of partition {partition}") if node else None
+    return None
+
+
+def _local_memory(device: str) -> tuple[int, str]:
+    """Bytes a local run may use: the GPU's when it trains on one, else the host's."""
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory, "the GPU"
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this host"
+
+
+def check_proxy_memory(
+    settings: Settings, launcher: DictConfig | None, cluster: Cluster | None = None
+) -> None:
+    """Refuse a proxy shape that cannot train in the memory one worker gets.
+
+    Compares :func:`~cnas_hpc.train.memory.training_bytes_floor` (a lower bound: weights,
+    gradients and the stem's activations, so nothing that could fit is refused) with the
+    allocation of one task (the launcher's ``mem``/``mem_gb``, else a node of its partition)
+    or, for a local run, the host's memory (the GPU's when it trains on one). GPU arrays are
+    not checked (the GPU's memory is not known before a job runs).
+
+    Raises:
+        ConfigError: one line with the bound, the limit and where the limit comes from.
+    """
+    world = 1
+    if launcher is not None:
+        if launcher.get("gpus_per_node"):
+            return
+        world = int(launcher.get("tasks_per_node") or 1) * int(launcher.get("nodes") or 1)
+        found = _launcher_memory(launcher, cluster)
+    else:
+        found = _local_memory(settings.device)
+    if found is None:
+        return
+    limit, source = found
+    needed = training_bytes_floor(
+        settings.model,
+        n_nodes=settings.space.n_nodes,
+        batch_per_rank=max(1, settings.train.batch_size // world),
+        image_size=settings.data.image_size,
+    )
+    if needed > limit:
+        raise ConfigError(
+            f"the proxy (model.channels={settings.model.channels}, model.cells="
+            f"{settings.model.cells}, train.batch_size={settings.train.batch_size}) needs at "
+            f"least {needed / 2**30:,.1f} GiB per worker, more than the {limit / 2**30:,.1f} GiB "
+            f"of {source}: make the proxy or the batch smaller"
+        )
+
+
+def check_slurm_request(launcher: DictConfig, n_jobs: int, cluster: Cluster | None) -> None:
+    """Refuse an array SLURM cannot grant, asking SLURM first (see
+    :mod:`cnas_hpc.distributed.cluster`); nothing is checked when SLURM does not answer.
+
+    Raises:
+        ConfigError: an unknown partition, GPUs where the partition has none (or fewer per
+            node), more array tasks than ``MaxArraySize``.
+    """
+    if cluster is None:
+        return
+    partition = launcher.get("partition")
+    if partition is not None and str(partition) not in cluster.partitions:
+        raise ConfigError(
+            f"hydra.launcher.partition={partition}: SLURM has no such partition "
+            f"(partitions: {', '.join(cluster.partitions)})"
+        )
+    name = str(partition) if partition is not None else cluster.default
+    gpus = launcher.get("gpus_per_node")
+    if gpus and name in cluster.partitions:
+        wanted = int(str(gpus).split(":")[-1])
+        offered = cluster.partitions[name].gpus_per_node
+        if wanted > offered:
+            has = f"at most {offered} GPU(s) per node" if offered else "no GPU (no gpu Gres)"
+            raise ConfigError(
+                f"hydra.launcher.gpus_per_node={gpus}: partition {name} has {has}; "
+                "set hydra.launcher.gpus_per_node=null (or use hydra/launcher=slurm_cpu)"
+            )
+    if cluster.max_array_size is not None and n_jobs > cluster.max_array_size:
+        raise ConfigError(
+            f"the sweep asks for {n_jobs} workers, more than SLURM's MaxArraySize="
+            f"{cluster.max_array_size} (array indices 0-{cluster.max_array_size - 1}): "
+            "sweep fewer workers"
+        )
 
 
 #: submitit counts every signal as a timeout below this job time limit (minutes).

@@ -14,7 +14,12 @@ encoding, impossible sizes, fractions outside (0, 1], ``search.n_trials <= 0``, 
 :mod:`cnas_hpc.config`), missing data files, a search split smaller than one batch (digits and
 npz, whose image counts are cheap to read), a launcher asking for more GPUs than tasks or a batch
 the world size does not divide, an unreachable database, refused credentials, a study name taken
-by another search space or objective, and a password written into ``study.storage``.
+by another search space, objective or scoring setup (each differing key named), a password
+written into ``study.storage``, an ``output_dir`` that cannot be made, a proxy over the worker's
+memory (:func:`~cnas_hpc.cli.common.check_proxy_memory`), and on SLURM what the cluster cannot
+grant (:func:`~cnas_hpc.cli.common.check_slurm_request`: partition, GPUs, ``MaxArraySize``).
+Typos in group options and keys are refused earlier, before Hydra runs
+(:mod:`cnas_hpc.cli.overrides`). A multirun on a complete study submits nothing (exit 0).
 
 Secrets: the database password comes from ``PGPASSWORD``, ``~/.pgpass`` or an
 ``${oc.env:VAR}`` interpolation inside the URL; never from text Hydra saves. The callback runs
@@ -49,6 +54,9 @@ from cnas_hpc.cli.common import (
     USER_ERRORS,
     check_config_secrets,
     check_launcher,
+    check_output_dir,
+    check_proxy_memory,
+    check_slurm_request,
     fail,
     settings_of,
 )
@@ -65,6 +73,7 @@ from cnas_hpc.data.datasets import (
     inspect_npz,
 )
 from cnas_hpc.data.splits import make_search_data
+from cnas_hpc.distributed.cluster import ask_cluster
 from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.distributed.jobs import array_tasks_held
 from cnas_hpc.search.observer import TrialObserver
@@ -181,25 +190,32 @@ def check_sweep(overrides: list[str]) -> int:
 
 
 def validate_and_bootstrap(
-    cfg: DictConfig, launcher: DictConfig | None, *, slurm: bool = False
+    cfg: DictConfig, launcher: DictConfig | None, *, slurm: bool = False, n_jobs: int | None = None
 ) -> Settings:
     """Everything the submitting side checks, then the one-time study bootstrap.
 
-    The order puts what needs nothing first and the database last, so that a refused config
-    never writes to the database (the bootstrap is the only writer).
+    The order puts what needs nothing first, SLURM next and the database last, so that a
+    refused config never writes to the database (the bootstrap is the only writer). A multirun
+    on a study that is already complete submits nothing (one line, exit status 0).
 
     Args:
         cfg: the composed config (hydra node included).
         launcher: the launcher's config of a multirun (None for a single run).
         slurm: the multirun submits a SLURM array (refused while another works the study).
+        n_jobs: the multirun's number of workers (None for a single run).
     """
     check_config_secrets(cfg)
     settings = settings_of(cfg)
     check_config_secrets(cfg, settings)
+    check_output_dir(settings.output_dir)
     check_available(settings.data)
     check_readable(settings.data)
     check_search_split(settings)
     check_launcher(launcher, settings.train.batch_size)
+    cluster = ask_cluster() if slurm and launcher is not None else None
+    if slurm and launcher is not None:
+        check_slurm_request(launcher, n_jobs or 1, cluster)
+    check_proxy_memory(settings, launcher if slurm else None, cluster)
     result = bootstrap_study(settings)
     if slurm and not result.created:
         check_no_live_array(settings)
@@ -211,6 +227,14 @@ def validate_and_bootstrap(
         result.n_complete,
         settings.search.n_trials,
     )
+    if n_jobs is not None and result.n_complete >= settings.search.n_trials:
+        print(
+            f"study {result.study_name!r} is complete ({result.n_complete}/"
+            f"{settings.search.n_trials} trials): nothing submitted; raise search.n_trials "
+            "to search further",
+            flush=True,
+        )
+        raise SystemExit(0)
     return settings
 
 
@@ -227,11 +251,14 @@ class BootstrapCallback(Callback):
         launcher = config.hydra.get("launcher")
         slurm = "Slurm" in str(launcher.get("_target_", ""))
         try:
-            check_sweep(list(config.hydra.overrides.task))
+            n_jobs = check_sweep(list(config.hydra.overrides.task))
         except USER_ERRORS as exc:
             fail(str(exc))
         self._bootstrap(
-            config, launcher=launcher if "tasks_per_node" in launcher else None, slurm=slurm
+            config,
+            launcher=launcher if "tasks_per_node" in launcher else None,
+            slurm=slurm,
+            n_jobs=n_jobs,
         )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -243,9 +270,14 @@ class BootstrapCallback(Callback):
             fail(OUTCOME.summary(), EXIT_WORKERS_DIED)
 
     @staticmethod
-    def _bootstrap(config: DictConfig, launcher: DictConfig | None, slurm: bool = False) -> None:
+    def _bootstrap(
+        config: DictConfig,
+        launcher: DictConfig | None,
+        slurm: bool = False,
+        n_jobs: int | None = None,
+    ) -> None:
         try:
-            validate_and_bootstrap(config, launcher, slurm=slurm)
+            validate_and_bootstrap(config, launcher, slurm=slurm, n_jobs=n_jobs)
         except USER_ERRORS as exc:
             fail(str(exc))
 

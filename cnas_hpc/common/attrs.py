@@ -33,6 +33,8 @@ RETRIED_FROM: Final = "cnas:retried_from"
 # Study-level: what the study was built for.
 STUDY_SPACE: Final = "cnas:space"
 STUDY_OBJECTIVE: Final = "cnas:objective"
+#: Study-level: the scoring setup its scores were made with (``section.key -> value``).
+STUDY_SCORE_SETUP: Final = "cnas:score_setup"
 #: Study-level: the SLURM arrays submitted for the study (most recent last).
 STUDY_ARRAYS: Final = "cnas:slurm_arrays"
 REQUEUES: Final = "cnas:requeues"

@@ -9,8 +9,6 @@ the first ranks the cells like the second.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from cnas_hpc.common.objectives import is_zero_cost
 from cnas_hpc.config.build import build_section
 from cnas_hpc.config.data import DataConfig
 from cnas_hpc.config.protocol import ProtocolConfig
+from cnas_hpc.config.scoring import scoring_setup, setup_digest
 from cnas_hpc.config.settings import Settings, settings_from_config
 
 
@@ -101,20 +100,11 @@ class FidelitySettings:
     fidelity: FidelityConfig
 
     def score_fingerprint(self) -> tuple[dict[str, Any], str]:
-        """What decides a cell's label-free score (and its short hash): proxy, data, training."""
-        s = self.search
-        decisive = {
-            "space": dataclasses.asdict(s.space),
-            "model": dataclasses.asdict(s.model),
-            "data": _data_identity(s.data),
-            "augment": dataclasses.asdict(s.augment),
-            "train": {
-                k: v
-                for k, v in dataclasses.asdict(s.train).items()
-                if k not in ("log_every_steps", "num_threads")
-            },
-        }
-        return decisive, _digest(decisive)
+        """What decides a cell's label-free score (and its short hash): the search's scoring
+        setup, the same one a search study records (:func:`cnas_hpc.config.scoring.scoring_setup`).
+        """
+        setup = scoring_setup(self.search)
+        return setup, setup_digest(setup)
 
     def accuracy_data(self) -> DataConfig:
         """The labeled images of the short training: the search's source, at the protocol's
@@ -153,7 +143,7 @@ class FidelitySettings:
             "data": _data_identity(self.accuracy_data()),
             "seed": self.search.seed,
         }
-        return decisive, _digest(decisive)
+        return decisive, setup_digest(decisive)
 
     @property
     def results_dir(self) -> Path:
@@ -173,11 +163,6 @@ def _data_identity(cfg: DataConfig) -> dict[str, Any]:
             data[path_key] = Path(str(data[path_key])).name  # the file, not where it lies
     data.pop("download", None)
     return data
-
-
-def _digest(payload: Mapping[str, Any]) -> str:
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def fidelity_settings_from_config(cfg: Mapping[str, Any]) -> FidelitySettings:

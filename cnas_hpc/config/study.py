@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from cnas_hpc.common.errors import ConfigError
+
+#: A study name: it names folders (``<output_dir>/<name>/``, Hydra's run folders), so one
+#: plain path component: letters, digits, ``.``, ``_``, ``-``, not starting with a dot.
+STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 #: ``study.sampler.kind``: Optuna's TPE (the method's), or uniform random sampling (a baseline).
 SAMPLERS: tuple[str, ...] = ("tpe", "random")
@@ -53,3 +58,11 @@ class StudyConfig:
     connect_timeout: int = 10
     #: keep retrying a failing database operation this long before the worker gives up
     retry_deadline_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        # null is the evaluation's "unused" (its source study is eval.from_study).
+        if isinstance(self.name, str) and not STUDY_NAME.fullmatch(self.name):
+            raise ConfigError(
+                f"study.name={self.name!r} is not a plain name: use letters, digits, '.', '_' "
+                "and '-' (it names folders: no '/', no leading '.', at most 128 characters)"
+            )

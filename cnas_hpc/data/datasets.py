@@ -363,6 +363,8 @@ def _check_npz_arrays(
     if dtype != np.uint8:
         raise ValueError(f"npz file {path} (data.path): 'images' must be uint8, got {dtype}")
     nhwc = (*shape, 1) if len(shape) == 3 else shape
+    if len(shape) in (3, 4) and shape[0] == 0:
+        raise ValueError(f"npz file {path} (data.path) holds 0 images: nothing to search on")
     if len(nhwc) != 4 or nhwc[-1] not in (1, 3) or 0 in nhwc:
         raise ValueError(
             f"npz file {path} (data.path): 'images' must be NHWC with 1 or 3 channels "

@@ -4,10 +4,14 @@ Contract:
     * The study (SQLite file or PostgreSQL database) is the single source of truth of a search:
       running the same command again resumes it.
     * Exactly one process creates the schema and the study: :func:`bootstrap_study`, called on the
-      submitting side before anything is queued (or by the single local worker). Workers call
-      :func:`load_study`, which never creates tables.
+      submitting side before anything is queued (or by each single local worker: bootstraps
+      started together take turns under :func:`~cnas_hpc.study.storage.bootstrap_lock`, the
+      later ones find the study). Workers call :func:`load_study`, which never creates tables.
     * A study remembers the search space and objective it was built for (study user attrs
-      ``cnas:space`` and ``cnas:objective``); loading it with another one is refused.
+      ``cnas:space`` and ``cnas:objective``) and the scoring setup of its scores
+      (``cnas:score_setup``, see :mod:`cnas_hpc.config.scoring`); loading it with another one
+      is refused, naming each differing key with its old and new value. A study made before the
+      setup was recorded gets it at its first bootstrap.
 """
 
 from __future__ import annotations
@@ -26,12 +30,18 @@ from cnas_hpc.common.errors import ConfigError, StudyError, StudyUnreachableErro
 from cnas_hpc.common.objectives import direction_of
 from cnas_hpc.common.storage_url import mask_url, normalize_storage_url
 from cnas_hpc.config import Settings
+from cnas_hpc.config.scoring import scoring_setup, setup_differences
 from cnas_hpc.space.encoding import encoding_from_config
 from cnas_hpc.space.genotype import load_genotype
 from cnas_hpc.study.optuna_internals import LeanCachedStorage
 from cnas_hpc.study.pruner import make_pruner
 from cnas_hpc.study.sampler import make_sampler
-from cnas_hpc.study.storage import db_error, make_storage, release_connections
+from cnas_hpc.study.storage import (
+    bootstrap_lock,
+    db_error,
+    make_storage,
+    release_connections,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +61,7 @@ class BootstrapResult:
     n_complete: int
 
 
-def _check_compatible(study: optuna.Study, settings: Settings) -> None:
+def _check_compatible(study: optuna.Study, settings: Settings, *, scoring: bool = True) -> None:
     space, objective = _fingerprint(settings)
     recorded = study.user_attrs
     if recorded.get(attrs.STUDY_OBJECTIVE, objective) != objective:
@@ -63,6 +73,13 @@ def _check_compatible(study: optuna.Study, settings: Settings) -> None:
         raise StudyError(
             f"study {study.study_name!r} was built for another search space "
             f"({recorded[attrs.STUDY_SPACE]}): choose another study.name"
+        )
+    setup = recorded.get(attrs.STUDY_SCORE_SETUP) if scoring else None
+    differences = setup_differences(setup, settings) if setup is not None else []
+    if differences:
+        raise StudyError(
+            f"study {study.study_name!r} was scored with another setup: "
+            f"{', '.join(differences)}; use another study.name"
         )
 
 
@@ -115,6 +132,16 @@ def bootstrap_study(settings: Settings) -> BootstrapResult:
     cfg = settings.study
     known = known_cells(settings)  # refused before anything is written
     url = normalize_storage_url(cfg.storage)
+    with bootstrap_lock(cfg, url, may_create=Path(settings.output_dir)):
+        created, n_complete = _create_or_check(settings, url, known)
+    return BootstrapResult(url, cfg.name, created, n_complete)
+
+
+def _create_or_check(
+    settings: Settings, url: str, known: list[tuple[str, dict[str, Any]]]
+) -> tuple[bool, int]:
+    """The bootstrap's work under the bootstrap lock: ``(created, COMPLETE trials)``."""
+    cfg = settings.study
     storage = make_storage(cfg, create_tables=True, url=url, may_create=Path(settings.output_dir))
     direction = direction_of(settings.search.objective)
     try:
@@ -125,9 +152,13 @@ def bootstrap_study(settings: Settings) -> BootstrapResult:
             space, objective = _fingerprint(settings)
             study.set_user_attr(attrs.STUDY_SPACE, space)
             study.set_user_attr(attrs.STUDY_OBJECTIVE, objective)
+            study.set_user_attr(attrs.STUDY_SCORE_SETUP, scoring_setup(settings))
         else:
             study = optuna.load_study(study_name=cfg.name, storage=storage)
             _check_compatible(study, settings)
+            if attrs.STUDY_SCORE_SETUP not in study.user_attrs:
+                # Made before setups were recorded: its scores are taken as made with this one.
+                study.set_user_attr(attrs.STUDY_SCORE_SETUP, scoring_setup(settings))
         enqueue_known_cells(study, known)
         n_complete = len(
             study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -138,11 +169,14 @@ def bootstrap_study(settings: Settings) -> BootstrapResult:
         raise db_error(exc, url) from None
     finally:
         storage.engine.dispose()
-    return BootstrapResult(url, cfg.name, created, n_complete)
+    return created, n_complete
 
 
-def load_study(settings: Settings, *, worker: int) -> optuna.Study:
+def load_study(settings: Settings, *, worker: int, scoring: bool = True) -> optuna.Study:
     """Load the bootstrapped study with this worker's sampler and pruner. Never creates anything.
+
+    ``scoring=False`` is for readers that score nothing (the report): they are not refused for
+    another scoring setup, only for another space or objective.
 
     Its trials are read lean into Optuna's trial cache (a second for 10,000 trials, at the first
     claim); the sampler's seed depends only on ``study.sampler.seed``, ``worker`` and the trial
@@ -170,7 +204,7 @@ def load_study(settings: Settings, *, worker: int) -> optuna.Study:
         ) from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise db_error(exc, url) from None
-    _check_compatible(study, settings)
+    _check_compatible(study, settings, scoring=scoring)
     return study
 
 

@@ -176,7 +176,8 @@ class RequeueStaleTrial:
 
     The retry records the original trial number (``cnas:retry_of``), the trial it replaces
     (``cnas:retried_from``) and how many retries preceded it (``cnas:retry_count``), so a
-    resumed trial can find the dead one's checkpoint. After ``max_retry`` retries the
+    resumed trial can find the dead one's checkpoint; a known cell keeps its
+    ``cnas:enqueued_as``. After ``max_retry`` retries the
     parameters are dropped (the slot is freed for a new proposal).
     """
 
@@ -195,10 +196,12 @@ class RequeueStaleTrial:
                 "trial %d went stale after %d retries: not retried again", trial.number, retries
             )
             return
-        retry_attrs = {
+        retry_attrs: dict[str, object] = {
             attrs.RETRY_OF: int(trial.user_attrs.get(attrs.RETRY_OF, trial.number)),
             attrs.RETRIED_FROM: trial.number,
             attrs.RETRY_COUNT: retries + 1,
         }
+        if attrs.ENQUEUED_AS in trial.user_attrs:  # a known cell stays one when retried
+            retry_attrs[attrs.ENQUEUED_AS] = trial.user_attrs[attrs.ENQUEUED_AS]
         study.enqueue_trial(trial.params, user_attrs=retry_attrs, skip_if_exists=False)
         log.warning("trial %d re-enqueued as a retry", trial.number)

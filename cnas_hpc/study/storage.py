@@ -3,15 +3,20 @@
 Contract:
     * Only global rank 0 of a worker (and the submitting process) opens a storage; other ranks
       never touch the database.
-    * Exactly one process creates the schema (``create_tables=True``): the submitting side's
-      bootstrap. Workers never create tables (concurrent schema creation on a fresh PostgreSQL
-      database races on ``alembic_version``).
+    * Only a bootstrap creates the schema (``create_tables=True``), holding
+      :func:`bootstrap_lock`: two bootstraps started together (two single-run workers on a new
+      SQLite file, two launchers on a fresh PostgreSQL database) take turns, so the second finds
+      the schema and the study made by the first instead of racing to create them (``table
+      study_directions already exists``, ``alembic_version``). Workers never create tables.
     * Every message built here names the URL through
       :func:`~cnas_hpc.common.storage_url.mask_url` only.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -87,6 +92,48 @@ def check_sqlite_folder(url: str, may_create: Path | None = None) -> None:
         f"study.storage: the folder {folder} of the SQLite file does not exist: "
         "create it first, or fix the path"
     )
+
+
+#: The PostgreSQL advisory lock key of bootstraps (any fixed bigint; claims use per-study keys).
+_BOOTSTRAP_LOCK_KEY = 0x636E61735F626F6F  # "cnas_boo"
+
+
+@contextlib.contextmanager
+def bootstrap_lock(cfg: StudyConfig, url: str, may_create: Path | None = None) -> Iterator[None]:
+    """Hold the database-wide bootstrap lock (blocking) while the schema and study are made.
+
+    SQLite: a file lock on ``<file>.bootstrap.lock`` beside the database (the kernel releases
+    it when its holder dies; the folder is checked as :func:`check_sqlite_folder` and created
+    only where allowed). PostgreSQL: a session advisory lock, released when the session ends.
+
+    Raises:
+        StudyUnreachableError: the database is down or unreachable.
+        StudyError: it refuses the credentials; the SQLite folder is missing.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        check_sqlite_folder(url, may_create)
+        database = Path(parsed.database or "").expanduser()
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with Path(f"{database}.bootstrap.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released by close, or by the holder's death
+            yield
+        return
+    engine = sqlalchemy.create_engine(url, **engine_kwargs(parsed, cfg))
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _BOOTSTRAP_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(
+                    sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _BOOTSTRAP_LOCK_KEY}
+                )
+                conn.commit()
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise db_error(exc, url) from None
+    finally:
+        engine.dispose()
 
 
 def make_storage(
