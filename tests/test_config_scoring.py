@@ -50,9 +50,20 @@ def test_fidelity_keys_its_scores_by_the_same_setup(tmp_path: Path) -> None:
     search = tiny_settings(tmp_path)
     fidelity = FidelitySettings(search, ProtocolConfig(), FidelityConfig())
     setup, digest = fidelity.score_fingerprint()
-    assert setup == scoring_setup(search) and digest == setup_digest(setup)
+    # The search's setup less what does not decide the contrastive run: the objective (one run
+    # records them all) and the zero-cost proxies (measurements of their own).
+    expected = {
+        k: v
+        for k, v in scoring_setup(search).items()
+        if k.split(".")[0] not in ("search", "zero_cost")
+    }
+    assert setup == expected and digest == setup_digest(setup)
     objective = tiny_settings(tmp_path, "search.objective=train_contrastive_loss")
     assert (
         FidelitySettings(objective, ProtocolConfig(), FidelityConfig()).score_fingerprint()[1]
-        != digest
-    )  # another objective is another score
+        == digest
+    )  # another contrastive objective reuses the same runs
+    cells = tiny_settings(tmp_path, "model.cells=2")
+    assert (
+        FidelitySettings(cells, ProtocolConfig(), FidelityConfig()).score_fingerprint()[1] != digest
+    )  # another proxy is another score

@@ -9,6 +9,7 @@ the first ranks the cells like the second.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +104,13 @@ class FidelitySettings:
         """What decides a cell's label-free score (and its short hash): the search's scoring
         setup, the same one a search study records (:func:`cnas_hpc.config.scoring.scoring_setup`).
         """
-        setup = scoring_setup(self.search)
+        # One contrastive run records every contrastive objective, and the zero-cost proxies are
+        # measurements of their own (zero_cost_fingerprint): neither decides this one.
+        setup = {
+            k: v
+            for k, v in scoring_setup(self.search).items()
+            if not k.startswith(("search.", "zero_cost."))
+        }
         return setup, setup_digest(setup)
 
     def accuracy_data(self) -> DataConfig:
@@ -120,7 +127,7 @@ class FidelitySettings:
         zero_cost = dataclasses.asdict(self.search.zero_cost)
         zero_cost.pop("record")
         decisive = {"zero_cost": zero_cost, "data": _data_identity(self.search.data)}
-        return decisive, _digest(decisive)
+        return decisive, setup_digest(decisive)
 
     def accuracy_fingerprint(self) -> tuple[dict[str, Any], str]:
         """What decides a cell's accuracy (and its short hash): the short protocol, or in
@@ -133,7 +140,7 @@ class FidelitySettings:
                 "reference": {"file": path.name, "sha256": content},
                 "network": [self.fidelity.reference_cells, self.fidelity.reference_channels],
             }
-            return decisive, _digest(decisive)
+            return decisive, setup_digest(decisive)
         decisive = {
             "protocol": {
                 k: v

@@ -64,6 +64,8 @@ SCORING_SECTIONS: tuple[ScoringSection, ...] = (
         "train", lambda s: s.train, skip=("log_every_steps", "num_threads", "perf", "amp")
     ),
     ScoringSection("search", lambda s: s.search, only=("objective",)),
+    # The zero-cost proxies' network and batch: the score of search.objective=naswot|synflow.
+    ScoringSection("zero_cost", lambda s: s.zero_cost, skip=("record",)),
 )
 
 
