@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Which label-free ranking agrees with 600-epoch training? README "Does the proxy work?".
+# Ground truth: ../shared/data/darts_ground_truth/darts_cifar10_dev50.json (50 random DARTS cells,
+# CIFAR-10 test accuracy after the full DARTS protocol, and 32 cheaper supervised settings of the
+# same paper with their GPU time). Every ranking is measured on the SAME 50 cells, side by side:
+#   1. the zero-cost proxies (NASWOT, synflow) at the default zero_cost settings (8 cells x 16
+#      channels, NASWOT batch 64), 4 cells x 3 extra seeds for their noise; parameters and MACs
+#      of the 20 x 36 network; the file's supervised rankings;
+#   2. the contrastive score of the default search (proxy 5x6, 2 epochs, NT-Xent; validation and
+#      training loss) on 1,000 unlabeled CIFAR-10 images (data.fraction=0.1), 4 cells x 2 extra
+#      seeds;
+#   3. (LARGE=1) the same on 3,000 images (data.fraction=0.3: the README's earlier setting).
+# Local runs, one process each (CPU). Measurements live in $CNAS_HOME/cnas.db: a rerun reuses
+# every one of them and only rewrites the reports. Reports: $CNAS_HOME/fidelity/*/summary.txt,
+# copied to benchmarks/results/fidelity_reference/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+DATA=${CIFAR10_DIR:-../shared/data/cifar10}
+REFERENCE=${REFERENCE:-../shared/data/darts_ground_truth/darts_cifar10_dev50.json}
+export CNAS_HOME=${CNAS_HOME:-runs/fidelity-reference}
+OUT=benchmarks/results/fidelity_reference
+COMMON=(
+  "fidelity.reference=$REFERENCE" data=npz "data.path=$DATA/cifar10_train_10k.npz"
+  fidelity.noise_cells=4
+)
+mkdir -p "$OUT"
+run() {  # name, overrides...
+  local name=$1; shift
+  /usr/bin/time -f "$name: %e s wall, %U s user" "$PY" launch/fidelity.py "${COMMON[@]}" "$@" \
+    > "$OUT/$name.log" 2>&1
+  sed -n '/^settings:/,/^report:/p' "$OUT/$name.log" > "$OUT/$name.txt"
+  tail -1 "$OUT/$name.log"
+}
+run zero_cost search.objective=naswot fidelity.noise_seeds=3 study.name=ref-zero-cost
+run contrastive_1k data.fraction=0.1 fidelity.noise_seeds=2 train.num_threads=1 \
+  train.perf=channels_last study.name=ref-contrastive-1k
+if [ "${LARGE:-0}" = 1 ]; then
+  run contrastive_3k data.fraction=0.3 fidelity.noise_seeds=2 train.num_threads=1 \
+    train.perf=channels_last study.name=ref-contrastive-3k
+fi
