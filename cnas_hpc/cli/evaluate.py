@@ -17,6 +17,8 @@ Contract:
 from __future__ import annotations
 
 import logging
+import sys
+from functools import partial
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -30,21 +32,28 @@ from cnas_hpc.cli.common import (
     check_config_secrets,
     check_launcher,
     fail,
+    is_slurm_launcher,
+    refuse_live_arrays,
     resolved,
 )
+from cnas_hpc.cli.multirun import OUTCOME
 from cnas_hpc.common.storage_url import mask_url
 from cnas_hpc.config.evaluate import EvalSettings, eval_settings_from_config
 from cnas_hpc.data.datasets import check_available
 from cnas_hpc.data.labeled import check_labeled
 from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.evaluate import store
-from cnas_hpc.evaluate.app import run_evaluation
+from cnas_hpc.evaluate.app import EvaluationInterrupted, run_evaluation
 from cnas_hpc.evaluate.cells import resolve_cells
 from cnas_hpc.evaluate.observer import EvalObserver
+from cnas_hpc.study.app_arrays import record_array, recorded_arrays
 from cnas_hpc.tracking.eval_progress import EvalProgress
 from cnas_hpc.tracking.wandb_eval import WandbEvalTracker
 
 log = logging.getLogger("cnas_hpc")
+
+#: Exit status after Ctrl-C (128 + SIGINT, what a shell reports for an interrupted command).
+EXIT_INTERRUPTED = 130
 
 
 def eval_settings_of(cfg: DictConfig) -> EvalSettings:
@@ -56,8 +65,17 @@ def eval_settings_of(cfg: DictConfig) -> EvalSettings:
     return eval_settings_from_config(resolved(cfg))
 
 
-def plan_evaluation(cfg: DictConfig, launcher: DictConfig | None) -> list[store.Row]:
+#: The app's name in the ``cnas_arrays`` table.
+APP = "evaluate"
+
+
+def plan_evaluation(
+    cfg: DictConfig, launcher: DictConfig | None, *, slurm: bool = False
+) -> list[store.Row]:
     """Everything the submitting side checks, then the plan (idempotent: a rerun resumes).
+
+    With ``slurm`` (the multirun submits an array), a rerun while an array of the same
+    evaluation still runs is refused: its recorded arrays and those of its RUNNING rows.
 
     Raises:
         ConfigError, StudyError, FileNotFoundError, ValueError: one line each.
@@ -72,6 +90,10 @@ def plan_evaluation(cfg: DictConfig, launcher: DictConfig | None) -> list[store.
     with store.opened(settings.study) as engine:
         # A rerun keeps the cells of the first submission: they are resolved only once.
         planned = store.rows(engine, settings.name)
+        if planned and slurm:
+            arrays = recorded_arrays(engine, APP, settings.name)
+            arrays += store.running_arrays(engine, settings.name)
+            refuse_live_arrays(arrays, f"evaluation {settings.name!r}")
         cells = [] if planned else resolve_cells(settings.eval, settings.study)
         rows = store.plan(
             engine,
@@ -115,7 +137,9 @@ class EvalCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         launcher = config.hydra.get("launcher")
-        self._plan(config, launcher=launcher if "tasks_per_node" in launcher else None)
+        slurm = is_slurm_launcher(launcher)
+        self._plan(config, launcher if "tasks_per_node" in launcher else None, slurm=slurm)
+        OUTCOME.recorder = partial(record_eval_array, config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -124,11 +148,18 @@ class EvalCallback(Callback):
             log.warning("could not summarise the evaluation: %s", exc)
 
     @staticmethod
-    def _plan(config: DictConfig, launcher: DictConfig | None) -> None:
+    def _plan(config: DictConfig, launcher: DictConfig | None, slurm: bool = False) -> None:
         try:
-            plan_evaluation(config, launcher)
+            plan_evaluation(config, launcher, slurm=slurm)
         except USER_ERRORS as exc:
             fail(str(exc))
+
+
+def record_eval_array(cfg: DictConfig, array_job_id: str) -> None:
+    """Record the submitted array of ``cfg``'s evaluation (the launcher calls it)."""
+    settings = eval_settings_of(cfg)
+    with store.opened(settings.study) as engine:
+        record_array(engine, APP, settings.name, array_job_id)
 
 
 def make_eval_observers(settings: EvalSettings) -> list[EvalObserver]:
@@ -158,6 +189,16 @@ def run_evaluate_task(cfg: DictConfig) -> int:
             print_results(settings)
     except USER_ERRORS as exc:
         fail(str(exc))
+    except EvaluationInterrupted as exc:
+        print(exc, file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt:
+        print(
+            "interrupted before a cell trained; run the same command to start again",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(EXIT_INTERRUPTED) from None
     if report.failed:
         first = next(iter(report.failed.items()))
         fail(f"{len(report.failed)} cell(s) failed; cell {first[0]}: {first[1]}", code=1)

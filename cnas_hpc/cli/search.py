@@ -52,7 +52,7 @@ from cnas_hpc.cli.common import (
     fail,
     settings_of,
 )
-from cnas_hpc.cli.multirun import EXIT_WORKERS_DIED, OUTCOME
+from cnas_hpc.cli.multirun import EXIT_WORKERS_DIED, OUTCOME, record_array
 from cnas_hpc.common.errors import ConfigError, StudyError
 from cnas_hpc.common.storage_url import mask_url
 from cnas_hpc.config import Settings
@@ -233,6 +233,7 @@ class BootstrapCallback(Callback):
         self._bootstrap(
             config, launcher=launcher if "tasks_per_node" in launcher else None, slurm=slurm
         )
+        OUTCOME.recorder = partial(record_array, config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
