@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import os
+import socket
 import subprocess
 import threading
 import time
@@ -83,11 +85,21 @@ def test_a_live_owner_keeps_its_row_and_a_silent_one_loses_it(engine: sqlalchemy
     assert not refused.claimed and "worked by local:h:1" in refused.reason
     # The owner itself (a requeued job keeps its label) takes its row back at once.
     assert _claim(engine, "local:h:1").claimed
-    # Silent past the grace period, a worker outside SLURM is judged by its heartbeat alone.
+    # Silent past the grace period, a worker of another host is judged by its heartbeat alone.
     _age(engine, 120)
     taken = _claim(engine, "local:h:2")
-    assert taken.claimed and "taken over from local:h:1" in taken.reason
+    assert taken.claimed and "taken over from local:h:1: no heartbeat" in taken.reason
     assert _row(engine)[:2] == ("RUNNING", "local:h:2")
+
+
+def test_a_row_of_a_local_process_that_ended_is_taken_at_once(engine: sqlalchemy.Engine) -> None:
+    dead = subprocess.Popen(["true"])  # a process id that no longer runs
+    dead.wait()
+    owner = f"local:{socket.gethostname()}:{dead.pid}"
+    assert _claim(engine, owner).claimed
+    # Its heartbeat is fresh, but its process is gone (killed -9, say): no need to wait.
+    taken = _claim(engine, f"local:{socket.gethostname()}:{os.getpid()}")
+    assert taken.claimed and "its process" in taken.reason
 
 
 def test_the_heartbeat_keeps_a_row_fresh_and_notices_a_takeover(engine: sqlalchemy.Engine) -> None:
@@ -136,7 +148,7 @@ def test_a_silent_row_is_kept_while_slurm_holds_its_job_and_taken_once_it_ended(
                 )
             )
         # Silent for 10 minutes, but its job is queued or running (a requeue, a suspension):
-        # the row stays its.
+        # the row stays its. Once the job ended, the row is taken at once.
         kept = _claim(engine, "slurm:999_1")
         assert not kept.claimed and f"slurm:{job}" in kept.reason
     finally:
@@ -144,6 +156,8 @@ def test_a_silent_row_is_kept_while_slurm_holds_its_job_and_taken_once_it_ended(
     deadline = time.monotonic() + 60
     while job_is_held(job) and time.monotonic() < deadline:
         time.sleep(0.5)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.update(CELLS).where(KEY).values(updated_at=datetime.datetime.now()))
     taken = _claim(engine, "slurm:999_1")
     assert taken.claimed and f"job {job} ended" in taken.reason
     engine.dispose()

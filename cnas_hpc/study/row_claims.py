@@ -10,10 +10,10 @@ Contract:
       ``study.heartbeat_interval`` s by :class:`RowHeartbeat` while the worker trains).
     * :func:`claim_row` takes a row that is not COMPLETE when it is free (PENDING, FAIL), when
       it is this worker's own (a requeued SLURM job keeps its job id, hence its label), or when
-      its owner is gone: no heartbeat for ``study.grace_period`` s AND its SLURM job ended (asked
-      through :mod:`cnas_hpc.distributed.jobs`, as :mod:`cnas_hpc.study.stale` does for trials;
-      a suspended or requeued job keeps its row however long SLURM holds it). Workers outside
-      SLURM (or when SLURM cannot be asked) are judged by the heartbeat alone.
+      its owner is gone (:func:`owner_gone`): its SLURM job ended (asked through
+      :mod:`cnas_hpc.distributed.jobs`, as :mod:`cnas_hpc.study.stale` does for trials; a
+      suspended or requeued job keeps its row however long SLURM holds it), its local process
+      ended, or, when neither can be told, no heartbeat for ``study.grace_period`` s.
     * The take is ONE conditional ``UPDATE`` on what was read (state, worker, heartbeat): of two
       workers that race for a row, exactly one gets it; the other is told who owns it.
     * Times are the writer's ``datetime.now()``, as every other write of these tables.
@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
+import socket
 import threading
 from dataclasses import dataclass
 from types import TracebackType
@@ -79,21 +81,39 @@ def array_of_worker(worker: str | None) -> str | None:
     return job.split("_", 1)[0]
 
 
-def owner_gone(worker: str | None, age_s: float, grace_s: float) -> str | None:
-    """Why the owner of a silent row is gone (a reason), or None while it may still work it.
+def _local_process_gone(worker: str | None) -> bool:
+    """Whether a ``local:<host>:<pid>`` worker of THIS host has no process any more."""
+    parts = (worker or "").split(":")
+    if len(parts) != 3 or parts[0] != "local" or parts[1] != socket.gethostname():
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, OSError):
+        return False
+    return False
 
-    Silent for less than ``grace_s``: alive. Past it, a SLURM worker is gone only when SLURM no
-    longer holds its job; others (or SLURM not answering) are gone by the heartbeat alone.
+
+def owner_gone(worker: str | None, age_s: float, grace_s: float) -> str | None:
+    """Why the owner of a RUNNING row is gone (a reason), or None while it may still work it.
+
+    A SLURM worker is gone once SLURM no longer holds its job (at once: a killed task's row is
+    resumed by the next run), and never while SLURM holds it (queued, requeued, suspended),
+    however silent. A local process of this host is gone when its process is. Otherwise (or
+    when SLURM cannot be asked) the heartbeat decides: silent for ``grace_s``.
     """
-    if age_s < grace_s:
-        return None
     job = slurm_job_of_worker(worker)
     if job is not None:
         held = job_is_held(job)
         if held:
             return None
         if held is False:
-            return f"no heartbeat for {age_s:.0f} s, job {job} ended ({job_state(job)})"
+            return f"job {job} ended ({job_state(job)})"
+    elif _local_process_gone(worker):
+        return f"its process {worker} ended"
+    if age_s < grace_s:
+        return None
     return f"no heartbeat for {age_s:.0f} s"
 
 
