@@ -6,18 +6,7 @@ python launch/compare_samplers.py -m hydra/launcher=submitit_slurm study=postgre
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
-
-import hydra_plugins.cnas_hpc_launcher.cluster_launcher  # noqa: F401 - silences the schema-matching warning
-from cnas_hpc.cli.compare_samplers import run_compare_task
-
-
-@hydra.main(version_base="1.3", config_path="../configs", config_name="compare_samplers")
-def main(cfg: DictConfig) -> int:
-    """Hydra task: every array task runs this."""
-    return run_compare_task(cfg)
-
+from cnas_hpc.cli.compare_samplers import main
 
 if __name__ == "__main__":
     main()

@@ -9,18 +9,7 @@ study is an error (exit 2), never created.
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
-
-import hydra_plugins.cnas_hpc_launcher.cluster_launcher  # noqa: F401 - silences the schema-matching warning
-from cnas_hpc.cli.report import report_task
-
-
-@hydra.main(version_base="1.3", config_path="../configs", config_name="report")
-def main(cfg: DictConfig) -> int:
-    """Hydra task: print the status and write the report (see ``cnas_hpc.analysis.report``)."""
-    return report_task(cfg)
-
+from cnas_hpc.cli.report import main
 
 if __name__ == "__main__":
     main()

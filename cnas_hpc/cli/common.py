@@ -13,6 +13,7 @@ is refused before it reaches a file (see
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
@@ -26,6 +27,15 @@ from cnas_hpc.config.evaluate import EvalSettings
 from cnas_hpc.config.train import check_global_batch
 from cnas_hpc.space.encoding import encoding_from_config
 from cnas_hpc.study.app_arrays import live_arrays
+
+#: Where every command's Hydra configs live: inside the package, so an installed
+#: ``cnas-hpc`` runs from any directory (a clone's ``launch/*.py`` read the same files).
+CONFIG_PATH = "pkg://cnas_hpc.configs"
+
+# Same-named YAML over a plugin schema (cnas_hpc/configs/hydra/launcher/) is Hydra's
+# "automatic schema matching": supported by the pinned hydra-core 1.3, which warns about it
+# on every run.
+warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema")
 
 #: Errors that are the user's input, reported as one line (no traceback).
 USER_ERRORS = (ConfigError, StudyError, WorkerError, FileNotFoundError, ValueError)

@@ -11,7 +11,11 @@ Contract:
     * :func:`run_evaluate_task` is the body of every task (every rank): it evaluates its cell(s)
       and, on a local run, prints the results table and writes ``results.md`` / ``results.csv``.
       A task whose cell failed exits with status 1 (SLURM's accounting shows it FAILED); the
-      other tasks are not affected.
+      other tasks are not affected. Ctrl-C ends it with one ``interrupted: ...`` line and
+      status 130, the cell checkpointed and handed back (the same command resumes it).
+    * A ``-m`` rerun while an array of the same evaluation still has tasks in SLURM is refused
+      (one ``error:`` line, nothing submitted); the launcher records each array it submits
+      (:func:`record_eval_array`, through :data:`cnas_hpc.cli.multirun.OUTCOME`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import sys
 from functools import partial
 from typing import Any
 
+import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -28,6 +33,7 @@ from omegaconf import DictConfig
 
 from cnas_hpc.analysis.evaluations import write_results
 from cnas_hpc.cli.common import (
+    CONFIG_PATH,
     USER_ERRORS,
     check_config_secrets,
     check_launcher,
@@ -203,3 +209,10 @@ def run_evaluate_task(cfg: DictConfig) -> int:
         first = next(iter(report.failed.items()))
         fail(f"{len(report.failed)} cell(s) failed; cell {first[0]}: {first[1]}", code=1)
     return len(report.completed)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")
+def main(cfg: DictConfig) -> int:
+    """``cnas-evaluate`` (and ``launch/evaluate.py``): every array task (and every rank of it)
+    runs this Hydra task."""
+    return run_evaluate_task(cfg)

@@ -18,6 +18,7 @@ import logging
 from functools import partial
 from typing import Any
 
+import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -25,6 +26,7 @@ from omegaconf import DictConfig
 
 from cnas_hpc.analysis.fidelity import format_summary, summarise, write_report
 from cnas_hpc.cli.common import (
+    CONFIG_PATH,
     USER_ERRORS,
     check_config_secrets,
     check_launcher,
@@ -200,3 +202,10 @@ def run_fidelity_task(cfg: DictConfig) -> int:
     except USER_ERRORS as exc:
         fail(str(exc))
     return len(report.made)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="fidelity")
+def main(cfg: DictConfig) -> int:
+    """``cnas-fidelity`` (and ``launch/fidelity.py``): every array task (and every rank of it)
+    runs this Hydra task."""
+    return run_fidelity_task(cfg)

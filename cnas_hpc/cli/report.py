@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from cnas_hpc.analysis.report import run_report
-from cnas_hpc.cli.common import USER_ERRORS, fail, settings_of
+from cnas_hpc.cli.common import CONFIG_PATH, USER_ERRORS, fail, settings_of
 from cnas_hpc.config.report import ReportConfig
 
 
@@ -27,3 +28,9 @@ def report_task(cfg: DictConfig) -> int:
         return run_report(settings, ReportConfig.from_mapping(report))
     except USER_ERRORS as exc:
         fail(str(exc))
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="report")
+def main(cfg: DictConfig) -> int:
+    """``cnas-report`` (and ``launch/report.py``): print the status and write the report."""
+    return report_task(cfg)

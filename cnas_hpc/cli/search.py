@@ -34,6 +34,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import hydra
 import optuna
 import torch
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -46,6 +47,7 @@ from omegaconf import DictConfig
 from cnas_hpc.analysis.study_view import StudyViewObserver
 from cnas_hpc.analysis.summary import best_trials, format_table, write_best_genotypes
 from cnas_hpc.cli.common import (
+    CONFIG_PATH,
     USER_ERRORS,
     check_config_secrets,
     check_launcher,
@@ -300,3 +302,10 @@ def run_search_task(cfg: DictConfig) -> int:
         log.exception("worker failed")
         fail(f"worker failed: {type(exc).__name__}: {exc}", EXIT_WORKER_FAILED)
     return report.completed
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="search")
+def main(cfg: DictConfig) -> int:
+    """``cnas-search`` (and ``launch/search.py``): every worker (and every rank of it) runs this
+    Hydra task."""
+    return run_search_task(cfg)

@@ -1,8 +1,8 @@
 """Hydra launchers for SLURM clusters, on top of hydra-submitit-launcher.
 
-The presets are YAML files in ``configs/hydra/launcher/`` named like the plugin's structured
-configs (``submitit_slurm``, ``submitit_local``), so Hydra validates them against the plugin's
-schema and ``hydra/launcher=submitit_slurm`` gives our GPU-cluster defaults; they point
+The presets are YAML files in ``cnas_hpc/configs/hydra/launcher/`` named like the plugin's
+structured configs (``submitit_slurm``, ``submitit_local``), so Hydra validates them against
+the plugin's schema and ``hydra/launcher=submitit_slurm`` gives our GPU-cluster defaults; they point
 ``_target_`` at the launchers below. One multirun submits ONE SLURM array
 (``executor.map_array``) whose tasks are the workers.
 
