@@ -200,7 +200,8 @@ def run_evaluate_task(cfg: DictConfig) -> int:
         raise SystemExit(EXIT_INTERRUPTED) from None
     except KeyboardInterrupt:
         print(
-            "interrupted before a cell trained; run the same command to start again",
+            "interrupted (a second Ctrl-C: not checkpointed now); run the same command to "
+            "resume from the last checkpoint",
             file=sys.stderr,
             flush=True,
         )
