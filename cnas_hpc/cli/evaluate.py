@@ -200,8 +200,7 @@ def run_evaluate_task(cfg: DictConfig) -> int:
         raise SystemExit(EXIT_INTERRUPTED) from None
     except KeyboardInterrupt:
         print(
-            "interrupted (a second Ctrl-C: not checkpointed now); run the same command to "
-            "resume from the last checkpoint",
+            "interrupted; run the same command to resume from the last checkpoint",
             file=sys.stderr,
             flush=True,
         )
