@@ -7,7 +7,8 @@ Contract:
       submitting side before anything is queued (or by the single local worker). Workers call
       :func:`load_study`, which never creates tables.
     * A study remembers the search space and objective it was built for (study user attrs
-      ``cnas:space`` and ``cnas:objective``); loading it with another one is refused.
+      ``cnas:space`` and ``cnas:objective``); loading it with another one is refused. Its metric
+      name is the objective's (``study.metric_names``: what optuna-dashboard shows).
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ def bootstrap_study(settings: Settings) -> BootstrapResult:
         else:
             study = optuna.load_study(study_name=cfg.name, storage=storage)
             _check_compatible(study, settings)
+        if study.metric_names is None:
+            # optuna-dashboard (and Optuna's plots) label the value by it, not "Objective 0".
+            study.set_metric_names([settings.search.objective])
         enqueue_known_cells(study, known)
         n_complete = len(
             study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
