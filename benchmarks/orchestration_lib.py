@@ -64,7 +64,7 @@ def scratch_database() -> Iterator[str]:
 
 def bench_settings(url: str, output_dir: Path, *overrides: str) -> Settings:
     """The search's real settings (default sampler) on ``url``, study ``bench``."""
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "cnas_hpc" / "configs"), version_base="1.3"):
         cfg = compose(
             config_name="search",
             overrides=[

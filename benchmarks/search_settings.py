@@ -9,11 +9,11 @@ from omegaconf import OmegaConf
 
 from cnas_hpc.config import Settings, settings_from_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "cnas_hpc" / "configs"
 
 
 def compose_search_settings(overrides: list[str]) -> Settings:
-    """``configs/search.yaml`` with ``overrides`` (Hydra syntax), validated."""
+    """``cnas_hpc/configs/search.yaml`` with ``overrides`` (Hydra syntax), validated."""
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(config_name="search", overrides=overrides)
     container = OmegaConf.to_container(cfg, resolve=True)

@@ -22,7 +22,7 @@ from cnas_hpc.config import Settings, settings_from_config
 from hydra_plugins.cnas_hpc_launcher.cluster_launcher import HELD_STATES
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = ROOT / "cnas_hpc" / "configs"
 
 #: Overrides that make a search run in seconds on a 2-core CPU.
 TINY = (

@@ -46,6 +46,9 @@ ALLOWED: dict[str, set[str]] = {
     "analysis": GROUND | CORE | {"study", "tracking"} | APPS,
     # floor 6: the command line composes everything
     "cli": GROUND | CORE | {"study", "tracking", "analysis"} | APPS,
+    # above the house: `python -m cnas_hpc` dispatches to the commands; the configs are YAML
+    "__main__": {"cli"},
+    "configs": set(),
 }
 
 

@@ -60,3 +60,20 @@ def test_a_row_goes_running_then_complete_with_its_results(engine: sqlalchemy.En
     assert row.worker == "slurm:7_1"
     with pytest.raises(ValueError, match="not result columns"):
         store.finish(engine, "ev", 0, state=store.FAIL, colour="red")
+
+
+def test_a_claimed_row_is_its_worker_s_until_released(engine: sqlalchemy.Engine) -> None:
+    _plan(engine, CELLS)
+    assert store.claim(engine, "ev", 0, worker="slurm:7_0", grace_s=60).claimed
+    other = store.claim(engine, "ev", 0, worker="slurm:8_0", grace_s=60)
+    assert not other.claimed and other.owner == "slurm:7_0"
+    # The rerun guard sees the array of a RUNNING row.
+    assert store.running_arrays(engine, "ev") == ["7"]
+    store.progress(engine, "ev", 0, epochs_done=1)
+    # Only its worker hands it back; progress stays for the resume.
+    store.release(engine, "ev", 0, worker="slurm:8_0")
+    assert store.rows(engine, "ev")[0].state == "RUNNING"
+    store.release(engine, "ev", 0, worker="slurm:7_0")
+    row = store.rows(engine, "ev")[0]
+    assert (row.state, row.epochs_done) == ("PENDING", 1)
+    assert store.claim(engine, "ev", 0, worker="slurm:8_0", grace_s=60).claimed

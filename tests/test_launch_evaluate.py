@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +16,7 @@ import pytest
 import sqlalchemy
 from PIL import Image
 
-from tests.helpers import TINY, run_evaluate, run_launch, run_search
+from tests.helpers import ROOT, TINY, run_evaluate, run_launch, run_search
 from tests.wandb_offline import offline_runs
 
 STUDY = "cnas-digits-compact"
@@ -161,3 +166,51 @@ def test_the_imagenet_mobile_protocol_runs_on_an_image_folder(tmp_path: Path) ->
     result = run_evaluate(args, home=tmp_path, env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "COMPLETE" in result.stdout and "cells-imagenet_mobile-supervised" in result.stdout
+
+
+def test_ctrl_c_checkpoints_the_cell_and_the_same_command_resumes_it(tmp_path: Path) -> None:
+    # Enough epochs that Ctrl-C, sent once epoch 1 is checkpointed, lands while the cell trains
+    # (an epoch is ~1 s here); the test split is scored once, at the end.
+    args = [
+        *QUICK, "protocol.epochs=10", "protocol.test_every_epochs=10", "eval.presets=[PC_DARTS]",
+        "eval.name=interrupted", "data.fraction=0.5",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "launch" / "evaluate.py"), *args],
+        cwd=ROOT,
+        env={**os.environ, "CNAS_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1", **ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoints = tmp_path / "checkpoints" / "evaluations" / "interrupted" / "supervised"
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("trial-*.pt")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert "Traceback" not in out + err
+    (line,) = [x for x in err.splitlines() if x.startswith("interrupted")]
+    assert line.startswith("interrupted: cell 0 (PC_DARTS) checkpointed") and "resume" in line
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'cnas.db'}")
+    with engine.connect() as conn:
+        state, done = conn.execute(
+            sqlalchemy.text("SELECT state, epochs_done FROM evaluations WHERE name='interrupted'")
+        ).one()
+    assert state == "PENDING" and done is not None and done >= 1  # free for the next run
+    # The log said how many images the fraction kept (the digits: 1,797, a tenth held out).
+    assert "808 training image(s) (data.fraction=0.5 of 1617)" in out + err
+
+    again = run_evaluate(args, home=tmp_path, env=ENV)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed at epoch" in again.stdout + again.stderr
+    with engine.connect() as conn:
+        (state,) = conn.execute(
+            sqlalchemy.text("SELECT state FROM evaluations WHERE name='interrupted'")
+        ).one()
+    engine.dispose()
+    assert state == "COMPLETE"
+    results = (tmp_path / "evaluations" / "interrupted" / "results.md").read_text()
+    assert "Data `digits` (data.fraction=0.5" in results and "protocol `debug` (3 cells" in results

@@ -160,3 +160,55 @@ def test_the_top_cells_and_a_preset_train_as_one_array_and_resume_after_a_kill(
     (row,) = _rows(fresh_pg_url, "killed")
     assert row["state"] == "COMPLETE"
     assert float(str(row["test_accuracy"])) == unbroken  # exactly the unbroken run's
+
+
+#: Seconds-long cells on the embedded digits (the point is the array, not the accuracy).
+QUICK_DIGITS = (
+    "hydra/launcher=slurm_cpu",
+    "protocol=debug",
+    "protocol.cells=3",
+    "protocol.channels=6",
+    "protocol.epochs=2",
+    "protocol.max_steps_per_epoch=4",
+    "protocol.amp=none",
+    "protocol.memory_format=contiguous",
+    "data=digits",
+    "study=postgres",
+)
+
+
+def _arrays(url: str, name: str) -> list[str]:
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(
+                sqlalchemy.text("SELECT array_job_id FROM cnas_arrays WHERE name = :n"), {"n": name}
+            )
+            return [str(row[0]) for row in found]
+    except sqlalchemy.exc.ProgrammingError:
+        return []  # the table is created with the first record
+    finally:
+        engine.dispose()
+
+
+def test_a_rerun_while_the_evaluation_s_array_runs_is_refused_and_submits_nothing(
+    fresh_pg_url: str, tmp_path: Path
+) -> None:
+    args = [*QUICK_DIGITS, f"study.storage={fresh_pg_url}", "eval.presets=[DARTS_V2,PC_DARTS]"]
+    name = "cells-debug-supervised"
+    first = _start(args, tmp_path)
+    recorded = _wait(lambda: _arrays(fresh_pg_url, name), "the array recorded", timeout=120)
+    assert isinstance(recorded, list)
+    (array,) = recorded
+    rerun = run_evaluate(["-m", *args], home=tmp_path, env=ENV, timeout=300)
+    out, _ = first.communicate(timeout=600)
+    assert rerun.returncode == 2, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    (line,) = [x for x in rerun.stderr.splitlines() if x.startswith("error:")]
+    assert f"still being worked by SLURM array {array}" in line and "scancel" in line
+    assert "submitted array" not in rerun.stdout + rerun.stderr
+    assert _arrays(fresh_pg_url, name) == [array]
+    assert first.returncode == 0, out[-3000:]
+    assert "could not record array" not in out
+    rows = _rows(fresh_pg_url, name)
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]
+    assert {str(r["worker"]).split(":")[1].split("_")[0] for r in rows} == {array}

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 
 from tests.helpers import run_launch, sacct_array_tasks
 
@@ -29,6 +30,16 @@ def test_the_measurements_run_as_one_array_and_a_rerun_submits_nothing(
     }
     tasks = sacct_array_tasks(array_id)
     assert len(tasks) == 6 and all(t.endswith("|COMPLETED") for t in tasks), tasks
+    # Recorded for the rerun guard (no "could not record array": the study.name error is gone),
+    # and every measurement was claimed by a task of that array.
+    assert "could not record array" not in result.stdout + result.stderr
+    engine = sqlalchemy.create_engine(fresh_pg_url)
+    with engine.connect() as conn:
+        recorded = conn.execute(sqlalchemy.text("SELECT app, array_job_id FROM cnas_arrays")).all()
+        workers = conn.execute(sqlalchemy.text("SELECT worker FROM fidelity_measurements")).all()
+    engine.dispose()
+    assert [tuple(r) for r in recorded] == [("fidelity", array_id)]
+    assert {str(w[0]).split(":")[1].split("_")[0] for w in workers} == {array_id}
     (folder,) = (tmp_path / "fidelity").iterdir()
     assert json.loads((folder / "fidelity.json").read_text())["n_measured"] == 3
     again = run_launch("fidelity.py", args, home=tmp_path)

@@ -77,6 +77,9 @@ def test_four_workers_share_one_study_through_one_array(fresh_pg_url: str, tmp_p
     (array_job,) = array_jobs
     tasks = sacct_array_tasks(array_job)
     assert len(tasks) == 4 and all("COMPLETED" in line for line in tasks), tasks
+    # the launcher recorded the array in the study (a rerun while it runs is refused)
+    study = optuna.load_study(study_name="slurm-test", storage=fresh_pg_url)
+    assert study.user_attrs[attrs.STUDY_ARRAYS] == [array_job]
     # every trial records which array task ran it, and the tasks shared the work
     assert {t.user_attrs[attrs.ARRAY_TASK] for t in complete} <= {0, 1, 2, 3}
     assert all(

@@ -170,6 +170,8 @@ def test_bootstrap_creates_once_then_resumes(storage_url: str, tmp_path: Path) -
     study = load_study(s, worker=0)
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
     assert study.user_attrs[attrs.STUDY_OBJECTIVE] == "val_contrastive_loss"
+    # optuna-dashboard labels the value by the objective, not "Objective 0".
+    assert study.metric_names == ["val_contrastive_loss"]
 
 
 def test_a_study_built_for_another_space_or_objective_is_refused(

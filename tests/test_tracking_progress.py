@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import re
+import sys
 
 import pytest
 
@@ -52,3 +54,26 @@ def test_a_log_file_gets_plain_lines(caplog: pytest.LogCaptureFixture) -> None:
     assert "trial 3: epoch 2/2 loss 3.0000 objective 2.9000" in text
     assert "trial 3: COMPLETE value=2.9000" in text
     assert "\r" not in text and "\x1b" not in text
+
+
+def test_a_log_line_is_printed_above_the_bars_not_through_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger()
+    console = logging.StreamHandler(sys.stderr)  # what Hydra's console logging is
+    root.addHandler(console)
+    try:
+        progress = SearchProgress(8, stream=sys.stderr, use_bars=True)
+        progress.study_updated(2, 1.5)
+        progress.trial_started(INFO, n_params=1000, macs=2_000_000)
+        assert console not in root.handlers  # routed through tqdm while bars are drawn
+        logging.getLogger("cnas_hpc.somewhere").warning("a log line")
+        progress.close()
+        assert console in root.handlers  # and put back afterwards
+    finally:
+        root.removeHandler(console)
+    # What the terminal shows, line by line (cursor moves and carriage returns taken out).
+    shown = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", capsys.readouterr().err)
+    pieces = re.split(r"[\r\n]", shown)
+    assert "a log line" in pieces  # a line of its own: the bar was cleared first
+    assert not any("a log line" in piece and "it/s" in piece for piece in pieces)

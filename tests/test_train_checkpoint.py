@@ -18,7 +18,7 @@ import torch
 from cnas_hpc.data.datasets import load_images
 from cnas_hpc.data.splits import SearchData, make_search_data
 from cnas_hpc.search.trial import proxy_task
-from cnas_hpc.space.genotype import DARTS_V2, genotype_to_json
+from cnas_hpc.space.genotype import DARTS_V2, PC_DARTS, genotype_to_json
 from cnas_hpc.train.checkpoint import (
     TrainState,
     checkpoint_path,
@@ -237,3 +237,26 @@ def test_checkpoints_are_written_atomically_and_loaded_weights_only(tmp_path: Pa
     # A pickled object (not weights-only data) is refused.
     torch.save({"evil": object()}, path)
     assert load_checkpoint(path, genotype_json=GENOTYPE) is None
+
+
+def _state(epoch: int, step_in_epoch: int, genotype: str = GENOTYPE) -> TrainState:
+    return TrainState(
+        trial=1, genotype_json=genotype, epoch=epoch, step_in_epoch=step_in_epoch,
+        step=10 * epoch + step_in_epoch, loss_sum=0.0, model={"w": torch.full((2,), epoch)},
+        optimizer={}, scaler={}, extra={}, history=[], wall_s=0.0,
+    )  # fmt: skip
+
+
+def test_a_checkpoint_is_never_replaced_by_an_older_one(tmp_path: Path) -> None:
+    # A second worker that started the same cell from scratch must not throw away the
+    # progress of the one that trains it.
+    path = checkpoint_path(tmp_path, "ev", 1)
+    assert save_checkpoint(_state(1, 0), path)
+    assert not save_checkpoint(_state(0, 5), path)
+    kept = load_checkpoint(path, genotype_json=GENOTYPE)
+    assert kept is not None and (kept.epoch, kept.step_in_epoch) == (1, 0)
+    # Further along, or another architecture's stale file: replaced.
+    assert save_checkpoint(_state(1, 3), path)
+    other = genotype_to_json(PC_DARTS)
+    assert save_checkpoint(_state(0, 0, other), path)
+    assert load_checkpoint(path, genotype_json=other) is not None

@@ -9,6 +9,7 @@ results folder; the study report shows the rows of its study's trials.
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -89,6 +90,27 @@ def format_results(rows: Sequence[store.Row], fmt: str = "simple") -> str:
     return tabulate(table_rows(rows), COLUMNS, tablefmt=fmt, disable_numparse=True)
 
 
+def setup_line(row: store.Row | None) -> str:
+    """What the rows were made with, from the planned settings a row records: data source and
+    fraction, protocol (name, size, epochs), method and seed."""
+    if row is None:
+        return "Protocol `?`"
+    try:
+        decisive = json.loads(row.protocol)
+    except ValueError:
+        return f"Protocol `{row.protocol_name}`"
+    data, protocol = decisive.get("data") or {}, decisive.get("protocol") or {}
+    source = data.get("source", "?")
+    size = f"{protocol.get('cells', '?')} cells x {protocol.get('channels', '?')} channels"
+    return (
+        f"Data `{source}` (data.fraction={data.get('fraction', '?')}, "
+        f"max_images={data.get('max_images')}); protocol `{row.protocol_name}` ({size}, "
+        f"{protocol.get('epochs', '?')} epochs, batch {protocol.get('batch_size', '?')}, "
+        f"max_steps_per_epoch={protocol.get('max_steps_per_epoch')}); method `{row.method}`, "
+        f"seed {row.seed}"
+    )
+
+
 def write_results(engine: sqlalchemy.Engine, name: str, folder: Path) -> tuple[str, list[Path]]:
     """Write ``results.md`` and ``results.csv`` of evaluation ``name`` into ``folder``.
 
@@ -98,10 +120,11 @@ def write_results(engine: sqlalchemy.Engine, name: str, folder: Path) -> tuple[s
     rows = comparable_rows(engine, name)
     folder.mkdir(parents=True, exist_ok=True)
     md, csv_path = folder / "results.md", folder / "results.csv"
-    protocol = rows[0].protocol_name if rows else "?"
     md.write_text(
-        f"# Evaluation `{name}`\n\nProtocol `{protocol}`; every row trained with the same "
-        "settings (protocol, data, seed).\n\n" + format_results(rows, "github") + "\n",
+        f"# Evaluation `{name}`\n\n{setup_line(rows[0] if rows else None)}; every row trained "
+        "with the same settings (protocol, data, seed).\n\n"
+        + format_results(rows, "github")
+        + "\n",
         encoding="utf-8",
     )
     with csv_path.open("w", newline="", encoding="utf-8") as handle:

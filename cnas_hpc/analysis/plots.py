@@ -19,6 +19,8 @@ import html
 import logging
 import math
 import os
+import re
+import textwrap
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -129,8 +131,7 @@ def plot_history(study: optuna.Study, path: str | Path) -> Path:
             label=f"failed ({len(failed)})",
         )
         ax.legend(loc="best", fontsize=9)
-    # Optuna titles its plots on the left: replace that title rather than add a second one.
-    ax.set_title(f"{study.study_name}: objective per trial", loc="left")
+    _retitle(ax, f"{study.study_name}: objective per trial")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save_optuna(ax, path)
 
@@ -242,9 +243,32 @@ def plot_importances(study: optuna.Study, path: str | Path) -> Path:
         study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=shown
     )
     extra = f" (top {len(shown)} of {len(importances)})" if len(importances) > len(shown) else ""
-    ax.set_title(f"{study.study_name}: parameter importances (fANOVA){extra}", loc="left")
+    _retitle(ax, f"{study.study_name}: parameter importances (fANOVA){extra}")
+    ax.set_yticks(ax.get_yticks(), [node_label(t.get_text()) for t in ax.get_yticklabels()])
     ax.tick_params(axis="y", labelsize=8)
     return _save_optuna(ax, path)
+
+
+def node_label(param: str) -> str:
+    """A parameter name in the cell drawings' numbering of the nodes.
+
+    Parameters name a node by its genotype state (``normal/n3/op0``: states 0 and 1 are the
+    cell's inputs); the drawings (:mod:`cnas_hpc.analysis.cells`) number the intermediate
+    nodes ``0 .. n-1``. Plots use the drawings' numbers: ``normal/n3/op0`` ->
+    ``normal/node 1/op0``. Other names are returned unchanged.
+    """
+    return re.sub(r"/n(\d+)/", lambda m: f"/node {int(m.group(1)) - 2}/", param)
+
+
+def _retitle(ax: Axes, text: str) -> None:
+    """Replace the title Optuna drew (the history's in the centre, the importances' on the
+    left) with ours, as the figure's title on its left edge, wrapped to the figure's width: not
+    printed over Optuna's, and not cut off when long tick labels push the axes right."""
+    for loc in ("left", "center", "right"):
+        ax.set_title("", loc=loc)
+    fig = ax.get_figure()
+    assert isinstance(fig, Figure)
+    fig.suptitle(textwrap.fill(text, 80), x=0.01, ha="left", fontsize=11)
 
 
 def write_html(

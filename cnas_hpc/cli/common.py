@@ -16,6 +16,8 @@ import os
 import re
 import sys
 import tempfile
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -30,7 +32,17 @@ from cnas_hpc.config.evaluate import EvalSettings
 from cnas_hpc.config.train import check_global_batch
 from cnas_hpc.distributed.cluster import Cluster
 from cnas_hpc.space.encoding import encoding_from_config
+from cnas_hpc.study.app_arrays import live_arrays
 from cnas_hpc.train.memory import training_bytes_floor
+
+#: Where every command's Hydra configs live: inside the package, so an installed
+#: ``cnas-hpc`` runs from any directory (a clone's ``launch/*.py`` read the same files).
+CONFIG_PATH = "pkg://cnas_hpc.configs"
+
+# Same-named YAML over a plugin schema (cnas_hpc/configs/hydra/launcher/) is Hydra's
+# "automatic schema matching": supported by the pinned hydra-core 1.3, which warns about it
+# on every run.
+warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema")
 
 #: Errors that are the user's input, reported as one line (no traceback).
 USER_ERRORS = (ConfigError, StudyError, WorkerError, FileNotFoundError, ValueError)
@@ -290,3 +302,22 @@ def check_launcher(launcher: DictConfig | None, batch_size: int) -> None:
             f"preempted worker is not requeued as such; ask for at least {MIN_TIMEOUT_MIN} minutes"
         )
     check_global_batch(batch_size, tasks * nodes, hint=" (tasks_per_node x nodes)")
+
+
+def is_slurm_launcher(launcher: DictConfig | None) -> bool:
+    """Whether a multirun's launcher submits a SLURM array (not local processes)."""
+    return launcher is not None and "Slurm" in str(launcher.get("_target_", ""))
+
+
+def refuse_live_arrays(arrays: Iterable[str], what: str) -> None:
+    """Refuse to submit a second array while one of ``arrays`` still works ``what``.
+
+    Raises:
+        StudyError: one line naming the array, how to follow it and how to stop it.
+    """
+    for array, held in live_arrays(arrays):
+        raise StudyError(
+            f"{what} is still being worked by SLURM array {array} ({len(held)} task(s) pending "
+            f"or running): no second array is submitted. Wait for it (`squeue -j {array}`), or "
+            f"stop it with `scancel {array}` and run the command again"
+        )

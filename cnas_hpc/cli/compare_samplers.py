@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -24,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from cnas_hpc.analysis.samplers import best_so_far, summarise_methods, write_comparison
-from cnas_hpc.cli.common import USER_ERRORS, check_config_secrets, fail, settings_of
+from cnas_hpc.cli.common import CONFIG_PATH, USER_ERRORS, check_config_secrets, fail, settings_of
+from cnas_hpc.cli.overrides import checked_command
 from cnas_hpc.common.errors import ConfigError
 from cnas_hpc.common.objectives import direction_of
 from cnas_hpc.config import Settings
@@ -161,3 +163,14 @@ def run_compare_task(cfg: DictConfig) -> int:
     except USER_ERRORS as exc:
         fail(str(exc))
     return completed
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="compare_samplers")
+def hydra_main(cfg: DictConfig) -> int:
+    """``cnas-compare-samplers`` (and ``launch/compare_samplers.py``): every array task runs
+    this Hydra task."""
+    return run_compare_task(cfg)
+
+
+#: The command: overrides checked first (a typo: one ``error:`` line), then the Hydra app.
+main = checked_command("compare_samplers", hydra_main)

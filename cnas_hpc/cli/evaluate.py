@@ -11,14 +11,21 @@ Contract:
     * :func:`run_evaluate_task` is the body of every task (every rank): it evaluates its cell(s)
       and, on a local run, prints the results table and writes ``results.md`` / ``results.csv``.
       A task whose cell failed exits with status 1 (SLURM's accounting shows it FAILED); the
-      other tasks are not affected.
+      other tasks are not affected. Ctrl-C ends it with one ``interrupted: ...`` line and
+      status 130, the cell checkpointed and handed back (the same command resumes it).
+    * A ``-m`` rerun while an array of the same evaluation still has tasks in SLURM is refused
+      (one ``error:`` line, nothing submitted); the launcher records each array it submits
+      (:func:`record_eval_array`, through :data:`cnas_hpc.cli.multirun.OUTCOME`).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+from functools import partial
 from typing import Any
 
+import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -26,25 +33,34 @@ from omegaconf import DictConfig
 
 from cnas_hpc.analysis.evaluations import write_results
 from cnas_hpc.cli.common import (
+    CONFIG_PATH,
     USER_ERRORS,
     check_config_secrets,
     check_launcher,
     fail,
+    is_slurm_launcher,
+    refuse_live_arrays,
     resolved,
 )
+from cnas_hpc.cli.multirun import OUTCOME
+from cnas_hpc.cli.overrides import checked_command
 from cnas_hpc.common.storage_url import mask_url
 from cnas_hpc.config.evaluate import EvalSettings, eval_settings_from_config
 from cnas_hpc.data.datasets import check_available
 from cnas_hpc.data.labeled import check_labeled
 from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.evaluate import store
-from cnas_hpc.evaluate.app import run_evaluation
+from cnas_hpc.evaluate.app import EvaluationInterrupted, run_evaluation
 from cnas_hpc.evaluate.cells import resolve_cells
 from cnas_hpc.evaluate.observer import EvalObserver
+from cnas_hpc.study.app_arrays import record_array, recorded_arrays
 from cnas_hpc.tracking.eval_progress import EvalProgress
 from cnas_hpc.tracking.wandb_eval import WandbEvalTracker
 
 log = logging.getLogger("cnas_hpc")
+
+#: Exit status after Ctrl-C (128 + SIGINT, what a shell reports for an interrupted command).
+EXIT_INTERRUPTED = 130
 
 
 def eval_settings_of(cfg: DictConfig) -> EvalSettings:
@@ -56,8 +72,17 @@ def eval_settings_of(cfg: DictConfig) -> EvalSettings:
     return eval_settings_from_config(resolved(cfg))
 
 
-def plan_evaluation(cfg: DictConfig, launcher: DictConfig | None) -> list[store.Row]:
+#: The app's name in the ``cnas_arrays`` table.
+APP = "evaluate"
+
+
+def plan_evaluation(
+    cfg: DictConfig, launcher: DictConfig | None, *, slurm: bool = False
+) -> list[store.Row]:
     """Everything the submitting side checks, then the plan (idempotent: a rerun resumes).
+
+    With ``slurm`` (the multirun submits an array), a rerun while an array of the same
+    evaluation still runs is refused: its recorded arrays and those of its RUNNING rows.
 
     Raises:
         ConfigError, StudyError, FileNotFoundError, ValueError: one line each.
@@ -72,6 +97,10 @@ def plan_evaluation(cfg: DictConfig, launcher: DictConfig | None) -> list[store.
     with store.opened(settings.study) as engine:
         # A rerun keeps the cells of the first submission: they are resolved only once.
         planned = store.rows(engine, settings.name)
+        if planned and slurm:
+            arrays = recorded_arrays(engine, APP, settings.name)
+            arrays += store.running_arrays(engine, settings.name)
+            refuse_live_arrays(arrays, f"evaluation {settings.name!r}")
         cells = [] if planned else resolve_cells(settings.eval, settings.study)
         rows = store.plan(
             engine,
@@ -115,7 +144,9 @@ class EvalCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         launcher = config.hydra.get("launcher")
-        self._plan(config, launcher=launcher if "tasks_per_node" in launcher else None)
+        slurm = is_slurm_launcher(launcher)
+        self._plan(config, launcher if "tasks_per_node" in launcher else None, slurm=slurm)
+        OUTCOME.recorder = partial(record_eval_array, config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -124,11 +155,18 @@ class EvalCallback(Callback):
             log.warning("could not summarise the evaluation: %s", exc)
 
     @staticmethod
-    def _plan(config: DictConfig, launcher: DictConfig | None) -> None:
+    def _plan(config: DictConfig, launcher: DictConfig | None, slurm: bool = False) -> None:
         try:
-            plan_evaluation(config, launcher)
+            plan_evaluation(config, launcher, slurm=slurm)
         except USER_ERRORS as exc:
             fail(str(exc))
+
+
+def record_eval_array(cfg: DictConfig, array_job_id: str) -> None:
+    """Record the submitted array of ``cfg``'s evaluation (the launcher calls it)."""
+    settings = eval_settings_of(cfg)
+    with store.opened(settings.study) as engine:
+        record_array(engine, APP, settings.name, array_job_id)
 
 
 def make_eval_observers(settings: EvalSettings) -> list[EvalObserver]:
@@ -158,7 +196,28 @@ def run_evaluate_task(cfg: DictConfig) -> int:
             print_results(settings)
     except USER_ERRORS as exc:
         fail(str(exc))
+    except EvaluationInterrupted as exc:
+        print(exc, file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt:
+        print(
+            "interrupted; run the same command to resume from the last checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(EXIT_INTERRUPTED) from None
     if report.failed:
         first = next(iter(report.failed.items()))
         fail(f"{len(report.failed)} cell(s) failed; cell {first[0]}: {first[1]}", code=1)
     return len(report.completed)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")
+def hydra_main(cfg: DictConfig) -> int:
+    """``cnas-evaluate`` (and ``launch/evaluate.py``): every array task (and every rank of it)
+    runs this Hydra task."""
+    return run_evaluate_task(cfg)
+
+
+#: The command: overrides checked first (a typo: one ``error:`` line), then the Hydra app.
+main = checked_command("evaluate", hydra_main)

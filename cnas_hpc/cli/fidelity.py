@@ -15,8 +15,10 @@ Contract:
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
+import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -25,13 +27,18 @@ from omegaconf import DictConfig
 
 from cnas_hpc.analysis.fidelity import format_setup, format_summary, summarise, write_report
 from cnas_hpc.cli.common import (
+    CONFIG_PATH,
     USER_ERRORS,
     check_config_secrets,
     check_launcher,
     check_space,
     fail,
+    is_slurm_launcher,
+    refuse_live_arrays,
     resolved,
 )
+from cnas_hpc.cli.multirun import OUTCOME
+from cnas_hpc.cli.overrides import checked_command
 from cnas_hpc.config.fidelity import FidelitySettings, fidelity_settings_from_config
 from cnas_hpc.data.datasets import check_available
 from cnas_hpc.data.labeled import check_labeled
@@ -39,6 +46,7 @@ from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.fidelity import store
 from cnas_hpc.fidelity.app import plan_units, run_fidelity
 from cnas_hpc.fidelity.reference import load_reference
+from cnas_hpc.study.app_arrays import record_array, recorded_arrays
 from cnas_hpc.study.storage import connect_engine
 
 log = logging.getLogger("cnas_hpc")
@@ -55,8 +63,18 @@ def fidelity_settings_of(cfg: DictConfig) -> FidelitySettings:
     return settings
 
 
-def plan_fidelity(cfg: DictConfig, launcher: DictConfig | None) -> list[int]:
-    """Validate, then plan the missing measurements; returns the ids still to make."""
+#: The app's name in the ``cnas_arrays`` table (a fidelity study is named by its results folder).
+APP = "fidelity"
+
+
+def plan_fidelity(
+    cfg: DictConfig, launcher: DictConfig | None, *, slurm: bool = False
+) -> list[int]:
+    """Validate, then plan the missing measurements; returns the ids still to make.
+
+    With ``slurm`` (the multirun submits an array), a rerun while an array of the same fidelity
+    study still runs is refused.
+    """
     check_config_secrets(cfg)
     settings = fidelity_settings_of(cfg)
     check_config_secrets(cfg, settings.search)
@@ -70,6 +88,10 @@ def plan_fidelity(cfg: DictConfig, launcher: DictConfig | None) -> list[int]:
     engine = connect_engine(settings.search.study)
     try:
         plan = plan_units(engine, settings)
+        if slurm:
+            arrays = recorded_arrays(engine, APP, settings.results_dir.name)
+            arrays += store.running_arrays(engine, [m.id for m in plan.measurements])
+            refuse_live_arrays(arrays, f"fidelity study {settings.results_dir.name}")
     finally:
         engine.dispose()
     todo = [m.id for m in plan.measurements if m.state != store.COMPLETE]
@@ -169,7 +191,9 @@ class FidelityCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         launcher = config.hydra.get("launcher")
-        self._plan(config, launcher if "tasks_per_node" in launcher else None)
+        slurm = is_slurm_launcher(launcher)
+        self._plan(config, launcher if "tasks_per_node" in launcher else None, slurm=slurm)
+        OUTCOME.recorder = partial(record_fidelity_array, config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -178,11 +202,21 @@ class FidelityCallback(Callback):
             log.warning("could not write the fidelity report: %s", exc)
 
     @staticmethod
-    def _plan(config: DictConfig, launcher: DictConfig | None) -> None:
+    def _plan(config: DictConfig, launcher: DictConfig | None, slurm: bool = False) -> None:
         try:
-            plan_fidelity(config, launcher)
+            plan_fidelity(config, launcher, slurm=slurm)
         except USER_ERRORS as exc:
             fail(str(exc))
+
+
+def record_fidelity_array(cfg: DictConfig, array_job_id: str) -> None:
+    """Record the submitted array of ``cfg``'s fidelity study (the launcher calls it)."""
+    settings = fidelity_settings_of(cfg)
+    engine = connect_engine(settings.search.study)
+    try:
+        record_array(engine, APP, settings.results_dir.name, array_job_id)
+    finally:
+        engine.dispose()
 
 
 def run_fidelity_task(cfg: DictConfig) -> int:
@@ -196,3 +230,14 @@ def run_fidelity_task(cfg: DictConfig) -> int:
     except USER_ERRORS as exc:
         fail(str(exc))
     return len(report.made)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="fidelity")
+def hydra_main(cfg: DictConfig) -> int:
+    """``cnas-fidelity`` (and ``launch/fidelity.py``): every array task (and every rank of it)
+    runs this Hydra task."""
+    return run_fidelity_task(cfg)
+
+
+#: The command: overrides checked first (a typo: one ``error:`` line), then the Hydra app.
+main = checked_command("fidelity", hydra_main)

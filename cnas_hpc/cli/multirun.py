@@ -12,6 +12,7 @@ launcher plugin, hence this module, in every worker.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
@@ -49,13 +50,20 @@ class WorkerDeath:
         )
 
 
+#: Remembers a submitted SLURM array where the app's rerun guard finds it.
+ArrayRecorder = Callable[[str], None]
+
+
 @dataclass
 class MultirunOutcome:
-    """The deaths of the current multirun (one per process: a multirun is one launch)."""
+    """The deaths of the current multirun (one per process: a multirun is one launch), and
+    how the app records the array it submits (set by the app's callback before the launch:
+    the search in its study, the evaluation and fidelity apps in ``cnas_arrays``)."""
 
     workers: int = 0
     array_job_id: str | None = None
     deaths: list[WorkerDeath] = field(default_factory=list)
+    recorder: ArrayRecorder | None = None
 
     def reset(self, workers: int, array_job_id: str | None) -> None:
         """A new launch starts."""

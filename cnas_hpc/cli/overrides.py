@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -129,3 +130,20 @@ def _unknown_key(config_dir: Path, config_name: str, overrides: list[str], key: 
         return f"{key} is not a key of the config: did you mean {prefix}{nearest[0]}?"
     where = f"keys of {parent}" if parent else "top-level keys"
     return f"{key} is not a key of the config ({where}: {', '.join(siblings)})"
+
+
+#: The package's Hydra configs (``pkg://cnas_hpc.configs``) as a folder, for the check.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def checked_command(config_name: str, hydra_main: Callable[[], object]) -> Callable[[], object]:
+    """A command (console script, ``launch/*.py``, ``python -m cnas_hpc``): check the command
+    line's overrides against ``config_name`` (:func:`check_overrides`), then run ``hydra_main``,
+    the Hydra app, which reads the same ``sys.argv``."""
+
+    def command() -> object:
+        check_overrides(CONFIG_DIR, config_name, sys.argv[1:])
+        return hydra_main()
+
+    command.__doc__ = hydra_main.__doc__
+    return command

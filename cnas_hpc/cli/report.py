@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from cnas_hpc.analysis.report import run_report
-from cnas_hpc.cli.common import USER_ERRORS, fail, settings_of
+from cnas_hpc.cli.common import CONFIG_PATH, USER_ERRORS, fail, settings_of
+from cnas_hpc.cli.overrides import checked_command
 from cnas_hpc.config.report import ReportConfig
 
 
@@ -27,3 +29,13 @@ def report_task(cfg: DictConfig) -> int:
         return run_report(settings, ReportConfig.from_mapping(report))
     except USER_ERRORS as exc:
         fail(str(exc))
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="report")
+def hydra_main(cfg: DictConfig) -> int:
+    """``cnas-report`` (and ``launch/report.py``): print the status and write the report."""
+    return report_task(cfg)
+
+
+#: The command: overrides checked first (a typo: one ``error:`` line), then the Hydra app.
+main = checked_command("report", hydra_main)

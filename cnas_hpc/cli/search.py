@@ -39,6 +39,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import hydra
 import optuna
 import torch
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -51,6 +52,7 @@ from omegaconf import DictConfig
 from cnas_hpc.analysis.study_view import StudyViewObserver
 from cnas_hpc.analysis.summary import best_trials, format_table, write_best_genotypes
 from cnas_hpc.cli.common import (
+    CONFIG_PATH,
     USER_ERRORS,
     check_config_secrets,
     check_launcher,
@@ -60,7 +62,8 @@ from cnas_hpc.cli.common import (
     fail,
     settings_of,
 )
-from cnas_hpc.cli.multirun import EXIT_WORKERS_DIED, OUTCOME
+from cnas_hpc.cli.multirun import EXIT_WORKERS_DIED, OUTCOME, record_array
+from cnas_hpc.cli.overrides import checked_command
 from cnas_hpc.common.errors import ConfigError, StudyError
 from cnas_hpc.common.storage_url import mask_url
 from cnas_hpc.config import Settings
@@ -260,6 +263,7 @@ class BootstrapCallback(Callback):
             slurm=slurm,
             n_jobs=n_jobs,
         )
+        OUTCOME.recorder = partial(record_array, config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -331,3 +335,14 @@ def run_search_task(cfg: DictConfig) -> int:
         log.exception("worker failed")
         fail(f"worker failed: {type(exc).__name__}: {exc}", EXIT_WORKER_FAILED)
     return report.completed
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="search")
+def hydra_main(cfg: DictConfig) -> int:
+    """``cnas-search`` (and ``launch/search.py``): every worker (and every rank of it) runs this
+    Hydra task."""
+    return run_search_task(cfg)
+
+
+#: The command: overrides checked first (a typo: one ``error:`` line), then the Hydra app.
+main = checked_command("search", hydra_main)

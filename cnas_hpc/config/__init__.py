@@ -1,6 +1,7 @@
 """The ground floor: every config schema of cnas-hpc, and the search's validated settings.
 
-One rule for where a schema lives: the dataclass of config group ``<g>`` (``configs/<g>/``) is in
+One rule for where a schema lives: the dataclass of config group ``<g>``
+(``cnas_hpc/configs/<g>/``) is in
 ``cnas_hpc/config/<g>.py``; :mod:`cnas_hpc.config.settings` assembles them into the
 :class:`Settings` of a search. Nothing here imports a floor above (see ARCHITECTURE.md): code of
 every floor receives these frozen dataclasses, never a Hydra ``DictConfig``.

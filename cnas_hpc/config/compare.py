@@ -1,4 +1,4 @@
-"""The ``compare`` section of ``configs/compare_samplers.yaml``: TPE vs random, encodings.
+"""The ``compare`` section of ``cnas_hpc/configs/compare_samplers.yaml``: TPE vs random, encodings.
 
 Every run is a whole search (the search config, every override applied) with its own study,
 named ``<name>-<method>-s<seed>``; runs differ only by the sampler, the encoding and the sampler's

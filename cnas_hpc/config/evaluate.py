@@ -1,4 +1,4 @@
-"""The sections of ``configs/evaluate.yaml``: which cells (``eval``), the label-free probe
+"""The sections of ``cnas_hpc/configs/evaluate.yaml``: which cells (``eval``), the label-free probe
 (``probe``), and the validated :class:`EvalSettings` of ``launch/evaluate.py`` (how a cell is
 trained is the ``protocol`` group: :mod:`cnas_hpc.config.protocol`).
 """

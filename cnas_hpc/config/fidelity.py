@@ -1,4 +1,4 @@
-"""The ``fidelity`` section of ``configs/fidelity.yaml`` and the validated fidelity settings.
+"""The ``fidelity`` section of ``cnas_hpc/configs/fidelity.yaml`` and the validated settings.
 
 A fidelity study scores the same cells two ways: with the label-free search score (the search's
 own config: ``space``, ``model``, ``data``, ``augment``, ``train``, ``search.objective``) and with

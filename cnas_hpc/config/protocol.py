@@ -1,8 +1,9 @@
 """The ``protocol`` config group: how the evaluation phase trains a cell from scratch, with labels.
 
-Options (``configs/protocol/``): ``darts_cifar`` (the default: DARTS's CIFAR-10 protocol, 20 cells
-x 36 channels, 600 epochs), ``imagenet_mobile`` (DARTS's mobile ImageNet setting, 14 x 48) and
-``debug`` (minutes on a CPU). Every value can be overridden on the command line.
+Options (``cnas_hpc/configs/protocol/``): ``darts_cifar`` (the default: DARTS's CIFAR-10
+protocol, 20 cells x 36 channels, 600 epochs), ``imagenet_mobile`` (DARTS's mobile ImageNet
+setting, 14 x 48) and ``debug`` (minutes on a CPU). Every value can be overridden on the
+command line.
 """
 
 from __future__ import annotations

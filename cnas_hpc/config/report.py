@@ -1,4 +1,4 @@
-"""The ``report`` section of ``configs/report.yaml`` (``launch/report.py``)."""
+"""The ``report`` section of ``cnas_hpc/configs/report.yaml`` (``launch/report.py``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from cnas_hpc.config.build import build_section
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """The ``report`` section of ``configs/report.yaml``.
+    """The ``report`` section of ``cnas_hpc/configs/report.yaml``.
 
     Attributes:
         top_k: Best trials listed and written to ``best_genotypes.json`` (>= 1).

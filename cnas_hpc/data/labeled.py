@@ -12,6 +12,7 @@ to the device once and augments whole batches there.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ import torch
 
 from cnas_hpc.config.data import TORCHVISION_SOURCES, DataConfig
 from cnas_hpc.data.datasets import STREAM_SPLIT, ImageArrays, load_images, seeded_permutation
+
+log = logging.getLogger(__name__)
 
 #: Random stream of the training subsample (independent of the hold-out split's).
 STREAM_TRAIN_FRACTION: Final[int] = 4
@@ -138,7 +141,12 @@ def load_labeled(cfg: DataConfig) -> LabeledData:
         train, test = everything, load_images(_test_config(cfg))
         if test.labels is None:
             raise _no_labels(test.name)
+    before = len(train)
     train = _subsample(train, cfg.fraction, cfg.seed)
+    log.info(
+        "labeled data %s: %d training image(s) (data.fraction=%g of %d), %d test image(s)",
+        everything.name, len(train), cfg.fraction, before, len(test),
+    )  # fmt: skip
     assert train.labels is not None and test.labels is not None
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     return LabeledData(train=train, test=test, num_classes=num_classes)

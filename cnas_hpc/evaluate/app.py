@@ -9,6 +9,12 @@ Contract:
       through :class:`~cnas_hpc.evaluate.observer.EvalObserver`).
     * A COMPLETE cell is never trained again (a rerun of the same command skips it); any other
       cell resumes from its checkpoint. A failing cell is recorded FAIL and the others go on.
+    * A cell is trained only by the worker that claimed it (:func:`store.claim`, rank 0, the
+      decision broadcast to every rank): a cell another live worker trains is skipped with one
+      line (``busy``), never trained twice at once; its heartbeat runs while it trains.
+    * Ctrl-C (SIGINT) on a local run: training stops at a step boundary, rank 0 checkpoints,
+      the cell is handed back (PENDING, progress kept) and :class:`EvaluationInterrupted` says
+      where it stopped; the same command resumes it at once.
     * On a preemption or timeout signal (USR2), training stops at a step boundary on every rank,
       rank 0 checkpoints, and the job is handed to submitit's requeue; the requeued task resumes
       the same cell at its saved step.
@@ -18,7 +24,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import sqlalchemy
 import torch
@@ -47,6 +55,12 @@ class EvalReport:
     completed: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
+    #: cells another live worker trains: why each was left to it
+    busy: dict[int, str] = field(default_factory=dict)
+
+
+class EvaluationInterrupted(Exception):  # noqa: N818 - an event, not an error
+    """SIGINT stopped a cell: it was checkpointed and handed back (the message says where)."""
 
 
 def run_evaluation(
@@ -109,16 +123,81 @@ def _evaluate(
     if not todo:
         return report
     data: LabeledData = load_labeled(settings.data)
-    with Preemption() as preemption:
+    with Preemption(interrupt=True) as preemption:
         for row in todo:
+            claim = broadcast_object(_claim(engine, settings, row, env) if engine else None)
+            if claim is not None and not claim.claimed:
+                _busy(report, settings, row, claim)
+                continue
             runner = CellRunner(row, settings, env, device, data, engine, observers, preemption)
-            outcome = runner.run()
+            try:
+                with _heartbeat(engine, settings, row, env):
+                    outcome = runner.run()
+            except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint, but the cell is free
+                if engine is not None:
+                    store.release(engine, settings.name, row.cell_index, worker=env.worker_label)
+                raise
             if outcome == "stopped":
-                if env.is_main:
-                    preemption.hand_over()
-                raise SystemExit(0)
+                _stop(preemption, env, engine, settings, row)
             if outcome is None:
                 report.completed.append(row.cell_index)
             else:
                 report.failed[row.cell_index] = outcome
     return report
+
+
+def _claim(
+    engine: sqlalchemy.Engine, settings: EvalSettings, row: store.Row, env: DistEnv
+) -> store.Claim:
+    return store.claim(
+        engine, settings.name, row.cell_index,
+        worker=env.worker_label, grace_s=settings.study.grace_period,
+    )  # fmt: skip
+
+
+def _busy(report: EvalReport, settings: EvalSettings, row: store.Row, claim: store.Claim) -> None:
+    if claim.state == store.COMPLETE:
+        report.skipped.append(row.cell_index)
+        log.info("cell %d of %s is already evaluated: skipped", row.cell_index, settings.name)
+        return
+    report.busy[row.cell_index] = claim.reason
+    log.warning(
+        "cell %d (%s) of %s is %s: left to it, not trained twice",
+        row.cell_index, row.cell_key, settings.name, claim.reason,
+    )  # fmt: skip
+
+
+def _heartbeat(
+    engine: sqlalchemy.Engine | None, settings: EvalSettings, row: store.Row, env: DistEnv
+) -> AbstractContextManager[object]:
+    if engine is None:
+        return nullcontext()
+    return store.heartbeat(
+        engine, settings.name, row.cell_index,
+        worker=env.worker_label, interval=settings.study.heartbeat_interval,
+    )  # fmt: skip
+
+
+def _stop(
+    preemption: Preemption,
+    env: DistEnv,
+    engine: sqlalchemy.Engine | None,
+    settings: EvalSettings,
+    row: store.Row,
+) -> NoReturn:
+    """Leave after a stopped cell (every rank): a preemption hands over to submitit (requeue;
+    the row stays this job's), Ctrl-C hands the cell back and raises
+    :class:`EvaluationInterrupted` (rank 0 decides which, for all ranks)."""
+    if not broadcast_object(preemption.interrupted):
+        if env.is_main:
+            preemption.hand_over()
+        raise SystemExit(0)
+    done = ""
+    if engine is not None:
+        store.release(engine, settings.name, row.cell_index, worker=env.worker_label)
+        now = next(r for r in store.rows(engine, settings.name) if r.cell_index == row.cell_index)
+        done = f", {now.epochs_done or 0} of {now.epochs} epoch(s) done"
+    raise EvaluationInterrupted(
+        f"interrupted: cell {row.cell_index} ({row.cell_key}) checkpointed{done}; "
+        "run the same command to resume it"
+    )

@@ -95,9 +95,8 @@ class CellRunner:
     # -- the cell -------------------------------------------------------------------------------
 
     def run(self) -> str | None:
-        """Evaluate the cell; see the module docstring for the return value."""
-        if self.engine is not None:
-            store.start(self.engine, self.settings.name, self.row.cell_index, worker=self.worker)
+        """Evaluate the cell (claimed by this worker); see the module docstring for the return
+        value."""
         try:
             if self.settings.eval.method in ("supervised", "both"):
                 self._supervised()

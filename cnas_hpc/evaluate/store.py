@@ -5,6 +5,9 @@ once (:func:`plan`): the list of cells is frozen in the database, so every array
 every rerun of the same command) evaluates exactly the cells of the first submission, even
 while the source study keeps changing. A row goes ``PENDING -> RUNNING -> COMPLETE`` (or
 ``FAIL``); a rerun evaluates every row that is not COMPLETE, resuming from its checkpoint.
+A worker trains a row only after claiming it (:func:`claim`): a RUNNING row belongs to its
+``worker`` while that worker's heartbeat (``updated_at``) is fresh or its SLURM job is held
+(:mod:`cnas_hpc.study.row_claims`), so no cell is ever trained by two workers at once.
 
 Contract: only global rank 0 of an evaluation task (and the submitting process) opens the
 database. Works on SQLite and PostgreSQL (SQLAlchemy Core; the table is created if missing,
@@ -36,6 +39,7 @@ from sqlalchemy import (
 
 from cnas_hpc.common.errors import StudyError
 from cnas_hpc.config.study import StudyConfig
+from cnas_hpc.study.row_claims import Claim, RowHeartbeat, array_of_worker, claim_row
 from cnas_hpc.study.storage import connect_engine, describe_db_error
 
 METADATA = MetaData()
@@ -261,9 +265,53 @@ def _update(engine: sqlalchemy.Engine, name: str, cell_index: int, **values: Any
         conn.execute(statement)
 
 
+def _key(name: str, cell_index: int) -> sqlalchemy.ColumnElement[bool]:
+    return sqlalchemy.and_(EVALUATIONS.c.name == name, EVALUATIONS.c.cell_index == cell_index)
+
+
+def claim(
+    engine: sqlalchemy.Engine, name: str, cell_index: int, *, worker: str, grace_s: float
+) -> Claim:
+    """Claim row ``cell_index`` of ``name`` for ``worker`` (see
+    :func:`cnas_hpc.study.row_claims.claim_row`): RUNNING, its worker, a fresh heartbeat."""
+    return claim_row(
+        engine, EVALUATIONS, _key(name, cell_index), worker=worker, grace_s=grace_s,
+        what=f"cell {cell_index} of {name!r}", fail_reason=None,
+    )  # fmt: skip
+
+
+def heartbeat(
+    engine: sqlalchemy.Engine, name: str, cell_index: int, *, worker: str, interval: float
+) -> RowHeartbeat:
+    """The heartbeat of ``worker``'s claimed row, to run while it trains (a context manager)."""
+    return RowHeartbeat(
+        engine, EVALUATIONS, _key(name, cell_index), worker=worker, interval=interval,
+        what=f"cell {cell_index} of {name!r}",
+    )  # fmt: skip
+
+
+def release(engine: sqlalchemy.Engine, name: str, cell_index: int, *, worker: str) -> None:
+    """Hand ``worker``'s RUNNING row back (PENDING, progress kept): the next run of the same
+    command resumes it at once, from its checkpoint (an interrupted local run)."""
+    statement = (
+        sqlalchemy.update(EVALUATIONS)
+        .where(_key(name, cell_index), EVALUATIONS.c.state == RUNNING,
+               EVALUATIONS.c.worker == worker)
+        .values(state=PENDING, updated_at=_now())
+    )  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(statement)
+
+
 def start(engine: sqlalchemy.Engine, name: str, cell_index: int, *, worker: str) -> None:
-    """Mark a row RUNNING by ``worker``."""
+    """Mark a row RUNNING by ``worker`` unconditionally (tests and tools; workers :func:`claim`)."""
     _update(engine, name, cell_index, state=RUNNING, worker=worker, fail_reason=None)
+
+
+def running_arrays(engine: sqlalchemy.Engine, name: str) -> list[str]:
+    """The SLURM arrays whose tasks hold RUNNING rows of ``name`` (for the rerun guard)."""
+    found = [array_of_worker(row.worker) for row in rows(engine, name) if row.state == RUNNING]
+    return [array for array in dict.fromkeys(found) if array is not None]
 
 
 def progress(engine: sqlalchemy.Engine, name: str, cell_index: int, *, epochs_done: int) -> None:

@@ -11,6 +11,8 @@ Contract:
       ``fidelity.unit`` set (one SLURM array task per unit) it makes that unit; without, every
       unit of the plan that is not COMPLETE, in order. A failing unit (a diverging cell) is
       recorded FAIL with its reason and the others go on.
+    * A unit is measured only after rank 0 claimed it (:func:`store.claim`, the decision
+      broadcast to every rank); a unit another live worker measures is left to it (``busy``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import logging
 import time
 import traceback
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import sqlalchemy
@@ -107,6 +110,8 @@ class FidelityReport:
 
     made: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
+    #: units another live worker measures (or measured meanwhile): why each was left
+    busy: dict[int, str] = field(default_factory=dict)
 
 
 def _todo(engine: sqlalchemy.Engine, settings: FidelitySettings) -> list[store.Measurement]:
@@ -154,8 +159,6 @@ def _make(
 ) -> str | None:
     """Make one unit on every rank; rank 0 records it. Returns the failure reason, if any."""
     started = time.perf_counter()
-    if engine is not None:
-        store.start(engine, unit.id, worker=env.worker_label)
     try:
         result = measure(
             unit,
@@ -190,6 +193,28 @@ def _make(
     return None
 
 
+def _claim(
+    engine: sqlalchemy.Engine, settings: FidelitySettings, unit: store.Measurement, env: DistEnv
+) -> store.Claim:
+    return store.claim(
+        engine, unit.id, worker=env.worker_label, grace_s=settings.search.study.grace_period
+    )
+
+
+def _heartbeat(
+    engine: sqlalchemy.Engine | None,
+    settings: FidelitySettings,
+    unit: store.Measurement,
+    env: DistEnv,
+) -> AbstractContextManager[object]:
+    if engine is None:
+        return nullcontext()
+    return store.heartbeat(
+        engine, unit.id, worker=env.worker_label,
+        interval=settings.search.study.heartbeat_interval,
+    )  # fmt: skip
+
+
 def run_fidelity(settings: FidelitySettings, env: DistEnv | None = None) -> FidelityReport:
     """Make the measurements this task owns (see the module docstring)."""
     env = env or DistEnv.from_environment()
@@ -203,7 +228,13 @@ def run_fidelity(settings: FidelitySettings, env: DistEnv | None = None) -> Fide
             todo = broadcast_object(_todo(engine, settings) if engine is not None else [])
             data = _Data(settings)
             for unit in todo:
-                reason = _make(unit, settings, env, device, engine, data)
+                claim = broadcast_object(_claim(engine, settings, unit, env) if engine else None)
+                if claim is not None and not claim.claimed:
+                    report.busy[unit.id] = claim.reason
+                    log.warning("measurement %d is %s: left to it", unit.id, claim.reason)
+                    continue
+                with _heartbeat(engine, settings, unit, env):
+                    reason = _make(unit, settings, env, device, engine, data)
                 if reason is None:
                     report.made.append(unit.id)
                 else:

@@ -8,6 +8,9 @@ missing: a rerun with a larger ``fidelity.n_random`` computes the new cells alon
 with another search config (another objective, loss, proxy size) reuses every accuracy already
 measured.
 
+A unit is measured only by the worker that claimed it (:func:`claim`, see
+:mod:`cnas_hpc.study.row_claims`): never by two workers at once.
+
 Contract: only global rank 0 of a task (and the submitting process) opens the database; SQLite
 or PostgreSQL (SQLAlchemy Core, created if missing next to Optuna's tables).
 """
@@ -33,6 +36,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+
+from cnas_hpc.study.row_claims import Claim, RowHeartbeat, array_of_worker, claim_row
 
 METADATA = MetaData()
 
@@ -184,9 +189,32 @@ def _update(engine: sqlalchemy.Engine, unit_id: int, **values: Any) -> None:
         conn.execute(statement)
 
 
-def start(engine: sqlalchemy.Engine, unit_id: int, *, worker: str) -> None:
-    """Mark a unit RUNNING by ``worker``."""
-    _update(engine, unit_id, state=RUNNING, worker=worker, fail_reason=None)
+def claim(engine: sqlalchemy.Engine, unit_id: int, *, worker: str, grace_s: float) -> Claim:
+    """Claim unit ``unit_id`` for ``worker`` (:func:`cnas_hpc.study.row_claims.claim_row`)."""
+    return claim_row(
+        engine, MEASUREMENTS, MEASUREMENTS.c.id == unit_id, worker=worker, grace_s=grace_s,
+        what=f"measurement {unit_id}", fail_reason=None,
+    )  # fmt: skip
+
+
+def heartbeat(
+    engine: sqlalchemy.Engine, unit_id: int, *, worker: str, interval: float
+) -> RowHeartbeat:
+    """The heartbeat of ``worker``'s claimed unit while it is measured (a context manager)."""
+    return RowHeartbeat(
+        engine, MEASUREMENTS, MEASUREMENTS.c.id == unit_id, worker=worker, interval=interval,
+        what=f"measurement {unit_id}",
+    )  # fmt: skip
+
+
+def running_arrays(engine: sqlalchemy.Engine, unit_ids: Sequence[int]) -> list[str]:
+    """The SLURM arrays whose tasks hold RUNNING units among ``unit_ids`` (the rerun guard)."""
+    query = sqlalchemy.select(MEASUREMENTS.c.worker).where(
+        MEASUREMENTS.c.id.in_(list(unit_ids)), MEASUREMENTS.c.state == RUNNING
+    )
+    with engine.connect() as conn:
+        found = [array_of_worker(row[0]) for row in conn.execute(query)]
+    return [array for array in dict.fromkeys(found) if array is not None]
 
 
 def finish(

@@ -11,7 +11,8 @@ Contract:
       ``cnas:space`` and ``cnas:objective``) and the scoring setup of its scores
       (``cnas:score_setup``, see :mod:`cnas_hpc.config.scoring`); loading it with another one
       is refused, naming each differing key with its old and new value. A study made before the
-      setup was recorded gets it at its first bootstrap.
+      setup was recorded gets it at its first bootstrap. Its metric name is the objective's
+      (``study.metric_names``: what optuna-dashboard shows).
 """
 
 from __future__ import annotations
@@ -159,6 +160,9 @@ def _create_or_check(
             if attrs.STUDY_SCORE_SETUP not in study.user_attrs:
                 # Made before setups were recorded: its scores are taken as made with this one.
                 study.set_user_attr(attrs.STUDY_SCORE_SETUP, scoring_setup(settings))
+        if study.metric_names is None:
+            # optuna-dashboard (and Optuna's plots) label the value by it, not "Objective 0".
+            study.set_metric_names([settings.search.objective])
         enqueue_known_cells(study, known)
         n_complete = len(
             study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))

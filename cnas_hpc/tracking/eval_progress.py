@@ -14,6 +14,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from cnas_hpc.evaluate.observer import EvalInfo
+from cnas_hpc.tracking.bar_logging import BarLogging
 
 log = logging.getLogger("cnas_hpc.progress")
 
@@ -30,6 +31,7 @@ class EvalProgress:
         self.use_bars = self.stream.isatty() if use_bars is None else use_bars
         self._bar: tqdm | None = None
         self._info: EvalInfo | None = None
+        self._logging = BarLogging()
 
     def _label(self) -> str:
         info = self._info
@@ -39,6 +41,7 @@ class EvalProgress:
         """A cell begins (or resumes) training."""
         self._info = info
         if self.use_bars:
+            self._logging.start()
             self._bar = tqdm(
                 total=info.epochs,
                 initial=info.start_epoch,
@@ -85,6 +88,7 @@ class EvalProgress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        self._logging.stop()
         detail = summary.get("fail_reason") or (
             f"test accuracy {_pct(summary.get('test_accuracy'))}"
             if summary.get("test_accuracy") is not None
@@ -102,3 +106,4 @@ class EvalProgress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        self._logging.stop()

@@ -2,7 +2,8 @@
 
 On an interactive terminal a study bar (trials done / budget, best so far, ETA) and a per-trial
 epoch bar are drawn with tqdm. In a SLURM log (not a TTY) bars would fill the file with carriage
-returns and escape codes, so the same events become ordinary log lines instead.
+returns and escape codes, so the same events become ordinary log lines instead. While bars are
+drawn, log lines are printed above them (:class:`~cnas_hpc.tracking.bar_logging.BarLogging`).
 Only global rank 0 reports progress. An adapter of the search worker's observer protocol
 (:class:`cnas_hpc.search.observer.TrialObserver`).
 """
@@ -18,6 +19,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from cnas_hpc.search.observer import TrialInfo
+from cnas_hpc.tracking.bar_logging import BarLogging
 
 log = logging.getLogger("cnas_hpc.progress")
 
@@ -47,6 +49,7 @@ class SearchProgress:
         self._epoch_bar: tqdm | None = None
         self._trial: int | None = None
         self._epochs: int | None = None
+        self._logging = BarLogging()
 
     def study_updated(self, complete: int, best: float | None) -> None:
         """Record the study's COMPLETE count and best value (from any worker)."""
@@ -55,6 +58,7 @@ class SearchProgress:
         eta = self._eta(complete)
         if self.use_bars:
             if self._study_bar is None:
+                self._logging.start()
                 self._study_bar = tqdm(
                     total=self.n_trials,
                     desc="study",
@@ -87,6 +91,7 @@ class SearchProgress:
         self._trial = info.number
         self._epochs = int(info.hparams.get("train.epochs", 0)) or None
         if self.use_bars:
+            self._logging.start()
             self._epoch_bar = tqdm(
                 total=self._epochs,
                 initial=info.start_epoch,
@@ -151,3 +156,4 @@ class SearchProgress:
             if bar is not None:
                 bar.close()
         self._epoch_bar = self._study_bar = None
+        self._logging.stop()

@@ -6,6 +6,10 @@ Contract:
     * Only global rank 0 writes; every rank reads (ranks of a worker share a file system).
     * Writes go to a temporary file in the same folder and are renamed over the old one, so a
       kill during a write leaves the previous checkpoint intact.
+    * A checkpoint is never replaced by an OLDER one of the same architecture (fewer epochs and
+      steps done): a second worker that started a cell from scratch while its owner still
+      trained cannot throw the owner's progress away. A file of another architecture, or one
+      that does not load, is replaced.
     * Loads use ``torch.load(weights_only=True)``: the payload is tensors, numbers, strings,
       lists and dicts only, never pickled objects.
     * The checkpoint of a finished trial (told COMPLETE or FAIL) is removed by its owner.
@@ -77,8 +81,35 @@ def checkpoint_path(root: Path, study_name: str, trial_key: int) -> Path:
     return root / safe / f"trial-{trial_key}.pt"
 
 
-def save_checkpoint(state: TrainState, path: Path) -> None:
-    """Atomically write ``state`` to ``path`` (temp file + rename)."""
+def saved_progress(path: Path, genotype_json: str) -> tuple[int, int] | None:
+    """``(epoch, step_in_epoch)`` of the checkpoint at ``path`` when it is one of
+    ``genotype_json``'s, else None (missing, unreadable, another architecture)."""
+    if not path.exists():
+        return None
+    try:
+        # mmap: only the few scalars are read, not the tensors.
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    if not isinstance(payload, dict) or payload.get("genotype_json") != genotype_json:
+        return None
+    return int(payload.get("epoch", 0)), int(payload.get("step_in_epoch", 0))
+
+
+def save_checkpoint(state: TrainState, path: Path) -> bool:
+    """Atomically write ``state`` to ``path`` (temp file + rename), unless ``path`` holds a
+    checkpoint of the same architecture that is further along (then nothing is written).
+
+    Returns:
+        Whether ``state`` was written.
+    """
+    saved = saved_progress(path, state.genotype_json)
+    if saved is not None and saved > (state.epoch, state.step_in_epoch):
+        log.warning(
+            "not replacing %s (epoch %d step %d) with an older checkpoint (epoch %d step %d)",
+            path, saved[0], saved[1], state.epoch, state.step_in_epoch,
+        )  # fmt: skip
+        return False
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(state.to_payload(), tmp)
@@ -89,6 +120,7 @@ def save_checkpoint(state: TrainState, path: Path) -> None:
         state.step_in_epoch,
         path,
     )
+    return True
 
 
 def load_checkpoint(path: Path, *, genotype_json: str) -> TrainState | None:

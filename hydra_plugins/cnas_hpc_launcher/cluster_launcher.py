@@ -1,8 +1,8 @@
 """Hydra launchers for SLURM clusters, on top of hydra-submitit-launcher.
 
-The presets are YAML files in ``configs/hydra/launcher/`` named like the plugin's structured
-configs (``submitit_slurm``, ``submitit_local``), so Hydra validates them against the plugin's
-schema and ``hydra/launcher=submitit_slurm`` gives our GPU-cluster defaults; they point
+The presets are YAML files in ``cnas_hpc/configs/hydra/launcher/`` named like the plugin's
+structured configs (``submitit_slurm``, ``submitit_local``), so Hydra validates them against
+the plugin's schema and ``hydra/launcher=submitit_slurm`` gives our GPU-cluster defaults; they point
 ``_target_`` at the launchers below. One multirun submits ONE SLURM array
 (``executor.map_array``) whose tasks are the workers.
 
@@ -16,9 +16,10 @@ Differences from the plugin:
   workers in one ``error:`` line and exits with status 1. Waiting relies on submitit's job
   states, which need SLURM accounting (``sacct``; the dev cluster runs slurmdbd) to see a killed
   job: without it ``job.done()`` would stay False forever.
-* The array's id is recorded in the study (:func:`cnas_hpc.cli.multirun.record_array`): running
-  the same command again while the array still works the study is refused with one line
-  instead of submitting a second array.
+* The array's id is recorded by the app's callback (:attr:`cnas_hpc.cli.multirun.OUTCOME`'s
+  ``recorder``: the search in its study, the evaluation and fidelity apps in ``cnas_arrays``):
+  running the same command again while the array still works is refused with one line instead
+  of submitting a second array.
 * Ctrl-C (SIGINT) or SIGTERM while waiting ends the launcher with one line saying that the
   array keeps running and how to follow or stop it, instead of a traceback (or nothing).
 
@@ -52,7 +53,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
 )
 from omegaconf import OmegaConf
 
-from cnas_hpc.cli.multirun import OUTCOME, WorkerDeath, record_array
+from cnas_hpc.cli.multirun import OUTCOME, WorkerDeath
 from cnas_hpc.distributed.jobs import HELD_STATES, job_state
 
 # Same-named YAML over a plugin schema is Hydra's "automatic schema matching": supported by the
@@ -118,12 +119,13 @@ class _TolerantLaunch(BaseSubmititLauncher):
         )
 
     def _record(self, array: str) -> None:
-        """Remember the array in the study: a rerun while it runs is refused, not doubled."""
-        assert self.config is not None
-        if not self.records_array or "study" not in self.config:
-            return  # not a search (another app on this launcher): no study to record it in
+        """Remember the array where the app looks: a rerun while it runs is refused, not
+        doubled."""
+        recorder = OUTCOME.recorder
+        if not self.records_array or recorder is None:
+            return  # an app without a rerun guard on this launcher
         try:
-            record_array(self.config, array)
+            recorder(array)
         except Exception as exc:  # the workers run anyway; only the rerun guard is weaker
             log.warning("could not record array %s in the study: %s", array, exc)
 
