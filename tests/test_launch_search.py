@@ -55,6 +55,27 @@ def test_a_zero_cost_search_trains_nothing_and_records_its_proxy(
         assert trial.user_attrs["cnas:n_params"] > 0
 
 
+def test_a_screened_search_trains_only_what_its_zero_cost_screen_lets_through(
+    tmp_path: Path,
+) -> None:
+    args = [
+        *TINY, "search.screen=naswot", "search.screen_startup=2", "search.screen_keep=0.5",
+        "search.n_trials=4", "study.name=zc-screen", "study.sampler.n_startup_trials=10",
+    ]  # fmt: skip
+    result = run_search(args, home=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="zc-screen", storage=f"sqlite:///{tmp_path}/cnas.db")
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    screened = [t for t in study.trials if t.user_attrs.get("cnas:screened")]
+    assert len(complete) == 4 and screened  # the budget counts trained trials only
+    assert all(t.state == TrialState.PRUNED and "cnas:epochs_done" not in t.user_attrs
+               for t in screened)  # fmt: skip
+    for trial in screened:  # each was below the median of the proxies seen before it
+        earlier = [t.user_attrs["cnas:naswot"] for t in study.trials if t.number < trial.number]
+        assert len(earlier) >= 2
+        assert trial.user_attrs["cnas:naswot"] < sorted(earlier)[len(earlier) // 2]
+
+
 def test_a_contrastive_search_records_the_zero_cost_proxies_of_every_trial(tmp_path: Path) -> None:
     result = run_search([*TINY, "search.n_trials=1", "study.name=zc-record"], home=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

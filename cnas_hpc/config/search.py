@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cnas_hpc.common.errors import ConfigError
-from cnas_hpc.common.objectives import OBJECTIVES
+from cnas_hpc.common.objectives import OBJECTIVES, ZERO_COST_OBJECTIVES
+
+#: ``none``, or the zero-cost proxy that screens proposals before contrastive training.
+SCREENS = ("none", "naswot", "synflow")
 
 #: ``none``, or an Optuna pruner asked after every epoch (multi-fidelity search).
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
@@ -35,6 +38,13 @@ class SearchConfig:
         pruner_min_epochs: successive_halving / hyperband: epochs of the first rung.
         pruner_reduction_factor: successive_halving / hyperband: 1 in this many trials is
             promoted to the next rung.
+        screen: Two-stage search (opt-in): ``naswot`` | ``synflow`` scores every proposal's
+            untrained cell first (seconds); one below the ``1 - screen_keep`` quantile of the
+            study's earlier proposals is told PRUNED without contrastive training
+            (``cnas:screened``; like a pruned trial it does not count toward ``n_trials`` and
+            TPE learns to avoid it). ``none``: every proposal is trained.
+        screen_keep: Share of proposals the screen lets through, in ``(0, 1]``.
+        screen_startup: Proposals scored before the screen refuses any.
     """
 
     n_trials: int = 8
@@ -47,6 +57,9 @@ class SearchConfig:
     pruner_warmup_epochs: int = 1
     pruner_min_epochs: int = 1
     pruner_reduction_factor: int = 3
+    screen: str = "none"
+    screen_keep: float = 0.5
+    screen_startup: int = 8
 
     def __post_init__(self) -> None:
         if self.n_trials <= 0:
@@ -63,6 +76,21 @@ class SearchConfig:
         if self.max_consecutive_failures < 1:
             raise ConfigError(
                 f"search.max_consecutive_failures must be >= 1, got {self.max_consecutive_failures}"
+            )
+        if self.screen not in SCREENS:
+            raise ConfigError(
+                f"search.screen must be one of {', '.join(SCREENS)}, got {self.screen!r}"
+            )
+        if self.screen != "none" and self.objective in ZERO_COST_OBJECTIVES:
+            raise ConfigError(
+                f"search.screen={self.screen} screens proposals before contrastive training; "
+                f"search.objective={self.objective} trains nothing: set search.screen=none"
+            )
+        if not 0.0 < self.screen_keep <= 1.0:
+            raise ConfigError(f"search.screen_keep must be in (0, 1], got {self.screen_keep}")
+        if isinstance(self.screen_startup, bool) or self.screen_startup < 0:
+            raise ConfigError(
+                f"search.screen_startup must be an integer >= 0, got {self.screen_startup!r}"
             )
         if self.pruner not in PRUNERS:
             raise ConfigError(

@@ -45,11 +45,13 @@ from cnas_hpc.common.objectives import is_zero_cost
 from cnas_hpc.common.observers import ObserverGroup
 from cnas_hpc.config import Settings, public_hparams
 from cnas_hpc.data.splits import SearchData
+from cnas_hpc.distributed.collectives import broadcast_object
 from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.distributed.preemption import Preemption
 from cnas_hpc.models.complexity import count_macs, count_parameters
 from cnas_hpc.search.observer import TrialInfo
 from cnas_hpc.search.owner import Assignment, TrialOwner
+from cnas_hpc.search.screening import earlier_values, screened_out
 from cnas_hpc.space.genotype import Genotype, genotype_from_json
 from cnas_hpc.study.heartbeat import Heartbeat
 from cnas_hpc.study.optuna_internals import trial_id_of
@@ -169,6 +171,7 @@ class TrialRunner:
         self.started = time.perf_counter()
         self.prior_wall_s = 0.0
         self._last_step = (self.started, 0)
+        self._scores: ZeroCostScores | None = None
 
     # -- the trial ------------------------------------------------------------------------------
 
@@ -188,6 +191,8 @@ class TrialRunner:
                 return None
             resume = self._resume_state()
             with self._heartbeat():
+                if resume is None and self._screened():
+                    return self._screen_out()
                 result = self._train(resume)
         except TrainingAbortedError as exc:
             if exc.reason == "stopped":
@@ -231,7 +236,7 @@ class TrialRunner:
         model = build_candidate(self.genotype, self.settings.model, self.settings.seed, self.device)
         if self.owner is not None and self.owner.trial is not None:
             self._record_complexity(model, resume)
-            if self.settings.zero_cost.record:
+            if self.settings.zero_cost.record and self._scores is None:
                 self._zero_cost()
         result = train_candidate(
             model,
@@ -264,6 +269,7 @@ class TrialRunner:
             self.device,
             names=names,
         )
+        self._scores = scores
         self.summary.update(naswot=scores.naswot, synflow=scores.synflow)
         if self.owner is not None:
             self.owner.note_attrs(
@@ -274,6 +280,37 @@ class TrialRunner:
                 }
             )
         return scores
+
+    def _screened(self) -> bool:
+        """``search.screen``: whether the proposal's zero-cost proxy refuses it (rank 0 decides
+        from the study, every rank gets the verdict; see :mod:`cnas_hpc.search.screening`)."""
+        cfg = self.settings.search
+        if cfg.screen == "none":
+            return False
+        refuse = False
+        if self.owner is not None:
+            value = self._zero_cost().value(cfg.screen)
+            try:
+                earlier = earlier_values(
+                    self.owner.study, cfg.screen, current=self.assignment.number
+                )
+            except Exception as exc:  # the screen never waits for the database: train it
+                log.warning("screen skipped for trial %d: %s", self.assignment.number, exc)
+                earlier = []
+            refuse = screened_out(value, earlier, keep=cfg.screen_keep, startup=cfg.screen_startup)
+        return bool(broadcast_object(refuse))
+
+    def _screen_out(self) -> str:
+        """End a proposal the screen refused: PRUNED, untrained (rank 0 tells)."""
+        if self.owner is not None:
+            self.summary.update(wall_s=self._wall_s(), screened=True)
+            self.owner.finish(
+                TrialState.PRUNED,
+                None,
+                {attrs.SCREENED: True, attrs.WALL_S: self.summary["wall_s"]},
+            )
+            self.observers.notify("trial_finished", "PRUNED", None, self.summary)
+        return "pruned"
 
     def _score_untrained(self) -> ZeroCostScores:
         """A zero-cost objective: record the proxy's size, score the untrained network."""
