@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cnas_hpc.common.errors import ConfigError
+from cnas_hpc.common.storage_url import normalize_storage_url
 
 #: ``study.sampler.kind``: Optuna's TPE (the method's), or uniform random sampling (a baseline).
 SAMPLERS: tuple[str, ...] = ("tpe", "random")
@@ -40,7 +41,13 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """Where the study lives. ``storage`` is an SQLAlchemy URL (sqlite or postgresql)."""
+    """Where the study lives. ``storage`` is an SQLAlchemy URL (sqlite or postgresql).
+
+    ``storage`` is normalised once, when the section is built (:func:`normalize_storage_url`:
+    an explicit ``postgresql+psycopg2`` driver, an absolute SQLite path against the current
+    directory), so every reader gets the URL it may open as is; an unsupported URL raises
+    :class:`~cnas_hpc.common.errors.StudyError` here, before anything is queued.
+    """
 
     name: str = "cnas"
     # repr=False: a resolved URL may hold a password; never let a log of the settings show it.
@@ -53,3 +60,7 @@ class StudyConfig:
     connect_timeout: int = 10
     #: keep retrying a failing database operation this long before the worker gives up
     retry_deadline_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        # Idempotent: a section rebuilt from a normalised one keeps the same URL.
+        object.__setattr__(self, "storage", normalize_storage_url(self.storage))
