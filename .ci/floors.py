@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -37,9 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Dependencies whose floors are not installed: only the wheels on disk may be used.
 ON_DISK = frozenset({"torch", "torchvision"})
 #: The unit tests run at the floors: every direct dependency is exercised by at least one
-#: (optuna + sqlalchemy: study/*, hydra + submitit: config and launcher, wandb: tracking,
-#: psycopg2: storage URLs, scikit-learn: probe, matplotlib + tabulate: analysis, tenacity:
-#: retry, tqdm: progress, numpy: everywhere), and together they stay under two minutes here.
+#: (optuna + sqlalchemy + psycopg2: study/* on SQLite and PostgreSQL, hydra: config,
+#: hydra-submitit-launcher: the launcher's schema, submitit: the job environment, wandb:
+#: tracking, scikit-learn: probe, matplotlib + tabulate: analysis, tenacity: retry, tqdm:
+#: progress, numpy: everywhere), chosen to stay within a few minutes of the CI budget.
 UNIT_TESTS = (
     "tests/test_study_lifecycle.py",
     "tests/test_study_retry.py",
@@ -53,6 +55,8 @@ UNIT_TESTS = (
     "tests/test_train_probe.py",
     "tests/test_analysis_report.py",
     "tests/test_analysis_samplers.py",
+    "tests/test_distributed_env.py",
+    "tests/test_validation.py::test_the_job_name_reaches_the_slurm_launcher",
 )
 
 
@@ -79,7 +83,10 @@ def install(pins: dict[str, str], target: Path) -> None:
     stamp = target / ".cnas-floors"
     if stamp.is_file() and stamp.read_text() == wanted:
         return
-    target.mkdir(parents=True, exist_ok=True)
+    # From scratch: `pip install --target --upgrade` replaces a package's folder but keeps the
+    # old release's .dist-info beside the new one, and importlib.metadata may read the old one.
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
     requirements = target.parent / f"{target.name}.txt"
     requirements.write_text(wanted)
     print(f"installing the floors into {target}:\n{wanted}", flush=True)
