@@ -1,13 +1,14 @@
 # Two commands do all the set-up from a fresh clone (see README.md):
 #   make search   # install into .venv, run the default search on the embedded data
 #   make test     # install, start the local SLURM + PostgreSQL dev cluster (as root), run every test
+#                 # (and the unit tests once more on the dependencies' floors: make floors)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cnas-installed
 ARGS ?=
 
-.PHONY: install search test lint services
+.PHONY: install search test lint services floors
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,5 +35,10 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-test: $(STAMP) services lint
+# The unit tests again, on the declared minimum version of every direct dependency (installed
+# into .venv-floors/, shadowing .venv's releases): a floor in pyproject.toml can never lie.
+floors: $(STAMP)
+	$(PY) .ci/floors.py
+
+test: $(STAMP) services lint floors
 	$(PY) -m pytest $(ARGS)

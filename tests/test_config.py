@@ -8,9 +8,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from cnas_hpc.cli.common import settings_of
-from cnas_hpc.common.errors import ConfigError
+from cnas_hpc.common.errors import ConfigError, StudyError
 from cnas_hpc.config import settings_from_config
 from tests.helpers import CONFIGS, compose_config
+from tests.test_config_evaluate import settings as eval_settings
 
 
 def test_default_config_is_the_embedded_search() -> None:
@@ -23,6 +24,21 @@ def test_default_config_is_the_embedded_search() -> None:
     # every TPE setting is explicit in the config (Optuna 4.x and 5.x defaults differ)
     assert settings.study.sampler.multivariate is True
     assert settings.study.sampler.constant_liar is True
+
+
+def test_study_storage_is_normalised_once_when_the_settings_are_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every reader (storage, lifecycle, report, evaluation) opens settings.study.storage as is.
+    monkeypatch.chdir(tmp_path)
+    pg = settings_from_config(compose_config(["study.storage=postgresql://me@db:5432/nas"]))
+    assert pg.study.storage == "postgresql+psycopg2://me@db:5432/nas"
+    lite = settings_from_config(compose_config(["study.storage=sqlite:///rel/x.db"]))
+    assert lite.study.storage == f"sqlite:///{tmp_path}/rel/x.db"
+    evaluated = eval_settings("study.storage=postgres://me@db/nas")
+    assert evaluated.study.storage == "postgresql+psycopg2://me@db/nas"
+    with pytest.raises(StudyError, match="backend 'mysql' is not supported"):
+        settings_from_config(compose_config(["study.storage=mysql://me@db/nas"]))
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from cnas_hpc.distributed.env import (
     distributed_session,
     init_distributed,
     select_device,
+    size_cpu_threads,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -339,6 +340,22 @@ def test_train_num_threads_overrides_the_allocation() -> None:
     budget = cpu_budget(DistEnv(), 3, environ={"SLURM_CPUS_PER_TASK": "1"})
     assert (budget.intra_op, budget.cpus) == (3, 3)
     assert budget.source.startswith("train.num_threads=3")
+
+
+def test_the_one_thread_policy_sets_torchs_pools_from_the_allocation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What every app's start-up calls (search, fidelity, evaluation): the process-wide pool
+    # follows the allocation, and train.num_threads wins over it.
+    before = torch.get_num_threads()
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    try:
+        assert size_cpu_threads(DistEnv()).intra_op == 1
+        assert torch.get_num_threads() == 1
+        assert size_cpu_threads(DistEnv(), 2).intra_op == 2
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_job_cpus_per_node_is_shared_by_the_ranks_of_a_node() -> None:

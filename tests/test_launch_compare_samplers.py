@@ -21,10 +21,12 @@ QUICK = (
 def test_every_method_and_seed_runs_its_budget_and_the_report_compares_them(
     tmp_path: Path,
 ) -> None:
-    result = run_launch(
-        "compare_samplers.py", list(QUICK), home=tmp_path, env={"OMP_NUM_THREADS": "1"}
-    )
+    # One CPU allotted, as to an array task: every run's worker sizes its threads from it.
+    env = {"OMP_NUM_THREADS": "1", "SLURM_CPUS_PER_TASK": "1"}
+    result = run_launch("compare_samplers.py", list(QUICK), home=tmp_path, env=env)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    one_cpu = "torch uses 1 intra-op / 1 inter-op thread(s) (1 CPU(s) from SLURM_CPUS_PER_TASK=1)"
+    assert one_cpu in result.stdout + result.stderr
     storage = f"sqlite:///{tmp_path / 'cnas.db'}"
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
     assert names == [

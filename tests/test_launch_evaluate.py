@@ -31,7 +31,10 @@ QUICK = (
     "protocol.memory_format=contiguous",
     "data=digits",
 )
-ENV = {"OMP_NUM_THREADS": "1"}
+#: One CPU allotted, as to an array task on a shared node: the app sizes torch's threads from it.
+ENV = {"OMP_NUM_THREADS": "1", "SLURM_CPUS_PER_TASK": "1"}
+#: What the one CPU-thread policy (``distributed.env.size_cpu_threads``) logs for that allocation.
+ONE_CPU = "torch uses 1 intra-op / 1 inter-op thread(s) (1 CPU(s) from SLURM_CPUS_PER_TASK=1)"
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +53,7 @@ def test_the_best_trials_are_trained_beside_a_preset_and_recorded_where_users_lo
     assert result.returncode == 0, result.stderr[-3000:]
     name = f"{STUDY}-debug-supervised"
     assert f"Evaluation '{name}'" in result.stdout and "DARTS_V2" in result.stdout
+    assert ONE_CPU in result.stdout + result.stderr  # threads from the allocation, not the node
     results = searched / "evaluations" / name
     csv_rows = (results / "results.csv").read_text().splitlines()
     assert len(csv_rows) == 4 and all(",COMPLETE," in row for row in csv_rows[1:])

@@ -26,7 +26,10 @@ QUICK = (
     "protocol.amp=none",
     "protocol.memory_format=contiguous",
 )
-ENV = {"OMP_NUM_THREADS": "1"}
+#: One CPU allotted, as to an array task on a shared node: the app sizes torch's threads from it.
+ENV = {"OMP_NUM_THREADS": "1", "SLURM_CPUS_PER_TASK": "1"}
+#: What the one CPU-thread policy (``distributed.env.size_cpu_threads``) logs for that allocation.
+ONE_CPU = "torch uses 1 intra-op / 1 inter-op thread(s) (1 CPU(s) from SLURM_CPUS_PER_TASK=1)"
 
 
 def _made(output: str) -> list[str]:
@@ -37,6 +40,7 @@ def test_a_study_reports_and_a_larger_rerun_measures_only_the_new_cells(tmp_path
     first = run_launch("fidelity.py", [*QUICK, "fidelity.n_random=3"], home=tmp_path, env=ENV)
     logs = first.stdout + first.stderr
     assert first.returncode == 0, logs[-3000:]
+    assert ONE_CPU in logs  # threads from the allocation, not from the node's cores
     # 4 cells: an accuracy, zero-cost proxies and a score each, and 2 extra seeds for the first
     # cell's score and zero-cost proxies.
     assert len(_made(logs)) == 4 * 3 + 2 + 2

@@ -33,6 +33,13 @@ class OfflineRun:
 def read_run(folder: Path) -> OfflineRun:
     """Read an offline run folder with ``wandb leet inspect --json`` (one JSON record a line)."""
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    # The reader is the test's instrument, not the code under test: under .ci/floors.py (which
+    # puts the floor releases first on PYTHONPATH) it is the project environment's newest wandb,
+    # since `wandb leet` is younger than the wandb floor the code itself needs.
+    floors_dir = os.environ.get("CNAS_FLOORS_DIR")
+    if floors_dir:
+        paths = env.get("PYTHONPATH", "").split(os.pathsep)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p and p != floors_dir)
     out = subprocess.run(
         [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(folder)],
         capture_output=True,

@@ -40,7 +40,7 @@ from cnas_hpc.analysis.study_view import log_study_view
 from cnas_hpc.analysis.summary import RankedTrial, best_trials, format_table, write_best_genotypes
 from cnas_hpc.common import attrs
 from cnas_hpc.common.errors import StudyError
-from cnas_hpc.common.storage_url import mask_url, normalize_storage_url
+from cnas_hpc.common.storage_url import mask_url
 from cnas_hpc.config import Settings
 from cnas_hpc.config.report import ReportConfig
 from cnas_hpc.search.pending import PendingResults
@@ -349,7 +349,7 @@ def collect_status(
 
     return StudyStatus(
         study_name=study.study_name,
-        storage=mask_url(normalize_storage_url(settings.study.storage)),
+        storage=mask_url(settings.study.storage),
         objective=str(study.user_attrs.get(attrs.STUDY_OBJECTIVE, settings.search.objective)),
         direction="maximize" if study.direction == StudyDirection.MAXIMIZE else "minimize",
         n_trials=n_trials,
@@ -545,7 +545,7 @@ def _evaluations_text(study: optuna.Study) -> str:
 
 def dashboard_command(settings: Settings) -> str:
     """The optuna-dashboard command for the study's storage, password masked."""
-    url = normalize_storage_url(settings.study.storage)
+    url = settings.study.storage
     masked = mask_url(url)
     if make_url(url).get_backend_name() == "sqlite":
         return f"optuna-dashboard {masked}"
@@ -560,7 +560,7 @@ def dashboard_command(settings: Settings) -> str:
 
 def _check_storage_exists(settings: Settings) -> None:
     """Refuse a missing SQLite file up front: connecting would create an empty one."""
-    url = make_url(normalize_storage_url(settings.study.storage))
+    url = make_url(settings.study.storage)
     if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
         raise StudyError(
             f"study {settings.study.name!r} not found: {url.database} does not exist "

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from cnas_hpc.common.errors import ConfigError
+from cnas_hpc.common.storage_url import normalize_storage_url
 
 #: A study name: it names folders (``<output_dir>/<name>/``, Hydra's run folders), so one
 #: plain path component: letters, digits, ``.``, ``_``, ``-``, not starting with a dot.
@@ -45,7 +46,13 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """Where the study lives. ``storage`` is an SQLAlchemy URL (sqlite or postgresql)."""
+    """Where the study lives. ``storage`` is an SQLAlchemy URL (sqlite or postgresql).
+
+    ``storage`` is normalised once, when the section is built (:func:`normalize_storage_url`:
+    an explicit ``postgresql+psycopg2`` driver, an absolute SQLite path against the current
+    directory), so every reader gets the URL it may open as is; an unsupported URL raises
+    :class:`~cnas_hpc.common.errors.StudyError` here, before anything is queued.
+    """
 
     name: str = "cnas"
     # repr=False: a resolved URL may hold a password; never let a log of the settings show it.
@@ -66,3 +73,5 @@ class StudyConfig:
                 f"study.name={self.name!r} is not a plain name: use letters, digits, '.', '_' "
                 "and '-' (it names folders: no '/', no leading '.', at most 128 characters)"
             )
+        # Idempotent: a section rebuilt from a normalised one keeps the same URL.
+        object.__setattr__(self, "storage", normalize_storage_url(self.storage))

@@ -518,6 +518,26 @@ def cpu_budget(
     return CpuBudget(cpus, source, intra, inter, loader_workers=max(0, cpus - 1))
 
 
+def size_cpu_threads(env: DistEnv, override: int | None = None) -> CpuBudget:
+    """The one CPU-thread policy of every app: size torch's pools from the allocation, apply it.
+
+    Every app's start-up (search worker, fidelity task, evaluation task; the sampler comparison
+    runs search workers) calls this once, before it builds a model: threads come from what the
+    scheduler gave the process (:func:`cpu_budget`), not from the cores it can see, so tasks
+    sharing a node do not oversubscribe it.
+
+    Args:
+        env: This process's place in its job.
+        override: ``train.num_threads`` where the app has one (explicit threads win).
+
+    Returns:
+        The budget applied (its ``loader_workers`` bound any ``DataLoader`` the app starts).
+    """
+    budget = cpu_budget(env, override)
+    apply_cpu_budget(budget)
+    return budget
+
+
 def apply_cpu_budget(budget: CpuBudget) -> None:
     """Set torch's intra-op and inter-op pools to ``budget`` (process-wide).
 

@@ -36,7 +36,12 @@ from cnas_hpc.common.observers import ObserverGroup
 from cnas_hpc.config.evaluate import EvalSettings
 from cnas_hpc.data.labeled import LabeledData, load_labeled
 from cnas_hpc.distributed.collectives import broadcast_object
-from cnas_hpc.distributed.env import DistEnv, distributed_session, select_device
+from cnas_hpc.distributed.env import (
+    DistEnv,
+    distributed_session,
+    select_device,
+    size_cpu_threads,
+)
 from cnas_hpc.distributed.preemption import Preemption
 from cnas_hpc.evaluate import store
 from cnas_hpc.evaluate.observer import EvalObserver
@@ -76,6 +81,9 @@ def run_evaluation(
     """
     env = env or DistEnv.from_environment()
     device = select_device(env, settings.device)
+    # Threads from the allocation: an evaluation task with a thread per core of a shared node
+    # would oversubscribe it as much as search workers once did.
+    size_cpu_threads(env)
     with distributed_session(env, device):
         engine = store.connect(settings.study) if env.is_main else None
         try:

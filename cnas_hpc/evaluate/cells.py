@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cnas_hpc.common import attrs
 from cnas_hpc.common.errors import StudyError
-from cnas_hpc.common.storage_url import mask_url, normalize_storage_url
+from cnas_hpc.common.storage_url import mask_url
 from cnas_hpc.config.evaluate import EvalConfig
 from cnas_hpc.config.study import StudyConfig
 from cnas_hpc.evaluate.store import PlannedCell
@@ -62,10 +62,10 @@ def from_study(cfg: StudyConfig, name: str, top_k: int) -> list[PlannedCell]:
     Raises:
         StudyError: unreachable database, unknown study, or a study without COMPLETE trials.
     """
-    url = normalize_storage_url(cfg.storage)
+    url = cfg.storage
     if url.startswith("sqlite") and not Path(url.split("///", 1)[-1]).is_file():
         raise StudyError(f"study {name!r} not found: {url.split('///', 1)[-1]} does not exist")
-    storage = make_storage(cfg, create_tables=False, url=url)
+    storage = make_storage(cfg, create_tables=False)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
         trials = best_trials(study, top_k)

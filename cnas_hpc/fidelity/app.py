@@ -34,7 +34,12 @@ from cnas_hpc.data.datasets import load_images
 from cnas_hpc.data.labeled import LabeledData, load_labeled
 from cnas_hpc.data.splits import SearchData, make_search_data
 from cnas_hpc.distributed.collectives import broadcast_object
-from cnas_hpc.distributed.env import DistEnv, distributed_session, select_device
+from cnas_hpc.distributed.env import (
+    DistEnv,
+    distributed_session,
+    select_device,
+    size_cpu_threads,
+)
 from cnas_hpc.fidelity import store
 from cnas_hpc.fidelity.cells import FidelityCell, fidelity_cells
 from cnas_hpc.fidelity.measure import measure
@@ -219,8 +224,8 @@ def run_fidelity(settings: FidelitySettings, env: DistEnv | None = None) -> Fide
     """Make the measurements this task owns (see the module docstring)."""
     env = env or DistEnv.from_environment()
     device = select_device(env, settings.search.device)
-    if settings.search.train.num_threads:
-        torch.set_num_threads(settings.search.train.num_threads)
+    # The search's thread policy: from the allocation, or train.num_threads when it is set.
+    size_cpu_threads(env, settings.search.train.num_threads)
     report = FidelityReport()
     with distributed_session(env, device):
         engine = connect_engine(settings.search.study) if env.is_main else None

@@ -45,10 +45,9 @@ from cnas_hpc.distributed.collectives import broadcast_object
 from cnas_hpc.distributed.env import (
     CpuBudget,
     DistEnv,
-    apply_cpu_budget,
-    cpu_budget,
     distributed_session,
     select_device,
+    size_cpu_threads,
 )
 from cnas_hpc.distributed.preemption import Preemption
 from cnas_hpc.search.observer import TrialObserver
@@ -100,8 +99,7 @@ def run_worker(
     device = select_device(env, settings.device)
     # Threads from the allocation (SLURM_CPUS_PER_TASK, CPU affinity), not from the cores the
     # process sees: four one-CPU workers with a thread per core oversubscribe a node 4x.
-    budget = cpu_budget(env, settings.train.num_threads)
-    apply_cpu_budget(budget)
+    budget = size_cpu_threads(env, settings.train.num_threads)
     # The USR2 flag is up before the first database call: a preemption while the worker waits
     # for the database at start-up is honoured too.
     with Preemption() as preemption, distributed_session(env, device):

@@ -29,7 +29,7 @@ import sqlalchemy
 from cnas_hpc.common import attrs
 from cnas_hpc.common.errors import ConfigError, StudyError, StudyUnreachableError
 from cnas_hpc.common.objectives import direction_of
-from cnas_hpc.common.storage_url import mask_url, normalize_storage_url
+from cnas_hpc.common.storage_url import mask_url
 from cnas_hpc.config import Settings
 from cnas_hpc.config.scoring import scoring_setup, setup_differences
 from cnas_hpc.space.encoding import encoding_from_config
@@ -132,18 +132,17 @@ def bootstrap_study(settings: Settings) -> BootstrapResult:
     """
     cfg = settings.study
     known = known_cells(settings)  # refused before anything is written
-    url = normalize_storage_url(cfg.storage)
-    with bootstrap_lock(cfg, url, may_create=Path(settings.output_dir)):
-        created, n_complete = _create_or_check(settings, url, known)
-    return BootstrapResult(url, cfg.name, created, n_complete)
+    with bootstrap_lock(cfg, cfg.storage, may_create=Path(settings.output_dir)):
+        created, n_complete = _create_or_check(settings, known)
+    return BootstrapResult(cfg.storage, cfg.name, created, n_complete)
 
 
 def _create_or_check(
-    settings: Settings, url: str, known: list[tuple[str, dict[str, Any]]]
+    settings: Settings, known: list[tuple[str, dict[str, Any]]]
 ) -> tuple[bool, int]:
     """The bootstrap's work under the bootstrap lock: ``(created, COMPLETE trials)``."""
     cfg = settings.study
-    storage = make_storage(cfg, create_tables=True, url=url, may_create=Path(settings.output_dir))
+    storage = make_storage(cfg, create_tables=True, may_create=Path(settings.output_dir))
     direction = direction_of(settings.search.objective)
     try:
         existing = {s.study_name for s in storage.get_all_studies()}
@@ -170,7 +169,7 @@ def _create_or_check(
     except StudyError:
         raise
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise db_error(exc, url) from None
+        raise db_error(exc, cfg.storage) from None
     finally:
         storage.engine.dispose()
     return created, n_complete
@@ -191,8 +190,7 @@ def load_study(settings: Settings, *, worker: int, scoring: bool = True) -> optu
         StudyError: refused credentials, missing or incompatible study.
     """
     cfg = settings.study
-    url = normalize_storage_url(cfg.storage)
-    storage = make_storage(cfg, create_tables=False, url=url)
+    storage = make_storage(cfg, create_tables=False)
     try:
         # Optuna's trial cache with a lean read (a 10,000-trial study in about a second instead
         # of 16; the RUNNING trials at every claim in milliseconds): see LeanCachedStorage.
@@ -204,10 +202,10 @@ def load_study(settings: Settings, *, worker: int, scoring: bool = True) -> optu
         study.sampler = make_sampler(cfg.sampler, worker=worker)
     except KeyError:
         raise StudyError(
-            f"study {cfg.name!r} does not exist in {mask_url(url)}: bootstrap it first"
+            f"study {cfg.name!r} does not exist in {mask_url(cfg.storage)}: bootstrap it first"
         ) from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise db_error(exc, url) from None
+        raise db_error(exc, cfg.storage) from None
     _check_compatible(study, settings, scoring=scoring)
     return study
 
@@ -215,9 +213,8 @@ def load_study(settings: Settings, *, worker: int, scoring: bool = True) -> optu
 def _open_existing(settings: Settings) -> optuna.Study | None:
     """The study, read-only, or None when it (or its schema) does not exist yet."""
     cfg = settings.study
-    url = normalize_storage_url(cfg.storage)
     try:
-        storage = make_storage(cfg, create_tables=False, url=url)
+        storage = make_storage(cfg, create_tables=False)
     except StudyUnreachableError:
         raise
     except StudyError:
@@ -227,7 +224,7 @@ def _open_existing(settings: Settings) -> optuna.Study | None:
     except KeyError:
         return None
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise db_error(exc, url) from None
+        raise db_error(exc, cfg.storage) from None
 
 
 def arrays_of(settings: Settings) -> list[str]:
@@ -244,7 +241,7 @@ def arrays_of(settings: Settings) -> list[str]:
         recorded = [str(a) for a in study.user_attrs.get(attrs.STUDY_ARRAYS, [])]
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise db_error(exc, normalize_storage_url(settings.study.storage)) from None
+        raise db_error(exc, settings.study.storage) from None
     finally:
         release_connections(study)
     found = [str(t.user_attrs[attrs.ARRAY_JOB]) for t in running if attrs.ARRAY_JOB in t.user_attrs]
@@ -268,6 +265,6 @@ def record_array(settings: Settings, array_job_id: str) -> None:
         arrays = [str(a) for a in study.user_attrs.get(attrs.STUDY_ARRAYS, [])]
         study.set_user_attr(attrs.STUDY_ARRAYS, [*arrays, array_job_id][-_ARRAYS_KEPT:])
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise db_error(exc, normalize_storage_url(settings.study.storage)) from None
+        raise db_error(exc, settings.study.storage) from None
     finally:
         release_connections(study)  # the launcher waits for hours: hold nothing meanwhile

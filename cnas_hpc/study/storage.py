@@ -28,7 +28,7 @@ from sqlalchemy.engine.url import URL
 from sqlalchemy.pool import QueuePool
 
 from cnas_hpc.common.errors import StudyError, StudyUnreachableError
-from cnas_hpc.common.storage_url import mask_url, normalize_storage_url
+from cnas_hpc.common.storage_url import mask_url
 from cnas_hpc.config.study import StudyConfig
 from cnas_hpc.study.optuna_internals import engine_of
 from cnas_hpc.study.retry import describe_failure, is_transient, root_cause
@@ -140,15 +140,13 @@ def make_storage(
     cfg: StudyConfig,
     *,
     create_tables: bool,
-    url: str | None = None,
     may_create: Path | None = None,
 ) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats enabled and pools sized for many workers.
 
     Args:
-        cfg: study settings (URL, heartbeat, pool).
+        cfg: study settings (URL, normalised when ``cfg`` was built; heartbeat, pool).
         create_tables: True only for the one bootstrapping process.
-        url: an already normalised URL (default: normalise ``cfg.storage``).
         may_create: with ``create_tables``, the folder of a SQLite file that may be created
             (see :func:`check_sqlite_folder`); any other missing folder is refused.
 
@@ -156,7 +154,7 @@ def make_storage(
         StudyUnreachableError: the database is down or unreachable (transient: workers retry).
         StudyError: it refuses the credentials, lacks the schema, or the SQLite folder is missing.
     """
-    url = url or normalize_storage_url(cfg.storage)
+    url = cfg.storage
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and create_tables:
         check_sqlite_folder(url, may_create)
@@ -224,7 +222,7 @@ def connect_engine(cfg: StudyConfig) -> sqlalchemy.Engine:
     Raises:
         StudyError: unreachable database or refused credentials (the URL masked).
     """
-    url = normalize_storage_url(cfg.storage)
+    url = cfg.storage
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
