@@ -285,7 +285,7 @@ class TrialRunner:
         """``search.screen``: whether the proposal's zero-cost proxy refuses it (rank 0 decides
         from the study, every rank gets the verdict; see :mod:`cnas_hpc.search.screening`)."""
         cfg = self.settings.search
-        if cfg.screen == "none":
+        if cfg.screen == "none" or is_zero_cost(cfg.objective):
             return False
         refuse = False
         if self.owner is not None:
