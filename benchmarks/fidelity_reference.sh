@@ -11,8 +11,9 @@
 #      seeds;
 #   3. (LARGE=1) the same on 3,000 images (data.fraction=0.3: the README's earlier setting).
 # Local runs, one process each (CPU). Measurements live in $CNAS_HOME/cnas.db: a rerun reuses
-# every one of them and only rewrites the reports. Reports: $CNAS_HOME/fidelity/*/summary.txt,
-# copied to benchmarks/results/fidelity_reference/.
+# every one of them and only rewrites the reports. Reports: $CNAS_HOME/fidelity/*/, copied to
+# benchmarks/results/fidelity_reference/ (<name>.txt, .json, _tau_vs_cost.png; the README table:
+# python benchmarks/reference_table.py "LABEL=<name>.json" ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -30,6 +31,10 @@ run() {  # name, overrides...
   /usr/bin/time -f "$name: %e s wall, %U s user" "$PY" launch/fidelity.py "${COMMON[@]}" "$@" \
     > "$OUT/$name.log" 2>&1
   sed -n '/^settings:/,/^report:/p' "$OUT/$name.log" > "$OUT/$name.txt"
+  local folder
+  folder=$(dirname "$(sed -n 's/^report: //p' "$OUT/$name.log")")
+  cp "$folder/fidelity.json" "$OUT/$name.json"
+  cp "$folder/tau_vs_cost.png" "$OUT/${name}_tau_vs_cost.png"
   tail -1 "$OUT/$name.log"
 }
 run zero_cost search.objective=naswot fidelity.noise_seeds=3 study.name=ref-zero-cost
