@@ -92,3 +92,21 @@ def test_slurm_decides_whether_a_silent_trial_is_stale(
     # both retried with the same parameters (the claim itself took one of the retries)
     retries = [t for t in study.trials if attrs.RETRY_OF in t.user_attrs]
     assert sorted(t.user_attrs[attrs.RETRY_OF] for t in retries) == sorted(failed)
+
+
+@pytest.mark.slurm
+def test_a_silent_trial_of_the_claiming_job_itself_is_stale_while_slurm_holds_it(
+    study: optuna.Study, sleeping_job: str
+) -> None:
+    # A requeue keeps the job id: the requeued worker (claiming, running nothing) meets a trial
+    # its earlier run left without a genotype (not adopted). SLURM holds the job - the asker.
+    left = running_trial(study, sleeping_job)
+    time.sleep(GRACE_S + 1.5)
+    assert job_is_held(sleeping_job) is True
+    assert stale_candidates(study) == []  # another worker: the held job spares it
+    (found,) = stale_candidates(study, own_job=sleeping_job)
+    assert found.number == left.number and "earlier run of job" in found.reason
+    identity = {attrs.WORKER: f"slurm:{sleeping_job}", attrs.JOB: sleeping_job}
+    claim = claim_trial(study, n_trials=10, identity=identity)
+    assert claim.status is ClaimStatus.CLAIMED
+    assert study.trials[left.number].state == TrialState.FAIL

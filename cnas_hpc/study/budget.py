@@ -184,7 +184,8 @@ def claim_trial(
         identity: user attributes of the new trial (worker, job, ...), written with its first
             heartbeat.
     """
-    candidates = stale_candidates(study, keep)
+    own_job = (identity or {}).get(attrs.JOB)
+    candidates = stale_candidates(study, keep, None if own_job is None else str(own_job))
     if not candidates:
         idle = _nothing_to_claim(study, n_trials)
         if idle is not None:

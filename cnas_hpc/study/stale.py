@@ -76,15 +76,24 @@ def slurm_job_of(trial: FrozenTrial) -> str | None:
     return str(job) if job and worker.startswith("slurm:") else None
 
 
-def why_stale(trial: FrozenTrial, age: float, keep: KeepCheck | None = None) -> str | None:
+def why_stale(
+    trial: FrozenTrial, age: float, keep: KeepCheck | None = None, own_job: str | None = None
+) -> str | None:
     """Why ``trial`` (silent for ``age`` s, past the grace period) is stale, or None when it is
-    spared: a result waits on disk (``keep``), or SLURM still holds its job. Asks SLURM."""
+    spared: a result waits on disk (``keep``), or SLURM still holds its job. Asks SLURM.
+
+    ``own_job`` is the asking worker's SLURM job: a silent trial of that very job belongs to its
+    previous run (a requeue keeps the job id; one job runs one worker, and the asker, claiming,
+    runs no trial), so SLURM holding the job does not spare it. Without this, a trial cut between
+    its claim and its genotype (not adopted after the requeue) would be kept forever."""
     if keep is not None and keep(trial):
         log.info(
             "trial %d: no heartbeat for %.0f s, but its result waits on disk", trial.number, age
         )
         return None
     job = slurm_job_of(trial)
+    if job is not None and job == own_job:
+        return f"stale: no heartbeat for {age:.0f} s, left by an earlier run of job {job}"
     if job is not None:
         held = job_is_held(job)
         if held:
@@ -100,8 +109,11 @@ def why_stale(trial: FrozenTrial, age: float, keep: KeepCheck | None = None) -> 
     return f"stale: no heartbeat for {age:.0f} s"
 
 
-def stale_candidates(study: optuna.Study, keep: KeepCheck | None = None) -> list[StaleTrial]:
-    """RUNNING trials past the grace period whose worker is not coming back. Outside the lock."""
+def stale_candidates(
+    study: optuna.Study, keep: KeepCheck | None = None, own_job: str | None = None
+) -> list[StaleTrial]:
+    """RUNNING trials past the grace period whose worker is not coming back (``own_job``: see
+    :func:`why_stale`). Outside the lock."""
     grace = grace_period_of(study)
     if grace is None:
         return []
@@ -111,7 +123,7 @@ def stale_candidates(study: optuna.Study, keep: KeepCheck | None = None) -> list
         trial = storage.get_trial(trial_id)
         if trial.state != TrialState.RUNNING:
             continue
-        reason = why_stale(trial, age, keep)
+        reason = why_stale(trial, age, keep, own_job)
         if reason is not None:
             found.append(StaleTrial(trial_id, number, age, reason))
     return found
