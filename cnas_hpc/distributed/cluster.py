@@ -9,14 +9,11 @@ no environment variable.
 
 from __future__ import annotations
 
-import logging
 import re
-import subprocess
 from dataclasses import dataclass, field
 
-from cnas_hpc.distributed.jobs import CLIENT_TIMEOUT_S
+from cnas_hpc.distributed.jobs import client_lines
 
-log = logging.getLogger(__name__)
 
 #: A ``sinfo`` ``%G`` item that counts GPUs: ``gpu:4``, ``gpu:a100:4``, ``gpu:a100:4(S:0-1)``.
 _GPU_GRES = re.compile(r"^gpu(?::[^:(]+)?:(\d+)")
@@ -57,20 +54,6 @@ def gpus_of(gres: str) -> int:
     return total
 
 
-def _run(args: list[str]) -> list[str] | None:
-    """Lines of a SLURM client command's output; None when it could not answer."""
-    try:
-        done = subprocess.run(
-            args, capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S, check=False
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.debug("%s: %s", args[0], exc)
-        return None
-    if done.returncode != 0:
-        return None
-    return [line.strip() for line in done.stdout.splitlines() if line.strip()]
-
-
 def _number(text: str) -> int:
     digits = re.match(r"\d+", text.strip())
     return int(digits.group(0)) if digits else 0
@@ -78,7 +61,7 @@ def _number(text: str) -> int:
 
 def ask_cluster() -> Cluster | None:
     """The cluster's partitions and array limit; None when SLURM does not answer."""
-    lines = _run(["sinfo", "-h", "-o", "%P|%G|%m|%c"])
+    lines = client_lines(["sinfo", "-h", "-o", "%P|%G|%m|%c"])
     if lines is None:
         return None
     partitions: dict[str, Partition] = {}
@@ -96,7 +79,7 @@ def ask_cluster() -> Cluster | None:
             cpus_per_node=max(seen.cpus_per_node, _number(cpus)),
         )
     max_array = None
-    for line in _run(["scontrol", "show", "config"]) or []:
+    for line in client_lines(["scontrol", "show", "config"]) or []:
         key, _, value = line.partition("=")
         if key.strip() == "MaxArraySize":
             max_array = _number(value) or None

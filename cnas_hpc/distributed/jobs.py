@@ -45,8 +45,9 @@ def slurm_available() -> bool:
     return shutil.which("squeue") is not None
 
 
-def _run(args: list[str]) -> list[str] | None:
-    """Lines of a client command's output; None when it could not answer."""
+def client_lines(args: list[str]) -> list[str] | None:
+    """Non-empty lines of a SLURM client command's output (``squeue``, ``sinfo``, ...); None
+    when it could not answer (missing, timed out after ``CLIENT_TIMEOUT_S``, non-zero exit)."""
     try:
         done = subprocess.run(
             args, capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S, check=False
@@ -73,10 +74,10 @@ def job_state(job_id: str) -> str | None:
     """
     if not slurm_available():
         return None
-    queued = _run(["squeue", "-h", "-j", job_id, "-o", "%T"])
+    queued = client_lines(["squeue", "-h", "-j", job_id, "-o", "%T"])
     if queued:
         return _first_word(queued[0])
-    accounted = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"])
+    accounted = client_lines(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"])
     if accounted:
         return _first_word(accounted[-1])
     return None
@@ -95,5 +96,5 @@ def array_tasks_held(array_job_id: str) -> list[str]:
     """
     if not slurm_available():
         return []
-    lines = _run(["squeue", "-h", "-r", "-j", array_job_id, "-o", "%i %T"]) or []
+    lines = client_lines(["squeue", "-h", "-r", "-j", array_job_id, "-o", "%i %T"]) or []
     return [line for line in lines if len(line.split()) == 2 and line.split()[1] in HELD_STATES]
