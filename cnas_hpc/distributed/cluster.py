@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 from cnas_hpc.distributed.jobs import client_lines
 
-
 #: A ``sinfo`` ``%G`` item that counts GPUs: ``gpu:4``, ``gpu:a100:4``, ``gpu:a100:4(S:0-1)``.
 _GPU_GRES = re.compile(r"^gpu(?::[^:(]+)?:(\d+)")
 
