@@ -29,7 +29,8 @@ def test_the_measurements_run_as_one_array_and_a_rerun_submits_nothing(
         line.split()[-4] for line in result.stdout.splitlines() if "submitted array" in line
     }
     tasks = sacct_array_tasks(array_id)
-    assert len(tasks) == 6 and all(t.endswith("|COMPLETED") for t in tasks), tasks
+    # 3 cells x (accuracy, zero-cost proxies, contrastive score): one task each
+    assert len(tasks) == 9 and all(t.endswith("|COMPLETED") for t in tasks), tasks
     # Recorded for the rerun guard (no "could not record array": the study.name error is gone),
     # and every measurement was claimed by a task of that array.
     assert "could not record array" not in result.stdout + result.stderr
