@@ -30,15 +30,13 @@ from scipy import stats
 from tabulate import tabulate
 
 from cnas_hpc.analysis.plots import new_figure, save_figure, write_html
-from cnas_hpc.common.objectives import direction_of, is_zero_cost
+from cnas_hpc.common.objectives import ZERO_COST_OBJECTIVES, direction_of, is_zero_cost
 from cnas_hpc.fidelity.app import FidelityPlan
 from cnas_hpc.fidelity.reference import Reference
 from cnas_hpc.fidelity.store import COMPLETE, FAIL, Measurement
 
 #: Objectives whose value every score measurement records.
 SCORE_OBJECTIVES = ("val_contrastive_loss", "train_contrastive_loss", "knn_accuracy")
-#: Scores every zero-cost measurement records.
-ZERO_COST_SCORES = ("naswot", "synflow")
 
 
 @dataclass(frozen=True)
@@ -177,7 +175,7 @@ def collect_rows(
         zc_main = next((m for m in zc_done if m.seed == base_seed), None)
         history = main.extra.get("history", []) if main is not None else []
         objectives = {o: main.extra.get(o) for o in SCORE_OBJECTIVES} if main else {}
-        objectives |= {z: zc_main.extra.get(z) for z in ZERO_COST_SCORES} if zc_main else {}
+        objectives |= {z: zc_main.extra.get(z) for z in ZERO_COST_OBJECTIVES} if zc_main else {}
         seeds_of = _seed_values(zc_done if is_zero_cost(objective) else done, objective)
         rows.append(
             CellRow(
@@ -194,7 +192,7 @@ def collect_rows(
                 },
                 macs=accuracy.macs,
                 seeds={o: _seed_values(done, o) for o in SCORE_OBJECTIVES}
-                | {z: _seed_values(zc_done, z) for z in ZERO_COST_SCORES},
+                | {z: _seed_values(zc_done, z) for z in ZERO_COST_OBJECTIVES},
                 rankings=dict(accuracy.extra.get("rankings", {})),
             )
         )
@@ -311,7 +309,7 @@ def ranking_rows(
     """Every ranking of the cells side by side (see :class:`RankingRow`), cheapest first."""
     costs = {"score": _mean_wall(plan.scores), "zero_cost": _mean_wall(plan.zero_cost)}
     out: list[RankingRow | None] = []
-    for name in (*SCORE_OBJECTIVES, *ZERO_COST_SCORES):
+    for name in (*SCORE_OBJECTIVES, *ZERO_COST_OBJECTIVES):
         sign = _sign(name)
         out.append(
             _ranking(
@@ -379,7 +377,7 @@ def summarise(
     enough = len(measured) >= 3
     by_objective = {
         name: _tau_of(rows, _objective(name), _sign(name), resamples, confidence)
-        for name in (*SCORE_OBJECTIVES, *ZERO_COST_SCORES)
+        for name in (*SCORE_OBJECTIVES, *ZERO_COST_OBJECTIVES)
     }
     epochs = max((len(r.epochs.get(objective, [])) for r in rows), default=0)
     by_epoch = []

@@ -24,7 +24,6 @@ own trained cells writes such a file and gets the same report.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -62,7 +61,6 @@ class Reference:
     """A parsed ground-truth file."""
 
     path: Path
-    digest: str
     source: str
     cells: list[ReferenceCell]
     settings: dict[str, RankingSetting]
@@ -149,7 +147,6 @@ def load_reference(path_text: str) -> Reference:
         raise ValueError(f"reference file {path} lists {len(cells)} cells; tau needs at least 3")
     return Reference(
         path=path,
-        digest=hashlib.sha256(raw).hexdigest()[:16],
         source=str(data.get("source", "")),
         cells=cells,
         settings=settings,

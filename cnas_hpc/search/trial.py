@@ -41,7 +41,7 @@ import torch
 from optuna.trial import TrialState
 
 from cnas_hpc.common import attrs
-from cnas_hpc.common.objectives import is_zero_cost
+from cnas_hpc.common.objectives import ZERO_COST_OBJECTIVES, is_zero_cost
 from cnas_hpc.common.observers import ObserverGroup
 from cnas_hpc.config import Settings, public_hparams
 from cnas_hpc.data.splits import SearchData
@@ -67,7 +67,7 @@ from cnas_hpc.train.loop import Checkpointing, build_candidate, train_candidate
 from cnas_hpc.train.memory import memory_mb, release_memory
 from cnas_hpc.train.outcome import EpochMetrics, TrainingAbortedError, TrainResult
 from cnas_hpc.train.step import ProxyTask
-from cnas_hpc.train.zero_cost import ZERO_COST_NAMES, ZeroCostScores, zero_cost_scores
+from cnas_hpc.train.zero_cost import ZeroCostScores, zero_cost_scores
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ class TrialRunner:
         )
         return result
 
-    def _zero_cost(self, names: tuple[str, ...] = ZERO_COST_NAMES) -> ZeroCostScores:
+    def _zero_cost(self, names: tuple[str, ...] = ZERO_COST_OBJECTIVES) -> ZeroCostScores:
         """The cell's zero-cost proxies (seeded like the candidate); rank 0 notes them."""
         scores = zero_cost_scores(
             self.genotype,

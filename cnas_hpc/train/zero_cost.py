@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from cnas_hpc.common.objectives import ZERO_COST_OBJECTIVES
 from cnas_hpc.config.zero_cost import ZeroCostConfig
 from cnas_hpc.data.datasets import STREAM_ZERO_COST, seeded_permutation
 from cnas_hpc.models.networks import NetworkCIFAR
@@ -155,10 +156,6 @@ def synflow(model: nn.Module, input_shape: tuple[int, int, int], *, inplace: boo
     return math.log(value) if value > 0 else -math.inf
 
 
-#: The proxies :func:`zero_cost_scores` computes.
-ZERO_COST_NAMES = ("naswot", "synflow")
-
-
 @dataclass(frozen=True)
 class ZeroCostScores:
     """The zero-cost proxies of one cell (higher is better for both; ``None``: not asked for)
@@ -175,7 +172,7 @@ class ZeroCostScores:
             ValueError: another name, or a score that was not computed.
         """
         value = {"naswot": self.naswot, "synflow": self.synflow}.get(objective)
-        if objective not in ZERO_COST_NAMES:
+        if objective not in ZERO_COST_OBJECTIVES:
             raise ValueError(f"{objective!r} is not a zero-cost objective")
         if value is None:
             raise ValueError(f"{objective} was not computed")
@@ -209,7 +206,7 @@ def zero_cost_scores(
     seed: int,
     device: torch.device,
     *,
-    names: tuple[str, ...] = ZERO_COST_NAMES,
+    names: tuple[str, ...] = ZERO_COST_OBJECTIVES,
 ) -> ZeroCostScores:
     """NASWOT and synflow of ``genotype``'s untrained network (see the module docstring).
 
