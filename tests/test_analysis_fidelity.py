@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from cnas_hpc.analysis.fidelity import (
@@ -64,3 +65,34 @@ def test_a_lower_loss_that_predicts_a_higher_accuracy_is_a_positive_tau() -> Non
     assert train is not None and train.value == pytest.approx(-1.0)  # ranks them backwards
     assert summary.noise_std == pytest.approx(0.005)  # half the 0.01 seed-to-seed difference
     assert json.dumps(summary.by_epoch) == "[]"  # no per-epoch history in these measurements
+
+
+def test_the_rank_mean_of_the_contrastive_loss_and_naswot_is_one_more_ranking() -> None:
+    # Five cells, accuracy rises with k. The loss ranks them 0<1<2<3<4 except that it swaps the
+    # best two; NASWOT swaps the worst two instead. Their rank means (1.5, 1.5, 3, 4.5, 4.5 for
+    # k = 0..4) keep ties where each proxy erred, and no pair backwards: tau_b = 8 / sqrt(8 * 10).
+    plan = FidelityPlan([FidelityCell(f"c{k}", "random", "{}", f"g{k}") for k in range(5)])
+    losses = [5.0, 4.0, 3.0, 1.0, 2.0]  # lower is better: the loss ranks cell 3 above cell 4
+    naswot = [11.0, 10.0, 12.0, 13.0, 14.0]  # higher is better: it ranks cell 0 above cell 1
+    for k in range(5):
+        plan.accuracy[f"g{k}"] = _measurement(10 * k, "accuracy", 0.1 * k)
+        plan.scores[f"g{k}"] = [
+            _measurement(10 * k + 1, "score", losses[k], val_contrastive_loss=losses[k])
+        ]
+        plan.zero_cost[f"g{k}"] = [
+            _measurement(10 * k + 2, "zero_cost", naswot[k], naswot=naswot[k])
+        ]
+    summary = summarise(
+        plan, "val_contrastive_loss", base_seed=0, top_k=2, resamples=200, confidence=0.9
+    )
+    rankings = {r.name: r for r in summary.rankings}
+    for alone in ("val_contrastive_loss", "naswot"):
+        tau = rankings[alone].tau
+        assert tau is not None and tau.value == pytest.approx(0.8)  # one pair of ten backwards
+    combined = rankings["val_contrastive_loss + naswot"]
+    assert combined.kind == "rank mean" and not combined.labels
+    assert combined.tau is not None and combined.tau.value == pytest.approx(8 / np.sqrt(80))
+    assert combined.cost_s == pytest.approx(
+        2.0
+    )  # one score and one zero-cost measurement, 1 s each
+    assert "train_contrastive_loss + naswot" not in rankings  # no train loss was measured

@@ -298,6 +298,29 @@ def _file_ranking(name: str) -> Callable[[CellRow], float | None]:
     return value
 
 
+#: Label-free pairs whose per-cell rank mean is reported as one more ranking: two signals that
+#: barely correlate (a trained contrastive loss and a statistic of the untrained network) add up.
+COMBINED = (("val_contrastive_loss", "naswot"), ("train_contrastive_loss", "naswot"))
+
+
+def _rank_mean(rows: Sequence[CellRow], names: Sequence[str]) -> Callable[[CellRow], float | None]:
+    """Per cell: the mean over ``names`` of its rank among the cells measured on all of them
+    (each objective made "higher is better" first). A statistic of the SET of cells, not of one
+    cell: adding a cell can change the others' values (what a report ranks, not what a trial tells).
+    """
+    both = [r for r in rows if all(r.objectives.get(n) is not None for n in names)]
+    ranks = [
+        stats.rankdata([_sign(n) * float(r.objectives[n]) for r in both])  # type: ignore[arg-type]
+        for n in names
+    ]
+    by_key = {r.key: float(np.mean([rank[i] for rank in ranks])) for i, r in enumerate(both)}
+
+    def value(row: CellRow) -> float | None:
+        return by_key.get(row.key)
+
+    return value
+
+
 def ranking_rows(
     plan: FidelityPlan,
     rows: Sequence[CellRow],
@@ -322,6 +345,21 @@ def ranking_rows(
                 cost_s=costs["zero_cost" if is_zero_cost(name) else "score"],
                 device=device,
                 noise_share=_noise_share(rows, name, sign),
+            )
+        )
+    for names in COMBINED:
+        cost = [costs["zero_cost" if is_zero_cost(n) else "score"] for n in names]
+        out.append(
+            _ranking(
+                rows,
+                _rank_mean(rows, names),
+                stats_of,
+                name=" + ".join(names),
+                kind="rank mean",
+                labels=False,
+                cost_s=None if None in cost else sum(c for c in cost if c is not None),
+                device=device,
+                note="mean of the two ranks among these cells",
             )
         )
     for name, attribute in (("params", "params"), ("MACs", "macs")):
