@@ -28,6 +28,7 @@ def test_the_front_of_a_constrained_study_leaves_out_dominated_and_infeasible_ce
     assert view is not None and view.multi_objective
     assert view.objectives == OBJ and view.axes == OBJ and view.primary == OBJ[0]
     assert view.sort_by == "params" and view.costs == ("params", "macs")
+    assert view.limits == {"params": 2.6e6}
     assert [p.number for p in view.front] == [0, 1, 3]  # cheapest first
     # Every trained trial and the untrained infeasible one are points; 6 and 7 are infeasible.
     assert [p.number for p in view.points] == list(range(8))

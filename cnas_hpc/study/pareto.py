@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import optuna
@@ -87,6 +87,8 @@ class ParetoView:
         sort_by: The axis the front is sorted by (and :func:`spread_along` spreads along).
         points: Every point, by trial number.
         front: The non-dominated feasible points, sorted (see the module contract).
+        limits: Upper limits of the costs, from the constraints the trials were judged by
+            (``cnas:constraints`` entries ``<cost><=<number>``), by cost name.
     """
 
     study_name: str
@@ -98,6 +100,7 @@ class ParetoView:
     sort_by: str
     points: list[Point]
     front: list[Point]
+    limits: dict[str, float] = field(default_factory=dict)
 
     def maximize(self, name: str) -> bool:
         """Whether ``name`` is maximised (costs and unknown names are minimised)."""
@@ -122,6 +125,11 @@ def objectives_of(study: optuna.Study) -> tuple[str, ...]:
     if n == 1:
         return (str(study.user_attrs.get(attrs.STUDY_OBJECTIVE, "objective")),)
     return tuple(f"objective_{i}" for i in range(n))
+
+
+def primary_of(objectives: Sequence[str]) -> str:
+    """The primary objective: the first that is not a cost (the first if all are costs)."""
+    return next((o for o in objectives if o not in COST_ATTRS), objectives[0])
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
@@ -170,6 +178,24 @@ def _point(trial: FrozenTrial, objectives: Sequence[str]) -> Point | None:
     )
 
 
+def cost_limits(trials: Sequence[FrozenTrial]) -> dict[str, float]:
+    """``<cost><=<number>`` entries of the trials' ``cnas:constraints``, by cost (the tightest
+    when they differ); other constraint forms are left out."""
+    limits: dict[str, float] = {}
+    for trial in trials:
+        recorded = trial.user_attrs.get(attrs.CONSTRAINTS)
+        for text in recorded if isinstance(recorded, list | tuple) else ():
+            name, sep, bound = str(text).replace(" ", "").partition("<=")
+            if not sep or name not in COST_ATTRS:
+                continue
+            try:
+                value = float(bound)
+            except ValueError:
+                continue
+            limits[name] = min(value, limits.get(name, math.inf))
+    return limits
+
+
 def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
     """``a`` no worse than ``b`` everywhere and better somewhere (both minimised)."""
     return all(x <= y for x, y in zip(a, b, strict=True)) and any(
@@ -215,7 +241,7 @@ def pareto_view(study: optuna.Study) -> ParetoView | None:
         axes = objectives
     for cost in costs:
         directions.setdefault(cost, StudyDirection.MINIMIZE)
-    primary = next((o for o in objectives if o not in COST_ATTRS), objectives[0])
+    primary = primary_of(objectives)
     axis_costs = [a for a in axes if a in COST_ATTRS]
     others = [a for a in axes if a != primary]
     sort_by = axis_costs[0] if axis_costs else (others[0] if others else primary)
@@ -232,6 +258,7 @@ def pareto_view(study: optuna.Study) -> ParetoView | None:
         sort_by=sort_by,
         points=points,
         front=front,
+        limits=cost_limits(trials),
     )
 
 
@@ -266,8 +293,7 @@ def primary_ranking(study: optuna.Study) -> list[FrozenTrial]:
     objective, as before); infeasible trials are left out.
     """
     objectives = objectives_of(study)
-    primary = next((o for o in objectives if o not in COST_ATTRS), objectives[0])
-    index = objectives.index(primary)
+    index = objectives.index(primary_of(objectives))
     sign = -1.0 if study.directions[index] == StudyDirection.MAXIMIZE else 1.0
     done = [
         t
