@@ -55,7 +55,7 @@ from cnas_hpc.space.genotype import Genotype
 from cnas_hpc.space.primitives import CELL_KINDS
 from cnas_hpc.study.lifecycle import load_study
 from cnas_hpc.study.optuna_internals import engine_of, heartbeat_ages
-from cnas_hpc.study.pareto import objectives_of, pareto_view, primary_of
+from cnas_hpc.study.pareto import objectives_of, pareto_view, primary_of, trial_costs
 from cnas_hpc.study.stale import why_stale
 
 log = logging.getLogger(__name__)
@@ -561,7 +561,7 @@ def _evaluations_text(study: optuna.Study) -> str:
         return ""
     return (
         f"\n\nevaluations ({len(rows)} cell(s) of this study trained from scratch)\n"
-        + format_results(rows)
+        + format_results(rows, costs=trial_costs(study))
     )
 
 

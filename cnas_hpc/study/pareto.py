@@ -152,6 +152,24 @@ def recorded_costs(trial: FrozenTrial) -> dict[str, float]:
     return out
 
 
+def trial_costs(study: optuna.Study) -> dict[tuple[str, int], dict[str, object]]:
+    """The costs the study's trials recorded, by ``(study name, trial number)``.
+
+    Each entry holds the recorded costs by name (``params``, ``macs``, ``latency_ms``) and,
+    when recorded, ``device`` and ``network``; trials without a cost are left out.
+    """
+    out: dict[tuple[str, int], dict[str, object]] = {}
+    for trial in study.get_trials(deepcopy=False):
+        costs: dict[str, object] = dict(recorded_costs(trial))
+        if not costs:
+            continue
+        for key, attr in (("device", attrs.COST_DEVICE), ("network", attrs.COST_NETWORK)):
+            if attr in trial.user_attrs:
+                costs[key] = str(trial.user_attrs[attr])
+        out[(study.study_name, trial.number)] = costs
+    return out
+
+
 def _point(trial: FrozenTrial, objectives: Sequence[str]) -> Point | None:
     feasible = is_feasible(trial)
     values = recorded_costs(trial)
