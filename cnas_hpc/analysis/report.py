@@ -661,9 +661,7 @@ def run_report(settings: Settings, report_cfg: ReportConfig | Mapping[str, Any])
             )
         elif cfg.json:
             log.warning("no COMPLETE trial yet: best_genotypes.json not written")
-        if settings.wandb.enabled and len(study.directions) > 1:
-            log.warning("W&B study view: single-objective studies only; not written")
-        elif settings.wandb.enabled:
+        if settings.wandb.enabled:
             # The same self-contained study view the workers write on a new best, on demand.
             run_dir = log_study_view(study, settings, trigger="on_demand", written_by="report")
             log.info("W&B study view written to %s", run_dir)
