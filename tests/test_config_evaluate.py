@@ -49,6 +49,8 @@ def test_every_value_is_overridable_and_named_by_default() -> None:
         settings("data.root=x", "eval.from_study=my study").name
         == "my_study-darts_cifar-supervised"
     )
+    front = settings("data.root=x", "eval.from_study=mo", "eval.from_front=3")
+    assert front.eval.from_front == 3 and front.name == "mo-front3-darts_cifar-supervised"
 
 
 @pytest.mark.parametrize(
@@ -61,6 +63,9 @@ def test_every_value_is_overridable_and_named_by_default() -> None:
         ("protocol.amp=fp8", "protocol.amp must be one of"),
         ("protocol.image_size=64", "auxiliary_weight > 0 needs protocol.image_size=32"),
         ("eval.name=a/b", "eval.name may hold"),
+        ("eval.from_front=0", "eval.from_front must be an integer > 0"),
+        ("eval.from_front=true", "eval.from_front must be an integer"),
+        ("eval.from_front=2", "eval.from_front needs the study whose front"),
         ("+eval.colour=red", "unknown key eval.colour"),
     ],
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 import os
 import signal
@@ -17,6 +19,7 @@ import sqlalchemy
 from PIL import Image
 
 from tests.helpers import ROOT, TINY, run_evaluate, run_launch, run_search
+from tests.mo_studies import SCORE_PARAMS, Cell, make_study
 from tests.wandb_offline import offline_runs
 
 STUDY = "cnas-digits-compact"
@@ -218,3 +221,76 @@ def test_ctrl_c_checkpoints_the_cell_and_the_same_command_resumes_it(tmp_path: P
     assert state == "COMPLETE"
     results = (tmp_path / "evaluations" / "interrupted" / "results.md").read_text()
     assert "Data `digits` (data.fraction=0.5" in results and "protocol `debug` (3 cells" in results
+
+
+def _cost_aware_home(home: Path) -> str:
+    """A constrained score-vs-params study ``mo`` (front: trials 0, 1, 3; latency recorded)
+    and a single-objective ``plain`` one without costs, in ``home``'s database."""
+    storage = f"sqlite:///{home / 'cnas.db'}"
+    cells = [dataclasses.replace(c, latency_ms=2.0 + i) for i, c in enumerate(SCORE_PARAMS)]
+    make_study(storage, "mo", ("val_contrastive_loss", "params"), ("minimize", "minimize"), cells)
+    make_study(storage, "plain", ("val_contrastive_loss",), ("minimize",), [Cell((1.0,))])
+    return storage
+
+
+def test_cells_spread_along_the_front_are_trained_and_reported_beside_their_costs(
+    tmp_path: Path,
+) -> None:
+    _cost_aware_home(tmp_path)
+    result = run_evaluate([*QUICK, "eval.from_study=mo", "eval.from_front=2"], home=tmp_path,
+                          env=ENV)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    name = "mo-front2-debug-supervised"
+    table = result.stdout[result.stdout.index(f"Evaluation '{name}'") :].splitlines()
+    header = next(line for line in table if line.startswith("cell"))
+    # Accuracy, then the search's costs of each cell: params, MACs, latency.
+    order = ("test acc %", "search params M", "search MACs M", "latency ms", "probe kNN %")
+    assert [header.index(h) for h in order] == sorted(header.index(h) for h in order)
+    rows = [line for line in table if line.startswith("mo:trial-")]
+    assert [row.split()[0] for row in rows] == ["mo:trial-0", "mo:trial-3"]  # both ends
+    assert "2.00" in rows[0] and "300" in rows[0] and "5.00" in rows[1]  # params M, MACs, ms
+    assert "latency on cpu" in result.stdout and "darts_cifar 20x36 network" in result.stdout
+    with (tmp_path / "evaluations" / name / "results.csv").open() as handle:
+        csv_rows = list(csv.DictReader(handle))
+    assert [(r["trial"], r["state"], r["latency_ms"]) for r in csv_rows] == [
+        ("0", "COMPLETE", "2.0"), ("3", "COMPLETE", "5.0")
+    ]  # fmt: skip
+    assert all(0.0 <= float(r["test_accuracy"]) <= 1.0 for r in csv_rows)
+
+
+def test_from_front_makes_one_task_per_front_cell_with_m(tmp_path: Path) -> None:
+    storage = _cost_aware_home(tmp_path)
+    args = ["-m", *QUICK, "eval.from_study=mo", "eval.from_front=3", "eval.name=front-array"]
+    result = run_evaluate(args, home=tmp_path, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tasks = sorted(p.name for p in tmp_path.glob("hydra/evaluate/multirun/*/cell*"))
+    assert tasks == ["cell0", "cell1", "cell2"]
+    engine = sqlalchemy.create_engine(storage)
+    with engine.connect() as conn:
+        planned = conn.execute(
+            sqlalchemy.text(
+                "SELECT trial_number, state FROM evaluations WHERE name = 'front-array' "
+                "ORDER BY cell_index"
+            )
+        ).all()
+    engine.dispose()
+    assert [tuple(row) for row in planned] == [(0, "COMPLETE"), (1, "COMPLETE"), (3, "COMPLETE")]
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["eval.from_study=mo", "eval.from_front=0"], "eval.from_front must be an integer > 0"),
+        (["eval.from_front=2", "eval.presets=[DARTS_V2]"], "eval.from_front needs the study"),
+        (["eval.from_study=plain", "eval.from_front=2"], "has no Pareto front"),
+    ],
+)
+def test_a_front_that_cannot_be_had_is_refused_before_anything_runs(
+    tmp_path: Path, extra: list[str], needle: str
+) -> None:
+    _cost_aware_home(tmp_path)
+    result = run_evaluate(["-m", *QUICK, *extra, "eval.name=refused"], home=tmp_path)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0], result.stderr[-2000:]
+    assert not list(tmp_path.glob("hydra/evaluate/multirun/*/cell*"))  # nothing ran

@@ -29,6 +29,7 @@ from tests.helpers import (
     run_search,
     sacct_array_tasks,
 )
+from tests.mo_studies import SCORE_PARAMS, make_study
 
 pytestmark = [pytest.mark.slurm, pytest.mark.postgres, pytest.mark.slow]
 
@@ -212,3 +213,29 @@ def test_a_rerun_while_the_evaluation_s_array_runs_is_refused_and_submits_nothin
     rows = _rows(fresh_pg_url, name)
     assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]
     assert {str(r["worker"]).split(":")[1].split("_")[0] for r in rows} == {array}
+
+
+def test_cells_spread_along_a_front_train_as_one_array(fresh_pg_url: str, tmp_path: Path) -> None:
+    # A cost-aware study as a constrained search leaves it (front: trials 0, 1, 3).
+    make_study(fresh_pg_url, "mo-front", ("val_contrastive_loss", "params"),
+               ("minimize", "minimize"), SCORE_PARAMS)  # fmt: skip
+    args = [
+        "-m", "hydra/launcher=slurm_cpu", "study=postgres", f"study.storage={fresh_pg_url}",
+        "protocol=debug", "protocol.cells=3", "protocol.channels=6", "protocol.epochs=1",
+        "protocol.max_steps_per_epoch=4", "protocol.amp=none",
+        "protocol.memory_format=contiguous", "data=digits", "eval.from_study=mo-front",
+        "eval.from_front=3",
+    ]  # fmt: skip
+    result = run_evaluate(args, home=tmp_path, env=ENV, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (array_id,) = {
+        line.split()[-4] for line in result.stdout.splitlines() if "submitted array" in line
+    }
+    tasks = sacct_array_tasks(array_id)
+    assert len(tasks) == 3 and all(t.endswith("|COMPLETED") for t in tasks), tasks
+    rows = _rows(fresh_pg_url, "mo-front-front3-debug-supervised")
+    assert [(r["cell_key"], r["state"]) for r in rows] == [
+        ("mo-front:trial-0", "COMPLETE"), ("mo-front:trial-1", "COMPLETE"),
+        ("mo-front:trial-3", "COMPLETE"),
+    ]  # fmt: skip
+    assert "search params M" in result.stdout  # the summary: accuracy beside the search's cost

@@ -187,3 +187,24 @@ def test_rows_written_in_one_go_read_back_as_optunas_own_and_not_after_the_end(
     assert repr(stored.intermediate_values) == repr({1: 0.25, 2: float("nan"), 3: float("inf"),
                                                      4: -float("inf")})  # fmt: skip
     assert list(stored.params) == ["c", "x"]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # constraints_func, deprecated in Optuna 5
+def test_constraint_values_are_read_where_optuna_writes_them() -> None:
+    def limit(trial: optuna.trial.FrozenTrial) -> list[float]:
+        return [trial.params.get("x", 9.0) - 0.5]
+
+    sampler = optuna.samplers.TPESampler(seed=0, constraints_func=limit)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=3)
+    for done in study.trials:
+        assert internals.constraint_values_of(done) == [done.params["x"] - 0.5]
+    assert internals.constraint_values_of(optuna.trial.create_trial(value=1.0)) is None
+    # Optuna >= 5: one key per constraint, through Trial.set_constraint.
+    asked = study.ask()
+    if hasattr(asked, "set_constraint"):
+        asked.set_constraint("params", 2.0)
+        study.tell(asked, 1.0)
+        frozen = study.trials[-1]
+        assert internals.constraint_values_of(frozen) == [8.5, 2.0]  # the sampler's too
+        assert sorted(frozen.constraints.values()) == [2.0, 8.5]

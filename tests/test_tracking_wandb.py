@@ -43,6 +43,7 @@ from cnas_hpc.tracking.progress import SearchProgress
 from cnas_hpc.tracking.wandb_runs import STUDY_JOB_TYPE, TRIAL_JOB_TYPE, safe_hparams
 from cnas_hpc.tracking.wandb_tracker import WandbTracker
 from tests.helpers import CONFIGS, ROOT, tiny_settings
+from tests.mo_studies import SCORE_PARAMS, make_study
 from tests.wandb_offline import OfflineRun, offline_runs
 
 LOGGER = "cnas_hpc.tracking.wandb_tracker"
@@ -407,3 +408,22 @@ def test_log_study_view_on_demand_writes_a_self_contained_snapshot(
     assert best == genotype_to_json(PC_DARTS)
     history = json.loads((folder / "files" / run.summary["history.path"]).read_text())
     assert len(history["data"]) == 3
+
+
+def test_the_study_view_of_a_multi_objective_study_follows_its_score(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
+    study = make_study(None, "view-mo", ("val_contrastive_loss", "params"),
+                       ("minimize", "minimize"), SCORE_PARAMS)  # fmt: skip
+    # Trial 3 (score 3.0) is the best feasible one; trial 6 (1.0) broke the limit.
+    assert [study_view_trigger(study, n) for n in (0, 1, 3)] == ["new_best"] * 3
+    assert study_view_trigger(study, 6) is None and study_view_trigger(study, 4) is None
+    root = tmp_path / "wb"
+    folder = log_study_view(study, plain_settings(tmp_path),
+                            config=WandbConfig(mode="offline", dir=str(root)))  # fmt: skip
+    assert folder is not None
+    (run,) = offline_runs(root)
+    assert run.config["objective"] == "val_contrastive_loss"
+    assert run.series("by_trial/objective") == [5.0, 4.0, 4.5, 3.0, 3.5, 5.5, 1.0]
+    assert run.summary["best_trial"] == 3 and run.summary["best_value"] == 3.0

@@ -10,7 +10,9 @@ one PNG (parent folders created, an existing file replaced) and returns its path
 too little data still gets a figure that says so, so a report always has all its pictures.
 
 Only COMPLETE trials with a finite value are plotted as results; FAIL trials are marked on the
-history so a broken stretch of a search stays visible.
+history so a broken stretch of a search stays visible. A study with several objectives is
+plotted by its primary objective (the first that is not a cost: the score); its front has its
+own plots (:mod:`cnas_hpc.analysis.pareto`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import math
 import os
 import re
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from cnas_hpc.common import attrs
+from cnas_hpc.study.pareto import objectives_of, primary_of
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +77,41 @@ def _placeholder(ax: Axes, message: str) -> None:
     )
 
 
+def primary_objective(study: optuna.Study) -> tuple[int, StudyDirection]:
+    """Index (in ``trial.values``) and direction of the objective the progress plots show: the
+    only one, or a multi-objective study's first objective that is not a cost."""
+    objectives = objectives_of(study)
+    index = objectives.index(primary_of(objectives))
+    return index, study.directions[index]
+
+
+def primary_value(trial: FrozenTrial, index: int) -> float | None:
+    """The trial's value of objective ``index``, or None (no values, or a different count)."""
+    values = trial.values
+    if values is None or index >= len(values):
+        return None
+    return float(values[index])
+
+
 def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE trials with a finite objective value, by trial number."""
+    """COMPLETE trials with a finite (primary) objective value, by trial number."""
+    index, _ = primary_objective(study)
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted(
-        (t for t in trials if t.value is not None and math.isfinite(t.value)),
-        key=lambda t: t.number,
-    )
+    finite = []
+    for t in trials:
+        value = primary_value(t, index)
+        if value is not None and math.isfinite(value):
+            finite.append(t)
+    return sorted(finite, key=lambda t: t.number)
+
+
+def _target(study: optuna.Study) -> Callable[[FrozenTrial], float] | None:
+    """Optuna's ``target`` for a multi-objective study's primary objective (None: the only
+    objective, Optuna's default)."""
+    if len(study.directions) == 1:
+        return None
+    index, _ = primary_objective(study)
+    return lambda t: float(t.values[index])
 
 
 def best_so_far(values: Sequence[float], direction: StudyDirection) -> list[float]:
@@ -93,8 +124,13 @@ def best_so_far(values: Sequence[float], direction: StudyDirection) -> list[floa
 
 
 def _objective_label(study: optuna.Study) -> str:
-    name = study.user_attrs.get(attrs.STUDY_OBJECTIVE)
-    arrow = "higher is better" if study.direction == StudyDirection.MAXIMIZE else "lower is better"
+    index, direction = primary_objective(study)
+    name = (
+        study.user_attrs.get(attrs.STUDY_OBJECTIVE)
+        if len(study.directions) == 1
+        else objectives_of(study)[index]
+    )
+    arrow = "higher is better" if direction == StudyDirection.MAXIMIZE else "lower is better"
     return f"{name} ({arrow})" if name else f"objective ({arrow})"
 
 
@@ -116,7 +152,9 @@ def plot_history(study: optuna.Study, path: str | Path) -> Path:
         ax.set_title(f"{study.study_name}: objective per trial")
         _placeholder(ax, "no complete trial yet")
         return save_figure(fig, path)
-    ax = optuna_plots.plot_optimization_history(study, target_name=_objective_label(study))
+    ax = optuna_plots.plot_optimization_history(
+        study, target=_target(study), target_name=_objective_label(study)
+    )
     failed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
     if failed:
         ax.plot(
@@ -172,11 +210,12 @@ def plot_best_vs_time(study: optuna.Study, path: str | Path) -> Path:
     first = min(starts)
     trials.sort(key=lambda t: (t.datetime_complete or first, t.number))
     hours = [_hours_since(first, t.datetime_complete or first) for t in trials]
-    values = [float(t.value) for t in trials if t.value is not None]
+    index, direction = primary_objective(study)
+    values = [float(t.values[index]) for t in trials]
     ax.scatter(hours, values, s=18, color="#1f5fa8", alpha=0.5, label="trial finished", zorder=3)
     ax.step(
         hours,
-        best_so_far(values, study.direction),
+        best_so_far(values, direction),
         where="post",
         color="#c45a00",
         linewidth=2,
@@ -204,7 +243,9 @@ def param_importances(study: optuna.Study) -> dict[str, float] | None:
         return None
     try:
         importances = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+            study,
+            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+            target=_target(study),
         )
     except (ValueError, RuntimeError, ZeroDivisionError) as exc:
         log.info("parameter importances unavailable: %s", exc)
@@ -240,7 +281,10 @@ def plot_importances(study: optuna.Study, path: str | Path) -> Path:
     shown = [name for name, _ in sorted(importances.items(), key=lambda kv: -kv[1])]
     shown = shown[:MAX_IMPORTANCES]
     ax = optuna_plots.plot_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=shown
+        study,
+        evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+        params=shown,
+        target=_target(study),
     )
     extra = f" (top {len(shown)} of {len(importances)})" if len(importances) > len(shown) else ""
     _retitle(ax, f"{study.study_name}: parameter importances (fANOVA){extra}")

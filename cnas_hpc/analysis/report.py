@@ -35,7 +35,14 @@ from tabulate import tabulate
 
 from cnas_hpc.analysis.cells import draw_genotype
 from cnas_hpc.analysis.evaluations import format_results, study_rows
-from cnas_hpc.analysis.plots import plot_best_vs_time, plot_history, plot_importances, write_html
+from cnas_hpc.analysis.pareto import write_front_report
+from cnas_hpc.analysis.plots import (
+    complete_trials,
+    plot_best_vs_time,
+    plot_history,
+    plot_importances,
+    write_html,
+)
 from cnas_hpc.analysis.study_view import log_study_view
 from cnas_hpc.analysis.summary import RankedTrial, best_trials, format_table, write_best_genotypes
 from cnas_hpc.common import attrs
@@ -48,6 +55,7 @@ from cnas_hpc.space.genotype import Genotype
 from cnas_hpc.space.primitives import CELL_KINDS
 from cnas_hpc.study.lifecycle import load_study
 from cnas_hpc.study.optuna_internals import engine_of, heartbeat_ages
+from cnas_hpc.study.pareto import objectives_of, pareto_view, primary_of, trial_costs
 from cnas_hpc.study.stale import why_stale
 
 log = logging.getLogger(__name__)
@@ -139,6 +147,9 @@ class StudyStatus:
         per_hour_recent: The same over the last ``recent_n`` COMPLETE trials.
         recent_n: How many trials ``per_hour_recent`` is based on.
         eta: Time to complete the budget at the recent rate (life rate if no recent one), or None.
+        objectives: A multi-objective study's ``(name, direction)`` pairs (empty for one
+            objective); ``objective`` and ``direction`` are then its primary objective's, the
+            one ``best`` is ranked by.
     """
 
     study_name: str
@@ -160,6 +171,7 @@ class StudyStatus:
     per_hour_recent: float | None = None
     recent_n: int = 0
     eta: timedelta | None = None
+    objectives: tuple[tuple[str, str], ...] = ()
 
     @property
     def stale(self) -> list[int]:
@@ -328,12 +340,7 @@ def collect_status(
     new_trials = max(0, to_complete - alive - retries)
 
     complete = sorted(
-        (
-            t
-            for t in trials
-            if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
-        ),
-        key=lambda t: (t.datetime_complete or datetime.min, t.number),
+        complete_trials(study), key=lambda t: (t.datetime_complete or datetime.min, t.number)
     )
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     ends = [t.datetime_complete for t in complete if t.datetime_complete is not None]
@@ -347,11 +354,22 @@ def collect_status(
     if not to_complete:
         eta = timedelta(0)
 
+    objectives = objectives_of(study)
+    directions = [
+        "maximize" if d == StudyDirection.MAXIMIZE else "minimize" for d in study.directions
+    ]
+    primary = objectives.index(primary_of(objectives))
+    single = len(objectives) == 1
     return StudyStatus(
         study_name=study.study_name,
         storage=mask_url(settings.study.storage),
-        objective=str(study.user_attrs.get(attrs.STUDY_OBJECTIVE, settings.search.objective)),
-        direction="maximize" if study.direction == StudyDirection.MAXIMIZE else "minimize",
+        objective=(
+            str(study.user_attrs.get(attrs.STUDY_OBJECTIVE, settings.search.objective))
+            if single
+            else objectives[primary]
+        ),
+        direction=directions[primary],
+        objectives=() if single else tuple(zip(objectives, directions, strict=True)),
         n_trials=n_trials,
         counts=counts,
         running=running,
@@ -467,10 +485,14 @@ def format_status(status: StudyStatus) -> str:
     """The status as plain text (no colours, no escape codes), lines under 110 characters."""
     c = status.counts
     total = sum(c.values())
+    if status.objectives:
+        listed = ", ".join(f"{name} ({direction})" for name, direction in status.objectives)
+        objective = f"objectives {listed}   best = by {status.objective}"
+    else:
+        objective = f"objective  {status.objective} ({status.direction})"
     lines = [
         f"study      {status.study_name}   storage {status.storage}",
-        f"objective  {status.objective} ({status.direction})   budget {status.n_trials} "
-        "COMPLETE trials",
+        f"{objective}   budget {status.n_trials} COMPLETE trials",
         "trials     " + "  ".join(f"{name} {c[name]}" for name in STATES) + f"   (total {total})",
         f"progress   {c['COMPLETE']}/{status.n_trials} complete",
         *(
@@ -539,7 +561,7 @@ def _evaluations_text(study: optuna.Study) -> str:
         return ""
     return (
         f"\n\nevaluations ({len(rows)} cell(s) of this study trained from scratch)\n"
-        + format_results(rows)
+        + format_results(rows, costs=trial_costs(study))
     )
 
 
@@ -577,6 +599,11 @@ def run_report(settings: Settings, report_cfg: ReportConfig | Mapping[str, Any])
     with ``json``: ``best_genotypes.json`` (top-k, best first; skipped while no trial is
     COMPLETE). Prints the status text and the optuna-dashboard command on stdout.
 
+    A cost-aware study (several objectives, or costs recorded on its trials) also gets its
+    Pareto front (:mod:`cnas_hpc.analysis.pareto`): the front table in the text, with
+    ``pictures`` ``pareto_<cost>.png`` per cost and the front's cells ``front_<trial>_*.png``,
+    with ``json`` ``pareto.json``. A single-objective study without costs: unchanged.
+
     Args:
         settings: The search's settings (same overrides as the search).
         report_cfg: The ``report`` section (a :class:`ReportConfig` or its mapping).
@@ -598,24 +625,35 @@ def run_report(settings: Settings, report_cfg: ReportConfig | Mapping[str, Any])
     study = load_study(settings, worker=settings.worker, scoring=False)  # reads, scores nothing
     try:
         status = collect_status(study, settings, top_k=cfg.top_k, recent=cfg.recent)
-        text = format_status(status) + _evaluations_text(study)
+        text = format_status(status)
         out_dir = (
             Path(cfg.out_dir).expanduser()
             if cfg.out_dir
             else Path(settings.output_dir) / study.study_name / "report"
         )
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "status.txt").write_text(text + "\n", encoding="utf-8")
         images: list[Path] = []
+        view = pareto_view(study)
+        if view is not None:  # several objectives or recorded costs: the front too
+            front_text, images = write_front_report(
+                view, out_dir, pictures=cfg.pictures, json_file=cfg.json
+            )
+            text += "\n\n" + front_text
+        text += _evaluations_text(study)
+        (out_dir / "status.txt").write_text(text + "\n", encoding="utf-8")
         if cfg.pictures:
-            images.append(plot_history(study, out_dir / "history.png"))
-            images.append(plot_best_vs_time(study, out_dir / "best_vs_time.png"))
-            images.append(plot_importances(study, out_dir / "importances.png"))
+            front_images = images
+            images = [
+                plot_history(study, out_dir / "history.png"),
+                plot_best_vs_time(study, out_dir / "best_vs_time.png"),
+                plot_importances(study, out_dir / "importances.png"),
+            ]
             if status.best:
                 best = status.best[0]
                 images += draw_genotype(
                     best.genotype, out_dir, "best", title=f"best: trial {best.number}"
                 )
+            images += front_images
         page = write_html(out_dir, text, images, title=f"cnas-hpc study {study.study_name}")
         if cfg.json and status.best:
             write_best_genotypes(

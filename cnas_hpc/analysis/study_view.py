@@ -35,7 +35,13 @@ import optuna
 from optuna.study import StudyDirection
 
 from cnas_hpc.analysis.cells import draw_genotype
-from cnas_hpc.analysis.plots import best_so_far, complete_trials, plot_best_vs_time, plot_history
+from cnas_hpc.analysis.plots import (
+    best_so_far,
+    complete_trials,
+    plot_best_vs_time,
+    plot_history,
+    primary_objective,
+)
 from cnas_hpc.analysis.summary import best_trials
 from cnas_hpc.common import attrs
 from cnas_hpc.config.settings import Settings
@@ -43,6 +49,7 @@ from cnas_hpc.config.wandb import WandbConfig
 from cnas_hpc.search.observer import TrialInfo
 from cnas_hpc.space.genotype import cell_text, genotype_to_json
 from cnas_hpc.space.primitives import CELL_KINDS
+from cnas_hpc.study.pareto import is_feasible, objectives_of
 from cnas_hpc.tracking.wandb_runs import (
     STUDY_JOB_TYPE,
     TOP_K,
@@ -57,6 +64,12 @@ if TYPE_CHECKING:
     from wandb.sdk.wandb_run import Run
 
 log = logging.getLogger(__name__)
+
+
+def _scorer(study: optuna.Study) -> Callable[[optuna.trial.FrozenTrial], float]:
+    """A trial's score: its value, or a multi-objective study's primary objective's value."""
+    index, _ = primary_objective(study)
+    return lambda t: float(t.values[index]) if t.values else 0.0
 
 
 def _completion_order(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -85,9 +98,13 @@ def study_view_trigger(
     position = next((i for i, t in enumerate(done, 1) if t.number == number), None)
     if position is None:
         return None
-    mine = float(done[position - 1].value or 0.0)
-    before = [float(t.value or 0.0) for t in done[: position - 1]]
-    if study.direction == StudyDirection.MAXIMIZE:
+    score = _scorer(study)
+    mine = score(done[position - 1])
+    # A cell that broke search.constraints is never the best, nor the bar others must beat.
+    before = [score(t) for t in done[: position - 1] if is_feasible(t)]
+    if not is_feasible(done[position - 1]):
+        new_best = False
+    elif primary_objective(study)[1] == StudyDirection.MAXIMIZE:
         new_best = not before or mine > max(before)
     else:
         new_best = not before or mine < min(before)
@@ -143,8 +160,13 @@ def log_study_view(
         for state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)
     }
     ranked = best_trials(study, k=top_k)
-    objective = str(study.user_attrs.get(attrs.STUDY_OBJECTIVE, "objective"))
-    direction = study.direction
+    index, direction = primary_objective(study)
+    objective = (
+        str(study.user_attrs.get(attrs.STUDY_OBJECTIVE, "objective"))
+        if len(study.directions) == 1
+        else objectives_of(study)[index]
+    )
+    score = _scorer(study)
     run_config = {
         "study": study.study_name,
         "snapshot": len(by_time),
@@ -168,8 +190,10 @@ def log_study_view(
     try:
         # The pictures are copied into the run when logged: the folder may go before finish.
         with tempfile.TemporaryDirectory(prefix="cnas-study-view-") as tmp:
-            _log_history(run, by_number, by_time, direction, best_so_far)
-            _log_tables(run, by_number, ranked, best_so_far(_values(by_number), direction))
+            _log_history(run, by_number, by_time, direction, score)
+            _log_tables(
+                run, by_number, ranked, best_so_far([score(t) for t in by_number], direction), score
+            )
             _log_pictures(run, study, ranked, Path(tmp))
         summary: dict[str, Any] = {
             "snapshot": len(by_time),
@@ -199,32 +223,28 @@ def log_study_view(
     return folder
 
 
-def _values(trials: Sequence[optuna.trial.FrozenTrial]) -> list[float]:
-    return [float(t.value) for t in trials if t.value is not None]
-
-
 def _log_history(
     run: Run,
     by_number: Sequence[optuna.trial.FrozenTrial],
     by_time: Sequence[optuna.trial.FrozenTrial],
     direction: optuna.study.StudyDirection,
-    best_so_far: Callable[[Sequence[float], optuna.study.StudyDirection], list[float]],
+    score: Callable[[optuna.trial.FrozenTrial], float],
 ) -> None:
     """Objective and best-so-far as W&B charts, against trial number and against wall hours."""
     run.define_metric("trial_number")
     run.define_metric("by_trial/*", step_metric="trial_number")
     run.define_metric("wall_hours")
     run.define_metric("by_time/*", step_metric="wall_hours")
-    for trial, best in zip(by_number, best_so_far(_values(by_number), direction), strict=True):
-        run.log(
-            {"trial_number": trial.number, "by_trial/objective": trial.value, "by_trial/best": best}
-        )
+    values = [score(t) for t in by_number]
+    for trial, value, best in zip(by_number, values, best_so_far(values, direction), strict=True):
+        run.log({"trial_number": trial.number, "by_trial/objective": value, "by_trial/best": best})
     starts = [t.datetime_start for t in by_time if t.datetime_start is not None]
     first = min(starts) if starts else None
-    for trial, best in zip(by_time, best_so_far(_values(by_time), direction), strict=True):
+    values = [score(t) for t in by_time]
+    for trial, value, best in zip(by_time, values, best_so_far(values, direction), strict=True):
         done = trial.datetime_complete
         hours = (done - first).total_seconds() / 3600 if done and first else 0.0
-        run.log({"wall_hours": hours, "by_time/objective": trial.value, "by_time/best": best})
+        run.log({"wall_hours": hours, "by_time/objective": value, "by_time/best": best})
 
 
 def _log_tables(
@@ -232,6 +252,7 @@ def _log_tables(
     by_number: Sequence[optuna.trial.FrozenTrial],
     ranked: Sequence[Any],
     best: Sequence[float],
+    score: Callable[[optuna.trial.FrozenTrial], float],
 ) -> None:
     """The history and the top-k trials (with their genotypes) as W&B tables."""
     import wandb
@@ -241,7 +262,7 @@ def _log_tables(
         data=[
             [
                 t.number,
-                t.value,
+                score(t),
                 b,
                 str(t.user_attrs.get(attrs.WORKER, "?")),
                 t.datetime_complete.isoformat() if t.datetime_complete else None,

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 from tabulate import tabulate
 
 from cnas_hpc.common import attrs as A
 from cnas_hpc.space.genotype import Genotype, genotype_from_json, genotype_to_dict
+from cnas_hpc.study.pareto import objectives_of, primary_of, primary_ranking
 
 
 @dataclass(frozen=True)
@@ -30,23 +30,25 @@ class RankedTrial:
 
 
 def best_trials(study: optuna.Study, k: int = 5) -> list[RankedTrial]:
-    """The ``k`` best COMPLETE trials of ``study`` that carry a genotype, best first."""
-    trials = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.value is not None and A.GENOTYPE in t.user_attrs
+    """The ``k`` best COMPLETE feasible trials of ``study`` that carry a genotype, best first.
+
+    Ranked by the study's objective; a multi-objective study by its primary objective (the
+    first that is not a cost: :func:`cnas_hpc.study.pareto.primary_ranking`), ``value``
+    being that objective's value. Trials that break the study's constraints are left out.
+    """
+    objectives = objectives_of(study)
+    index = objectives.index(primary_of(objectives))
+    return [
+        _ranked(i + 1, t, float(t.values[index])) for i, t in enumerate(primary_ranking(study)[:k])
     ]
-    reverse = study.direction == StudyDirection.MAXIMIZE
-    trials.sort(key=lambda t: (t.value if not reverse else -float(t.value or 0.0), t.number))
-    return [_ranked(i + 1, t) for i, t in enumerate(trials[:k])]
 
 
-def _ranked(rank: int, trial: FrozenTrial) -> RankedTrial:
+def _ranked(rank: int, trial: FrozenTrial, value: float) -> RankedTrial:
     attrs = trial.user_attrs
     return RankedTrial(
         rank=rank,
         number=trial.number,
-        value=float(trial.value if trial.value is not None else float("nan")),
+        value=value,
         n_params=attrs.get(A.N_PARAMS),
         macs=attrs.get(A.MACS),
         wall_s=attrs.get(A.WALL_S),

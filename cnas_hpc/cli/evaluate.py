@@ -31,7 +31,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from cnas_hpc.analysis.evaluations import write_results
+from cnas_hpc.analysis.evaluations import comparable_rows, write_results
 from cnas_hpc.cli.common import (
     CONFIG_PATH,
     USER_ERRORS,
@@ -51,7 +51,7 @@ from cnas_hpc.data.labeled import check_labeled
 from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.evaluate import store
 from cnas_hpc.evaluate.app import EvaluationInterrupted, run_evaluation
-from cnas_hpc.evaluate.cells import resolve_cells
+from cnas_hpc.evaluate.cells import resolve_cells, study_costs
 from cnas_hpc.evaluate.observer import EvalObserver
 from cnas_hpc.study.app_arrays import record_array, recorded_arrays
 from cnas_hpc.tracking.eval_progress import EvalProgress
@@ -178,9 +178,12 @@ def make_eval_observers(settings: EvalSettings) -> list[EvalObserver]:
 
 
 def print_results(settings: EvalSettings) -> None:
-    """Print the results table and write ``results.md`` / ``results.csv``."""
+    """Print the results table and write ``results.md`` / ``results.csv``; cells of a
+    cost-aware study show the costs its search recorded beside their accuracy."""
     with store.opened(settings.study) as engine:
-        table, paths = write_results(engine, settings.name, settings.results_dir)
+        names = {r.study_name for r in comparable_rows(engine, settings.name) if r.study_name}
+        costs = study_costs(settings.study, names)
+        table, paths = write_results(engine, settings.name, settings.results_dir, costs)
     print(f"\nEvaluation {settings.name!r}:")
     print(table)
     print("Written to " + ", ".join(str(p) for p in paths), flush=True)

@@ -31,13 +31,17 @@ class EvalConfig:
     """The ``eval`` section: which cells an evaluation trains.
 
     The cells are, in this order: the ``top_k`` best COMPLETE trials of study ``from_study``
-    (in ``study.storage``), then every genotype of the JSON files in ``genotypes`` (a bare
-    genotype, or a ``best_genotype(s).json`` written by a search: its ``top`` list), then the
-    presets named in ``presets`` (``DARTS_V2``, ...).
+    (in ``study.storage``), or with ``from_front`` that many cells spread along its Pareto
+    front (:func:`cnas_hpc.study.pareto.spread_along`), then every genotype of the JSON files
+    in ``genotypes`` (a bare genotype, a ``best_genotype(s).json`` written by a search: its
+    ``top`` list, or a report's ``pareto.json``: its front), then the presets named in
+    ``presets`` (``DARTS_V2``, ...).
 
     Attributes:
         from_study: Study whose best trials are evaluated (None: none from a study).
         top_k: How many of its best trials, ``>= 1``.
+        from_front: Train this many cells spread along the study's Pareto front instead of
+            its ``top_k`` best (``>= 1``; needs ``from_study``); None: the best trials.
         genotypes: Genotype JSON files.
         presets: Names of published genotypes (see :data:`cnas_hpc.space.genotype.PRESETS`).
         name: The evaluation's name: its rows in the ``evaluations`` table, its checkpoints and
@@ -52,6 +56,7 @@ class EvalConfig:
 
     from_study: str | None = None
     top_k: int = 1
+    from_front: int | None = None
     genotypes: tuple[str, ...] = ()
     presets: tuple[str, ...] = ()
     name: str | None = None
@@ -62,6 +67,15 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k <= 0:
             raise ConfigError(f"eval.top_k must be an integer > 0, got {self.top_k!r}")
+        if self.from_front is not None:
+            front = self.from_front
+            if isinstance(front, bool) or not isinstance(front, int) or front <= 0:
+                raise ConfigError(f"eval.from_front must be an integer > 0, got {front!r}")
+            if self.from_study is None:
+                raise ConfigError(
+                    "eval.from_front needs the study whose front it spreads along: "
+                    "set eval.from_study=<study>"
+                )
         if self.method not in METHODS:
             raise ConfigError(
                 f"eval.method must be one of {', '.join(METHODS)}, got {self.method!r}"
@@ -142,10 +156,15 @@ class EvalSettings:
 
     @property
     def name(self) -> str:
-        """The evaluation's name (``eval.name``, else derived from its cells and protocol)."""
+        """The evaluation's name (``eval.name``, else derived from its cells and protocol:
+        ``<from_study>[-front<K>]-<protocol>-<method>``, ``cells-...`` without a study)."""
         if self.eval.name:
             return self.eval.name
         head = self.eval.from_study or "cells"
+        if self.eval.from_study and self.eval.from_front is not None:
+            # Another set of cells than the study's best: another evaluation (a rerun with the
+            # same name resumes the cells it planned first).
+            head += f"-front{self.eval.from_front}"
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in head)
         return f"{safe}-{self.protocol.name}-{self.eval.method}"
 

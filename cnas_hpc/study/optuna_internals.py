@@ -476,6 +476,23 @@ def fixed_params_of(trial: FrozenTrial) -> dict[str, Any]:
     return dict(fixed) if isinstance(fixed, dict) else {}
 
 
+def constraint_values_of(trial: FrozenTrial) -> list[float] | None:
+    """The trial's constraint values as Optuna records them (feasible iff all <= 0).
+
+    Both of Optuna's formats: the list a sampler's ``constraints_func`` writes under the system
+    attribute ``"constraints"`` (``optuna.study._constrained_optimization._CONSTRAINTS_KEY``),
+    and the ``"constraints:<name>"`` keys of ``Trial.set_constraint`` (Optuna >= 5, which
+    deprecates ``constraints_func``; ``FrozenTrial.constraints`` reads both there). None when
+    the trial has none.
+    """
+    values: list[float] = []
+    raw = trial.system_attrs.get("constraints")
+    if isinstance(raw, list | tuple):
+        values += [float(value) for value in raw]
+    values += [float(v) for k, v in trial.system_attrs.items() if k.startswith("constraints:")]
+    return values or None
+
+
 def frozen_of(trial: optuna.Trial) -> FrozenTrial:
     """The trial's own snapshot (``Trial._cached_frozen_trial``), read when it was opened."""
     frozen: FrozenTrial = trial._cached_frozen_trial
