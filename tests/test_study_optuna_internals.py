@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -43,6 +44,10 @@ def handle(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StudyHand
 def stock_of(handle: StudyHandle) -> optuna.Study:
     """The study through Optuna's own trial cache (the reference the lean read must equal)."""
     return optuna.load_study(study_name=handle.name, storage=handle.storage)
+
+
+#: ``(trial_id, number, state, value)`` rows of the duplicate check.
+Rows = list[tuple[int, int, str, Any]]
 
 
 def trial_id_of(handle: StudyHandle, number: int) -> int:
@@ -244,3 +249,59 @@ def test_rows_written_in_one_go_read_back_as_optunas_own_and_not_after_the_end(
     assert repr(stored.intermediate_values) == repr({1: 0.25, 2: float("nan"), 3: float("inf"),
                                                      4: -float("inf")})  # fmt: skip
     assert list(stored.params) == ["c", "x"]
+
+
+def test_the_duplicate_check_reads_what_changed_and_writes_only_an_original(
+    handle: StudyHandle,
+) -> None:
+    """``write_rows_unless`` (on PostgreSQL one round trip: the advisory lock, then the Core
+    query compiled for the driver): it reads RUNNING trials and COMPLETE ones after the given id,
+    and writes nothing when the check names a duplicate."""
+    study = handle.study
+    done = study.ask()
+    done_id = trial_id_of(handle, done.number)
+    internals.write_trial_rows(handle, done_id, user_attrs={"h": "aa"})
+    study.tell(done, 1.0)
+    new_id = handle.cache.create_new_trial(handle.study_id)
+    lock = 7 if handle.engine.dialect.name == "postgresql" else None
+    seen: list[Rows] = []
+
+    def write(after: int, answer: int | None, value: str) -> int | None:
+        def check(rows: Rows) -> int | None:
+            seen.append(rows)
+            return answer
+
+        return internals.write_rows_unless(
+            handle, new_id, lock_key=lock, key="h", after_trial_id=after, duplicate_of=check,
+            params={}, user_attrs={"h": value},
+        )  # fmt: skip
+
+    assert write(-1, 0, "aa") == 0
+    assert seen[-1] == [(done_id, done.number, "COMPLETE", "aa")]
+    assert "h" not in handle.storage.get_trial(new_id).user_attrs  # a duplicate: nothing written
+    assert write(done_id, None, "bb") is None
+    assert seen[-1] == []  # the COMPLETE trial is old news; the new one has no hash yet
+    assert handle.storage.get_trial(new_id).user_attrs == {"h": "bb"}
+    assert internals.arch_hashes(handle, "h", done_id) == [(new_id, 1, "RUNNING", "bb")]
+
+
+def test_the_one_round_trip_reservation_makes_the_trial_optuna_would(
+    handle: StudyHandle,
+) -> None:
+    """``reserve_trial_row`` (PostgreSQL): the RUNNING trial as ``RDBStorage.create_new_trial``
+    makes it (next number, start time), with its first heartbeat and identity; nothing when
+    no slot is free."""
+    if handle.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only (SQLite claims take the file lock and Optuna's calls)")
+    done = handle.study.ask()
+    handle.study.tell(done, 1.0)
+    counts, created = internals.reserve_trial_row(handle, 42, 3, {"who": "w"})
+    assert counts == {"COMPLETE": 1} and created is not None
+    trial_id, number = created
+    assert number == 1 and trial_id_of(handle, number) == trial_id
+    stock = stock_of(handle).get_trials(deepcopy=False)[number]
+    assert stock.state == TrialState.RUNNING and stock.user_attrs == {"who": "w"}
+    assert stock.datetime_start is not None
+    assert set(internals.heartbeat_ages(handle)) == {number}
+    counts, created = internals.reserve_trial_row(handle, 42, 2, {})
+    assert created is None and counts == {"COMPLETE": 1, "RUNNING": 1}  # the budget is held
