@@ -29,7 +29,6 @@ from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.search.owner import TrialOwner
 from cnas_hpc.space.encoding import encoding_from_config
 from cnas_hpc.study.heartbeat import Heartbeat
-from cnas_hpc.study.optuna_internals import trial_id_of
 
 
 @hydra.main(version_base="1.3", config_path="busy_conf", config_name="busy")
@@ -53,9 +52,9 @@ def main(cfg: DictConfig) -> int:
         if assignment.kind == "wait":
             time.sleep(settings.search.poll_seconds)
             continue
-        assert owner.trial is not None
+        assert owner.trial_id is not None
         start = time.time()
-        with Heartbeat(owner.storage, trial_id_of(owner.trial), 10, release=owner.release):
+        with Heartbeat(owner.storage, owner.trial_id, 10, release=owner.release):
             time.sleep(duration(assignment.number, float(cfg.median_s), float(cfg.sigma)))
         end = time.time()
         owner.finish(TrialState.COMPLETE, end - start, {"bench:start": start, "bench:end": end})

@@ -406,7 +406,7 @@ def oom_is_pruned(setup: Setup) -> tuple[str, str]:
         finally:
             torch.cuda.set_per_process_memory_fraction(1.0)
         after = torch.cuda.memory_allocated()
-        (trial,) = load_study(settings, worker=0).get_trials()
+        (trial,) = load_study(settings, worker=0).study.get_trials()
         reason = str(trial.user_attrs.get(attrs.FAIL_REASON, ""))
     released = after - before < 2**20  # tensors of the trial freed (within 1 MiB)
     ok = trial.state.name == "PRUNED" and reason.startswith("out_of_memory") and released

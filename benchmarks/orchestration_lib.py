@@ -31,7 +31,8 @@ from cnas_hpc.common import attrs
 from cnas_hpc.config import Settings, settings_from_config
 from cnas_hpc.space.encoding import CellEncoding, compact_hash, encoding_from_config
 from cnas_hpc.space.genotype import genotype_to_json
-from cnas_hpc.study.optuna_internals import KNOWN_SCHEMA_VERSIONS, engine_of, study_id_of
+from cnas_hpc.study.handle import StudyHandle
+from cnas_hpc.study.optuna_internals import KNOWN_SCHEMA_VERSIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The dev cluster's server (slurm/dev-cluster.sh); the role may create databases.
@@ -117,21 +118,20 @@ def finished_trial(encoding: CellEncoding, number: int, rng: random.Random) -> F
     )
 
 
-def populate(study: optuna.Study, encoding: CellEncoding, up_to: int, seed: int = 0) -> float:
+def populate(handle: StudyHandle, encoding: CellEncoding, up_to: int, seed: int = 0) -> float:
     """Add COMPLETE trials until the study holds ``up_to``; returns the seconds it took.
 
     Written in bulk straight into Optuna's tables (one transaction per 1,000 trials): Optuna's
     ``add_trials`` takes about half a second per trial on this machine, hours for 10,000. The
     rows are exactly those Optuna writes (the schema revision is checked first).
     """
-    engine = engine_of(study)
-    assert engine is not None
+    engine = handle.engine
     with engine.connect() as check:
         revision = check.execute(
             sqlalchemy.text("SELECT version_num FROM alembic_version")
         ).scalar()
     assert revision in KNOWN_SCHEMA_VERSIONS, revision
-    have = len(study.get_trials(deepcopy=False))
+    have = len(handle.study.get_trials(deepcopy=False))
     rng = random.Random(seed + have)
     started = time.perf_counter()
     url = make_url(engine.url.render_as_string(hide_password=False))
@@ -144,7 +144,7 @@ def populate(study: optuna.Study, encoding: CellEncoding, up_to: int, seed: int 
                 finished_trial(encoding, n, rng) for n in range(first, min(up_to, first + 1000))
             ]
             with conn, conn.cursor() as cur:
-                _insert(cur, study_id_of(study), first, trials)
+                _insert(cur, handle.study_id, first, trials)
     finally:
         conn.close()
     return time.perf_counter() - started

@@ -43,9 +43,9 @@ from cnas_hpc.search.owner import TrialOwner
 from cnas_hpc.space.encoding import compact_hash
 from cnas_hpc.space.genotype import genotype_to_json
 from cnas_hpc.study.budget import study_lock
+from cnas_hpc.study.handle import StudyHandle
 from cnas_hpc.study.heartbeat import Heartbeat
 from cnas_hpc.study.lifecycle import bootstrap_study, load_study
-from cnas_hpc.study.optuna_internals import trial_id_of
 
 #: The documented cheaper sampler setting for very large studies (README, "PostgreSQL sizing").
 CHEAP_SAMPLER = ("study.sampler.max_history=1000",)
@@ -65,12 +65,13 @@ def _claim_tell(owner: TrialOwner, rng: random.Random) -> tuple[float, float]:
 
 
 def _stock_claim_tell(
-    settings: Settings, study: optuna.Study, rng: random.Random
+    settings: Settings, study: optuna.Study, lock: StudyHandle, rng: random.Random
 ) -> tuple[float, float]:
-    """Optuna's stock path under the same lock: ask, suggest each parameter, set attributes."""
+    """Optuna's stock path under the same lock (``lock``'s): ask, suggest each parameter, set
+    attributes."""
     encoding = encoding_of(settings)
     started = time.perf_counter()
-    with study_lock(study):
+    with study_lock(lock):
         trial = study.ask()
         genotype = encoding.suggest(trial)
         for key, value in {
@@ -120,9 +121,9 @@ def latency(sizes: list[int], repeats: int, work: Path) -> dict[str, Any]:
                 seed=0,
             )
             started = time.perf_counter()
-            _stock_claim_tell(settings, stock, rng)
+            _stock_claim_tell(settings, stock, study, rng)
             row["stock_first_claim_s"] = time.perf_counter() - started
-            samples = [_stock_claim_tell(settings, stock, rng) for _ in range(repeats)]
+            samples = [_stock_claim_tell(settings, stock, study, rng) for _ in range(repeats)]
             row["stock_claim"] = percentiles([c for c, _ in samples])
             row["stock_tell"] = percentiles([t for _, t in samples])
             out[str(size)] = row
@@ -168,7 +169,7 @@ def new_worker(size: int, work: Path) -> dict[str, Any]:
         assert len(trials) == size
         ours_started = time.perf_counter()
         primed = load_study(settings, worker=0)
-        assert len(primed.get_trials(deepcopy=False)) == size
+        assert len(primed.study.get_trials(deepcopy=False)) == size
         ours_read = time.perf_counter() - ours_started
         # CIFAR-sized images in an npz file, as a cluster search reads them.
         images = work / "images.npz"
@@ -228,11 +229,9 @@ def _concurrent_worker(
             if assignment.kind == "wait":
                 time.sleep(settings.search.poll_seconds)
                 continue
-            assert owner.trial is not None
+            assert owner.trial_id is not None
             interval = settings.study.heartbeat_interval
-            beat = Heartbeat(
-                owner.storage, trial_id_of(owner.trial), interval, release=owner.release
-            )
+            beat = Heartbeat(owner.storage, owner.trial_id, interval, release=owner.release)
             with beat:
                 time.sleep(rng.lognormvariate(0.0, 0.5) * median_s)
             started = time.perf_counter()

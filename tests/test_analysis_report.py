@@ -45,7 +45,7 @@ from cnas_hpc.config.report import ReportConfig
 from cnas_hpc.search.worker import run_worker
 from cnas_hpc.space.encoding import encoding_from_config
 from cnas_hpc.space.genotype import genotype_from_dict, genotype_from_json, genotype_to_json
-from cnas_hpc.study import optuna_internals
+from cnas_hpc.study.handle import StudyHandle
 from cnas_hpc.study.lifecycle import bootstrap_study, load_study
 from tests.helpers import TINY, run_launch, tiny_settings
 
@@ -79,28 +79,24 @@ def report_settings(home: Path, n_trials: int = 6) -> Settings:
     return tiny_settings(home, f"search.n_trials={n_trials}")
 
 
-def engine_of(study: optuna.Study) -> sqlalchemy.Engine:
-    engine = optuna_internals.engine_of(study)
-    assert engine is not None
-    return engine
+def trial_id_of(handle: StudyHandle, number: int) -> int:
+    return handle.storage.get_trial_id_from_study_id_trial_number(handle.study_id, number)
 
 
-def add_running(study: optuna.Study, *, worker: str, job: str, task: int, host: str) -> int:
-    trial = study.ask()
+def add_running(handle: StudyHandle, *, worker: str, job: str, task: int, host: str) -> int:
+    trial = handle.study.ask()
     trial.set_user_attr(attrs.WORKER, worker)
     trial.set_user_attr(attrs.ARRAY_JOB, job)
     trial.set_user_attr(attrs.ARRAY_TASK, task)
     trial.set_user_attr(attrs.HOST, host)
-    optuna_internals.record_heartbeat(
-        optuna_internals.storage_of(study), optuna_internals.trial_id_of(trial)
-    )
+    handle.storage.record_heartbeat(trial_id_of(handle, trial.number))
     return trial.number
 
 
-def age_heartbeat(study: optuna.Study, number: int, hours: float) -> None:
+def age_heartbeat(handle: StudyHandle, number: int, hours: float) -> None:
     """Move a trial's last heartbeat ``hours`` into the past (its worker died)."""
-    trial_id = optuna_internals.trial_id_of(study.get_trials(deepcopy=False)[number])
-    with engine_of(study).begin() as conn:
+    trial_id = trial_id_of(handle, number)
+    with handle.engine.begin() as conn:
         (beat,) = conn.execute(
             sqlalchemy.text("SELECT heartbeat FROM trial_heartbeats WHERE trial_id = :t"),
             {"t": trial_id},
@@ -130,22 +126,24 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Searched:
         assert run_worker(settings).completed == 3
     finally:
         torch.set_num_threads(threads)  # train.num_threads is process-wide: give it back
-    study = load_study(settings, worker=0, scoring=False)
-    alive = add_running(study, worker="slurm:4242_7", job="4242", task=7, host="gpu-node-12")
-    stale = add_running(study, worker="slurm:4242_3", job="4242", task=3, host="gpu-node-03")
-    age_heartbeat(study, stale, hours=1.0)
+    handle = load_study(settings, worker=0, scoring=False)
+    study = handle.study
+    alive = add_running(handle, worker="slurm:4242_7", job="4242", task=7, host="gpu-node-12")
+    stale = add_running(handle, worker="slurm:4242_3", job="4242", task=3, host="gpu-node-03")
+    age_heartbeat(handle, stale, hours=1.0)
     oom = (add_failed(study, OOM.format("2.00")), add_failed(study, OOM.format("11.50")))
     odd = add_failed(study, "ValueError: bad \x1b[31mred\x1b[0m value\r")
-    engine_of(study).dispose()
+    handle.engine.dispose()
     return Searched(home, settings, alive, stale, oom, odd)
 
 
 @pytest.fixture(scope="module")
 def status(searched: Searched) -> StudyStatus:
     settings = report_settings(searched.home)
-    study = load_study(settings, worker=0, scoring=False)
+    handle = load_study(settings, worker=0, scoring=False)
+    study = handle.study
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    result = collect_status(study, settings, top_k=2, recent=2)
+    result = collect_status(handle, settings, top_k=2, recent=2)
     assert [t.state for t in study.get_trials(deepcopy=False)] == states  # read-only
     return result
 
@@ -188,7 +186,7 @@ def test_failures_are_grouped_by_cause(searched: Searched, status: StudyStatus) 
 
 
 def test_best_trials_throughput_and_eta(searched: Searched, status: StudyStatus) -> None:
-    study = load_study(searched.settings, worker=0, scoring=False)
+    study = load_study(searched.settings, worker=0, scoring=False).study
     complete = sorted(
         study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
         key=lambda t: float(t.value or 0.0),
@@ -223,8 +221,7 @@ def test_the_text_is_plain_and_says_it_all(searched: Searched, status: StudyStat
 
 def test_a_spent_budget_says_a_resume_does_nothing(searched: Searched) -> None:
     settings = report_settings(searched.home, n_trials=3)
-    study = load_study(settings, worker=0, scoring=False)
-    done = collect_status(study, settings)
+    done = collect_status(load_study(settings, worker=0, scoring=False), settings)
     assert done.done and done.to_complete == 0 and done.eta == timedelta(0)
     assert (done.retries, done.new_trials) == (0, 0)
     assert "a resume does nothing" in format_status(done)
@@ -256,7 +253,7 @@ def test_run_report_writes_pictures_html_and_best_genotypes(
     assert (out / "status.txt").read_text().startswith("study      cnas-digits-compact")
 
     best = json.loads((out / "best_genotypes.json").read_text())
-    study = load_study(settings, worker=0, scoring=False)
+    study = load_study(settings, worker=0, scoring=False).study
     trials = study.get_trials(deepcopy=False)
     assert best["study"] == "cnas-digits-compact" and len(best["top"]) == 2
     assert best["trial"] == study.best_trial.number and best["value"] == study.best_value
@@ -372,16 +369,17 @@ def test_the_report_command_refuses_a_missing_study(tmp_path: Path) -> None:
 def test_status_on_postgresql(fresh_pg_url: str, tmp_path: Path) -> None:
     settings = tiny_settings(tmp_path, f"study.storage={fresh_pg_url}", "search.n_trials=4")
     bootstrap_study(settings)
-    study = load_study(settings, worker=0, scoring=False)
+    handle = load_study(settings, worker=0, scoring=False)
+    study = handle.study
     space = encoding_from_config(settings.space)
     for value in (2.0, 1.0):
         trial = study.ask()
         trial.set_user_attr(attrs.GENOTYPE, genotype_to_json(space.suggest(trial)))
         study.tell(trial, value)
-    alive = add_running(study, worker="slurm:9_1", job="9", task=1, host="gpu-a")
-    stale = add_running(study, worker="slurm:9_2", job="9", task=2, host="gpu-b")
-    age_heartbeat(study, stale, hours=2.0)
-    status = collect_status(study, settings)
+    alive = add_running(handle, worker="slurm:9_1", job="9", task=1, host="gpu-a")
+    stale = add_running(handle, worker="slurm:9_2", job="9", task=2, host="gpu-b")
+    age_heartbeat(handle, stale, hours=2.0)
+    status = collect_status(handle, settings)
     ages = {r.number: r.heartbeat_age_s or -1.0 for r in status.running}
     assert 0 <= ages[alive] < 600  # the database's clock: no time-zone offset
     assert ages[stale] > 7000

@@ -50,7 +50,7 @@ def test_two_ranks_train_and_only_rank_zero_talks_to_the_study(tmp_path: Path) -
     mp.spawn(_rank, args=(settings, _free_port(), results), nprocs=2, join=True)
     # Both ranks trained both trials; rank 1 never opened the (unreachable) study to do so.
     assert results[0] == results[1] == 2
-    study = load_study(settings, worker=0)
+    study = load_study(settings, worker=0).study
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert all(t.user_attrs[attrs.WORLD_SIZE] == 2 for t in trials)

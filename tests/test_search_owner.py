@@ -16,7 +16,6 @@ from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.search.owner import TrialOwner
 from cnas_hpc.space.encoding import encoding_from_config
 from cnas_hpc.study.lifecycle import bootstrap_study, load_study
-from cnas_hpc.study.optuna_internals import trial_id_of
 from tests.helpers import tiny_settings
 
 
@@ -31,7 +30,7 @@ def claim_and_tell(who: TrialOwner) -> dict[str, object]:
     assignment, _ = who.claim()
     assert assignment.kind == "train"
     who.finish(TrialState.COMPLETE, float(assignment.number), {})
-    return dict(load_study(who.settings, worker=0).trials[assignment.number].params)
+    return dict(load_study(who.settings, worker=0).study.trials[assignment.number].params)
 
 
 def test_proposals_do_not_depend_on_when_a_worker_loaded_the_study(tmp_path: Path) -> None:
@@ -53,7 +52,7 @@ def test_a_restarted_worker_does_not_replay_its_proposals(tmp_path: Path) -> Non
     s = tiny_settings(tmp_path, "study.sampler.n_startup_trials=10")
     bootstrap_study(s)
     before = [claim_and_tell(owner(s, 0)) for _ in range(3)]  # a fresh owner each time
-    study = load_study(s, worker=0)
+    study = load_study(s, worker=0).study
     assert len({json.dumps(p, sort_keys=True) for p in before}) == 3
     assert not [t for t in study.trials if t.state == TrialState.FAIL]  # no duplicate skipped
 
@@ -68,7 +67,7 @@ def test_a_pending_result_is_told_by_the_next_owner_exactly_once(tmp_path: Path)
     path = first.pending.write(
         {
             "number": assignment.number,
-            "trial_id": trial_id_of(first.trial),
+            "trial_id": first.trial_id,
             "state": "COMPLETE",
             "value": 1.25,
             "attrs": {attrs.WALL_S: 3.0},
@@ -78,7 +77,7 @@ def test_a_pending_result_is_told_by_the_next_owner_exactly_once(tmp_path: Path)
     assert first.pending.holds(assignment.number)
     told = [owner(s, 1).flush_pending(), owner(s, 2).flush_pending()]
     assert told == [1, 0] and not path.exists()
-    trial = load_study(s, worker=0).trials[assignment.number]
+    trial = load_study(s, worker=0).study.trials[assignment.number]
     assert (trial.state, trial.value) == (TrialState.COMPLETE, 1.25)
     assert trial.intermediate_values == {1: 0.5} and trial.user_attrs[attrs.WALL_S] == 3.0
 
@@ -99,13 +98,13 @@ def test_workers_flushing_together_tell_each_pending_result_once(tmp_path: Path)
         first.pending.write(
             {
                 "number": assignment.number,
-                "trial_id": trial_id_of(first.trial),
+                "trial_id": first.trial_id,
                 "state": "COMPLETE",
                 "value": float(value),
                 "attrs": {},
             }
         )
-        first.trial = None
+        first.trial, first.trial_id = None, None
         numbers.append(assignment.number)
     context = multiprocessing.get_context("fork")
     told: multiprocessing.Queue[int] = context.Queue()
@@ -117,7 +116,7 @@ def test_workers_flushing_together_tell_each_pending_result_once(tmp_path: Path)
     assert [p.exitcode for p in flushers] == [0, 0, 0, 0]
     assert sum(told.get(timeout=5) for _ in flushers) == len(numbers)
     assert not list(s.pending_dir.iterdir())
-    study = load_study(s, worker=0)
+    study = load_study(s, worker=0).study
     assert [study.trials[n].state for n in numbers] == [TrialState.COMPLETE] * len(numbers)
 
 
@@ -136,8 +135,8 @@ def test_the_pruner_judges_unsent_reports_and_an_outage_reads_go_on(
     who.claim()
     who.note_report(1, 9.0)  # noted, not sent: worse than the median at epoch 1
     assert who.should_prune()
-    assert who.trial is not None
-    assert not who.storage.get_trial(trial_id_of(who.trial)).intermediate_values  # not written
+    assert who.trial_id is not None
+    assert not who.storage.get_trial(who.trial_id).intermediate_values  # not written
     who.note_report(1, 0.5)
     assert not who.should_prune()
 

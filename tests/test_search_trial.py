@@ -44,7 +44,7 @@ def test_a_trained_trial_is_told_complete_with_its_results_and_its_checkpoint_go
 ) -> None:
     runner, _ = _runner(tmp_path)
     assert runner.run() is None
-    (trial,) = load_study(runner.settings, worker=0).get_trials(deepcopy=False)
+    (trial,) = load_study(runner.settings, worker=0).study.get_trials(deepcopy=False)
     assert trial.state == TrialState.COMPLETE
     assert trial.value == pytest.approx(trial.user_attrs[attrs.VAL_LOSS])
     assert trial.user_attrs[attrs.EPOCHS_DONE] == runner.settings.train.epochs
@@ -61,7 +61,7 @@ def test_a_broken_trial_is_told_fail_with_its_reason_and_the_worker_goes_on(
     runner.assignment = dataclasses.replace(runner.assignment, genotype_json='{"normal": 1}')
     reason = runner.run()  # returns the reason instead of raising: the worker claims the next
     assert reason is not None and not reason.startswith("out_of_memory")
-    (trial,) = load_study(runner.settings, worker=0).get_trials(deepcopy=False)
+    (trial,) = load_study(runner.settings, worker=0).study.get_trials(deepcopy=False)
     assert trial.state == TrialState.FAIL  # a bug, not a bad architecture: TPE ignores it
     assert trial.user_attrs[attrs.FAIL_REASON] == reason
 

@@ -29,7 +29,7 @@ def test_a_short_search_completes_its_budget_with_everything_recorded(tmp_path: 
     bootstrap_study(s)
     report = run_worker(s)
     assert report.completed == 3 and report.failed == 0
-    study = load_study(s, worker=0)
+    study = load_study(s, worker=0).study
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     hashes = set()
@@ -57,7 +57,7 @@ def test_a_one_cpu_allocation_bounds_the_measured_threads(
     s = tiny_settings(tmp_path, "search.n_trials=2")
     bootstrap_study(s)
     assert run_worker(s).completed == 2
-    for t in load_study(s, worker=0).get_trials(deepcopy=False):
+    for t in load_study(s, worker=0).study.get_trials(deepcopy=False):
         assert t.user_attrs[attrs.CPU_THREADS] == 1
         assert "threads=" not in t.user_attrs[attrs.STEP_PLAN]  # nothing measured above 1
 
@@ -70,7 +70,7 @@ def test_a_rerun_with_a_larger_budget_only_adds_the_difference(tmp_path: Path) -
     bootstrap_study(s3)
     assert run_worker(s3).completed == 1
     assert run_worker(s3).completed == 0  # budget already spent: nothing asked
-    study = load_study(s3, worker=0)
+    study = load_study(s3, worker=0).study
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
     assert len(study.trials) == 3
 
@@ -87,7 +87,7 @@ def test_diverging_trials_are_pruned_and_a_broken_config_stops(tmp_path: Path) -
     bootstrap_study(s)
     with pytest.raises(WorkerError, match=r"2 consecutive trials failed.*non-finite"):
         run_worker(s)
-    study = load_study(s, worker=0)
+    study = load_study(s, worker=0).study
     pruned = study.get_trials(states=(TrialState.PRUNED,))
     assert len(pruned) == 2  # PRUNED, not FAIL: TPE learns to avoid diverging cells
     assert all("non_finite_loss" in t.user_attrs[attrs.FAIL_REASON] for t in pruned)
@@ -102,7 +102,7 @@ def test_a_proxy_too_large_for_the_node_is_pruned(tmp_path: Path) -> None:
     bootstrap_study(s)
     with pytest.raises(WorkerError, match="out_of_memory"):
         run_worker(s)
-    (trial,) = load_study(s, worker=0).trials
+    (trial,) = load_study(s, worker=0).study.trials
     assert trial.state == TrialState.PRUNED
     assert trial.user_attrs[attrs.FAIL_REASON].startswith("out_of_memory: ")
     assert "can't allocate memory" in trial.user_attrs[attrs.FAIL_REASON]
@@ -123,7 +123,7 @@ def test_any_exception_of_a_trial_is_recorded_with_its_reason(
     caplog.set_level(logging.INFO, logger="cnas_hpc")
     with pytest.raises(WorkerError, match="KeyError"):
         run_worker(s, observers=lambda study: [SearchProgress(2, use_bars=False)])
-    failed = load_study(s, worker=0).get_trials(states=(TrialState.FAIL,))
+    failed = load_study(s, worker=0).study.get_trials(states=(TrialState.FAIL,))
     assert [t.user_attrs[attrs.FAIL_REASON] for t in failed] == ["KeyError: 'normal/n2/op0'"] * 2
     assert "trial 0: FAIL" in caplog.text and "trial None" not in caplog.text
 
@@ -145,7 +145,7 @@ def test_one_failure_does_not_stop_the_worker(
     bootstrap_study(s)
     report = run_worker(s)
     assert (report.completed, report.failed) == (2, 1)
-    study = load_study(s, worker=0)
+    study = load_study(s, worker=0).study
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
     (failed,) = study.get_trials(states=(TrialState.PRUNED,))
     assert failed.user_attrs[attrs.FAIL_REASON].startswith("out_of_memory: CUDA out of memory")
@@ -158,7 +158,7 @@ def test_one_failure_does_not_stop_the_worker(
     bootstrap_study(s3)
     with pytest.raises(WorkerError):
         run_worker(s3)
-    (bug,) = load_study(s3, worker=0).get_trials(states=(TrialState.FAIL,))
+    (bug,) = load_study(s3, worker=0).study.get_trials(states=(TrialState.FAIL,))
     assert "cell has no path" in bug.user_attrs[attrs.FAIL_REASON]
 
 
@@ -176,7 +176,7 @@ def test_the_csnas_encoding_with_the_memory_bank_loss_runs(tmp_path: Path) -> No
     )
     bootstrap_study(s)
     assert run_worker(s).completed == 2
-    study = load_study(s, worker=0)
+    study = load_study(s, worker=0).study
     assert study.user_attrs[attrs.STUDY_OBJECTIVE] == "train_contrastive_loss"
     for t in study.trials:
         assert len(t.params) == 2 * sum(range(2, 7))  # 40 edge choices: 20 per cell
@@ -190,7 +190,7 @@ def test_knn_objective_maximises(tmp_path: Path) -> None:
     )
     bootstrap_study(s)
     run_worker(s)
-    study = load_study(s, worker=0)
+    study = load_study(s, worker=0).study
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     assert 0.0 <= study.best_value <= 1.0
 
@@ -233,7 +233,7 @@ def test_reports_follow_checkpoints_and_a_resumed_trial_counts_all_its_time(
     def save(state: TrainState, path: Path) -> None:
         real_save(state, path)
         saved_wall_s.append(state.wall_s)
-        running = load_study(s, worker=0).get_trials(states=(TrialState.RUNNING,))
+        running = load_study(s, worker=0).study.get_trials(states=(TrialState.RUNNING,))
         reported_at_save.append((state.epoch, sorted(running[0].intermediate_values)))
 
     monkeypatch.setattr(trial_module, "save_checkpoint", save)
@@ -245,7 +245,7 @@ def test_reports_follow_checkpoints_and_a_resumed_trial_counts_all_its_time(
     assert reported_at_save and all(epoch not in seen for epoch, seen in reported_at_save)
     time.sleep(2.5)  # the stopped trial goes stale; a local worker has no job to ask about
     assert run_worker(s).completed == 1
-    trials = load_study(s, worker=0).trials
+    trials = load_study(s, worker=0).study.trials
     (retry,) = [t for t in trials if t.state == TrialState.COMPLETE]
     assert retry.user_attrs[attrs.RESUMED_FROM_EPOCH] >= 1
     assert sorted(retry.intermediate_values) == [1, 2, 3]  # epoch 1 re-told from the checkpoint

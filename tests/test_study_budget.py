@@ -53,7 +53,7 @@ def test_concurrent_claims_fill_the_budget_exactly(fresh_pg_url: str, tmp_path: 
     for process in claimers:
         process.join(300)
     assert [p.exitcode for p in claimers] == [0] * 6
-    trials = load_study(s, worker=0).get_trials(deepcopy=False)
+    trials = load_study(s, worker=0).study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 18
     assert sorted(t.number for t in trials) == list(range(len(trials)))  # numbers unique, dense

@@ -23,7 +23,6 @@ from cnas_hpc.config import Settings
 from cnas_hpc.search.worker import run_worker
 from cnas_hpc.space.encoding import compact_hash, encoding_from_config
 from cnas_hpc.space.genotype import DARTS_V2, PC_DARTS, genotype_from_json
-from cnas_hpc.study import optuna_internals
 from cnas_hpc.study.budget import ClaimStatus, claim_trial, count_budget
 from cnas_hpc.study.lifecycle import bootstrap_study, load_study
 from cnas_hpc.study.sampler import make_sampler, worker_seed
@@ -91,18 +90,18 @@ def test_known_cells_are_enqueued_once_and_evaluated_first(tmp_path: Path) -> No
     s = tiny_settings(tmp_path, "search.n_trials=3", "search.enqueue=[DARTS_V2,PC_DARTS]")
     bootstrap_study(s)
     bootstrap_study(s)  # a rerun adds nothing
-    study = load_study(s, worker=0)
+    study = load_study(s, worker=0).study
     waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
     assert [t.user_attrs[attrs.ENQUEUED_AS] for t in waiting] == ["DARTS_V2", "PC_DARTS"]
     run_worker(s)
-    trials = load_study(s, worker=0).get_trials(deepcopy=False)
+    trials = load_study(s, worker=0).study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 3  # the budget counts them: exactly n_trials
     first = sorted(complete, key=lambda t: t.number)[:2]
     evaluated = [compact_hash(genotype_from_json(t.user_attrs[attrs.GENOTYPE])) for t in first]
     assert evaluated == [compact_hash(DARTS_V2), compact_hash(PC_DARTS)]  # the same cells
     bootstrap_study(s)
-    assert len(load_study(s, worker=0).get_trials(deepcopy=False)) == len(trials)
+    assert len(load_study(s, worker=0).study.get_trials(deepcopy=False)) == len(trials)
 
 
 def test_a_study_scored_with_another_setup_is_refused_naming_each_key(
@@ -143,10 +142,12 @@ def test_an_old_study_without_a_setup_records_it_at_its_first_resume(tmp_path: P
             {"key": attrs.STUDY_SCORE_SETUP},
         )
     engine.dispose()
-    assert attrs.STUDY_SCORE_SETUP not in load_study(s, worker=0).user_attrs
+    assert attrs.STUDY_SCORE_SETUP not in load_study(s, worker=0).study.user_attrs
     other = tiny_settings(tmp_path, "train.epochs=3")
     assert not bootstrap_study(other).created  # not refused: recorded as it is now
-    assert load_study(other, worker=0).user_attrs[attrs.STUDY_SCORE_SETUP]["train.epochs"] == 3
+    assert (
+        load_study(other, worker=0).study.user_attrs[attrs.STUDY_SCORE_SETUP]["train.epochs"] == 3
+    )
     with pytest.raises(StudyError, match=r"train\.epochs 3 -> 1"):
         bootstrap_study(tiny_settings(tmp_path, "train.epochs=1"))
 
@@ -167,7 +168,7 @@ def test_bootstrap_creates_once_then_resumes(storage_url: str, tmp_path: Path) -
     assert first.created and first.n_complete == 0
     again = bootstrap_study(s)
     assert not again.created
-    study = load_study(s, worker=0)
+    study = load_study(s, worker=0).study
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
     assert study.user_attrs[attrs.STUDY_OBJECTIVE] == "val_contrastive_loss"
     # optuna-dashboard labels the value by the objective, not "Objective 0".
@@ -198,10 +199,11 @@ def test_loading_a_missing_study_fails_clearly(storage_url: str, tmp_path: Path)
 def _claim_and_finish(url: str, tmp: str, n_trials: int, worker: int) -> int:
     """A fake worker: claim trials and complete them at once, until the budget is spent."""
     settings = settings_for(Path(tmp), url)
-    study = load_study(settings, worker=worker)
+    handle = load_study(settings, worker=worker)
+    study = handle.study
     done = 0
     while True:
-        claim = claim_trial(study, n_trials)
+        claim = claim_trial(handle, n_trials)
         if claim.status is ClaimStatus.DONE:
             return done
         if claim.status is ClaimStatus.WAIT:
@@ -238,7 +240,9 @@ def test_two_bootstraps_started_together_on_a_new_database_both_succeed(
     for process in processes:
         process.join(timeout=60)
     assert outcomes == ["created", "resumed"]  # one made schema and study, the other found them
-    assert load_study(settings_for(tmp_path, storage_url), worker=0).user_attrs[attrs.STUDY_SPACE]
+    assert load_study(settings_for(tmp_path, storage_url), worker=0).study.user_attrs[
+        attrs.STUDY_SPACE
+    ]
 
 
 def test_concurrent_claims_never_overshoot_the_budget(storage_url: str, tmp_path: Path) -> None:
@@ -249,7 +253,7 @@ def test_concurrent_claims_never_overshoot_the_budget(storage_url: str, tmp_path
         done = pool.starmap(
             _claim_and_finish, [(storage_url, str(tmp_path), n_trials, w) for w in range(n_workers)]
         )
-    study = load_study(settings_for(tmp_path, storage_url), worker=0)
+    study = load_study(settings_for(tmp_path, storage_url), worker=0).study
     states = [t.state for t in study.get_trials(deepcopy=False)]
     assert states.count(TrialState.COMPLETE) == n_trials == sum(done)
     assert len(states) == n_trials  # no surplus trial was ever asked
@@ -260,21 +264,21 @@ def test_a_stale_trial_is_failed_and_retried_with_the_same_params(
 ) -> None:
     s = settings_for(tmp_path, storage_url, "study.heartbeat_interval=1", "study.grace_period=2")
     bootstrap_study(s)
-    study = load_study(s, worker=0)
-    dead = claim_trial(study, 3).trial
-    assert dead is not None
+    handle = load_study(s, worker=0)
+    study = handle.study
+    claimed = claim_trial(handle, 3)
+    dead = claimed.trial
+    assert dead is not None and claimed.trial_id is not None
     dead.suggest_categorical("c", ["a", "b", "c"])
-    optuna_internals.record_heartbeat(
-        optuna_internals.storage_of(study), optuna_internals.trial_id_of(dead)
-    )
+    handle.storage.record_heartbeat(claimed.trial_id)
     time.sleep(3.5)  # no heartbeat for longer than the grace period: the worker "died"
-    retry = claim_trial(study, 3)
+    retry = claim_trial(handle, 3)
     assert retry.trial is not None
     assert study.get_trials(deepcopy=False)[dead.number].state == TrialState.FAIL
     assert retry.trial.suggest_categorical("c", ["a", "b", "c"]) == dead.params["c"]
     assert retry.trial.user_attrs[attrs.RETRY_OF] == dead.number
     assert retry.trial.user_attrs[attrs.RETRY_COUNT] == 1
-    assert count_budget(study).running == 1
+    assert count_budget(handle).running == 1
 
 
 def test_a_retried_known_cell_keeps_its_identity_and_the_one_arch_hash(tmp_path: Path) -> None:
@@ -283,17 +287,17 @@ def test_a_retried_known_cell_keeps_its_identity_and_the_one_arch_hash(tmp_path:
         "study.heartbeat_interval=1", "study.grace_period=2",
     )  # fmt: skip
     bootstrap_study(s)
-    study = load_study(s, worker=0)
-    dead = claim_trial(study, 1).trial
+    handle = load_study(s, worker=0)
+    claimed = claim_trial(handle, 1)
+    dead = claimed.trial
     assert dead is not None and dead.user_attrs[attrs.ENQUEUED_AS] == "DARTS_V2"
+    assert claimed.trial_id is not None
     for name, distribution in encoding_from_config(s.space).distributions().items():
         dead.suggest_categorical(name, distribution.choices)  # the enqueued (fixed) values
-    optuna_internals.record_heartbeat(
-        optuna_internals.storage_of(study), optuna_internals.trial_id_of(dead)
-    )
+    handle.storage.record_heartbeat(claimed.trial_id)
     time.sleep(3.5)  # its worker "died": the real worker below retries and trains the cell
     assert run_worker(s).completed == 1
-    trials = load_study(s, worker=0).get_trials(deepcopy=False)
+    trials = load_study(s, worker=0).study.get_trials(deepcopy=False)
     (done,) = [t for t in trials if t.state == TrialState.COMPLETE]
     assert done.user_attrs[attrs.RETRY_OF] == dead.number
     assert done.user_attrs[attrs.ENQUEUED_AS] == "DARTS_V2"
@@ -305,11 +309,12 @@ def test_a_trial_that_never_sent_a_heartbeat_is_failed_as_orphaned(
 ) -> None:
     s = settings_for(tmp_path, storage_url, "study.heartbeat_interval=1", "study.grace_period=2")
     bootstrap_study(s)
-    study = load_study(s, worker=0)
+    handle = load_study(s, worker=0)
+    study = handle.study
     orphan = study.ask()  # a worker lost the database right after asking: no heartbeat ever
     # At once, no grace period: a claim records its first heartbeat inside the lock, so under
     # the lock a trial without one is a claim that was cut.
-    claim = claim_trial(study, 1)
+    claim = claim_trial(handle, 1)
     assert claim.status is ClaimStatus.CLAIMED  # the orphan no longer holds the only slot
     failed = study.get_trials(deepcopy=False)[orphan.number]
     assert failed.state == TrialState.FAIL

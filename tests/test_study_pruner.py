@@ -64,7 +64,7 @@ def test_a_search_with_a_pruner_completes_exactly_its_budget(
     )
     bootstrap_study(s)
     report = run_worker(s)
-    study = load_study(s, worker=0)
+    study = load_study(s, worker=0).study
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     pruned = study.get_trials(states=(TrialState.PRUNED,))
     assert len(complete) == report.completed == 3  # the budget counts COMPLETE trials only

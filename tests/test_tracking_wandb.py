@@ -176,7 +176,7 @@ def test_a_search_writes_one_offline_run_per_trial_and_a_study_view(
     bootstrap_study(settings)
     with caplog.at_level(logging.INFO, logger=LOGGER):
         assert run_worker(settings, observers=partial(make_observers, settings)).completed == 3
-    study = load_study(settings, worker=0)
+    study = load_study(settings, worker=0).study
     runs = offline_runs(root)
     trials = by_name([r for r in runs if r.job_type == TRIAL_JOB_TYPE])
     assert sorted(trials) == [f"trial-{t.number}" for t in study.trials]

@@ -26,7 +26,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import optuna
 import sqlalchemy
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
@@ -53,8 +52,9 @@ from cnas_hpc.config.report import ReportConfig
 from cnas_hpc.search.pending import PendingResults
 from cnas_hpc.space.genotype import Genotype
 from cnas_hpc.space.primitives import CELL_KINDS
+from cnas_hpc.study.handle import StudyHandle
 from cnas_hpc.study.lifecycle import load_study
-from cnas_hpc.study.optuna_internals import engine_of, heartbeat_ages
+from cnas_hpc.study.optuna_internals import heartbeat_ages
 from cnas_hpc.study.pareto import objectives_of, pareto_view, primary_of, trial_costs
 from cnas_hpc.study.stale import why_stale
 
@@ -187,10 +187,10 @@ class StudyStatus:
 # ---- collecting ----------------------------------------------------------------------------
 
 
-def _heartbeat_ages(study: optuna.Study) -> dict[int, float]:
+def _heartbeat_ages(handle: StudyHandle) -> dict[int, float]:
     """Heartbeat ages by trial number; empty (and a warning) when they cannot be read."""
     try:
-        return heartbeat_ages(study)
+        return heartbeat_ages(handle)
     except sqlalchemy.exc.SQLAlchemyError as exc:
         log.warning("cannot read heartbeats: %s", str(exc).splitlines()[0])
         return {}
@@ -297,12 +297,12 @@ def _retries_left(trial: FrozenTrial, max_retry: int) -> bool:
 
 
 def collect_status(
-    study: optuna.Study, settings: Settings, *, top_k: int = 5, recent: int = 10
+    handle: StudyHandle, settings: Settings, *, top_k: int = 5, recent: int = 10
 ) -> StudyStatus:
-    """Gather the status of ``study`` as ``settings`` (budget, grace period) see it.
+    """Gather the status of the study as ``settings`` (budget, grace period) see it.
 
     Args:
-        study: The loaded study (any storage; heartbeats need an RDB one).
+        handle: The loaded study.
         settings: The search's settings: ``search.n_trials`` is the budget,
             ``study.grace_period`` decides staleness, ``study.max_retry`` whether a stale trial
             is retried, ``study.storage`` is shown masked.
@@ -317,6 +317,7 @@ def collect_status(
     """
     if top_k < 1 or recent < 1:
         raise ValueError(f"top_k and recent must be >= 1, got {top_k} and {recent}")
+    study = handle.study
     trials = study.get_trials(deepcopy=False)
     counts = {name: 0 for name in STATES}
     for t in trials:
@@ -325,7 +326,7 @@ def collect_status(
     grace = float(settings.study.grace_period)
     running_trials = [t for t in trials if t.state == TrialState.RUNNING]
     pending = PendingResults(settings.pending_dir, math.inf).numbers()
-    running = _running(running_trials, _heartbeat_ages(study), grace, pending)
+    running = _running(running_trials, _heartbeat_ages(handle), grace, pending)
 
     n_trials = settings.search.n_trials
     to_complete = max(0, n_trials - counts["COMPLETE"])
@@ -547,13 +548,10 @@ def format_status(status: StudyStatus) -> str:
     return re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", "?", text)
 
 
-def _evaluations_text(study: optuna.Study) -> str:
+def _evaluations_text(handle: StudyHandle) -> str:
     """The evaluation phase's results for this study's trials (empty when there are none)."""
-    engine = engine_of(study)
-    if engine is None:
-        return ""
     try:
-        rows = study_rows(engine, study.study_name)
+        rows = study_rows(handle.engine, handle.name)
     except sqlalchemy.exc.SQLAlchemyError as exc:
         log.warning("cannot read the evaluations: %s", str(exc).splitlines()[0])
         return ""
@@ -561,7 +559,7 @@ def _evaluations_text(study: optuna.Study) -> str:
         return ""
     return (
         f"\n\nevaluations ({len(rows)} cell(s) of this study trained from scratch)\n"
-        + format_results(rows, costs=trial_costs(study))
+        + format_results(rows, costs=trial_costs(handle.study))
     )
 
 
@@ -622,9 +620,10 @@ def run_report(settings: Settings, report_cfg: ReportConfig | Mapping[str, Any])
         else ReportConfig.from_mapping(report_cfg)
     )
     _check_storage_exists(settings)
-    study = load_study(settings, worker=settings.worker, scoring=False)  # reads, scores nothing
+    handle = load_study(settings, worker=settings.worker, scoring=False)  # reads, scores nothing
+    study = handle.study
     try:
-        status = collect_status(study, settings, top_k=cfg.top_k, recent=cfg.recent)
+        status = collect_status(handle, settings, top_k=cfg.top_k, recent=cfg.recent)
         text = format_status(status)
         out_dir = (
             Path(cfg.out_dir).expanduser()
@@ -639,7 +638,7 @@ def run_report(settings: Settings, report_cfg: ReportConfig | Mapping[str, Any])
                 view, out_dir, pictures=cfg.pictures, json_file=cfg.json
             )
             text += "\n\n" + front_text
-        text += _evaluations_text(study)
+        text += _evaluations_text(handle)
         (out_dir / "status.txt").write_text(text + "\n", encoding="utf-8")
         if cfg.pictures:
             front_images = images
@@ -666,9 +665,7 @@ def run_report(settings: Settings, report_cfg: ReportConfig | Mapping[str, Any])
             run_dir = log_study_view(study, settings, trigger="on_demand", written_by="report")
             log.info("W&B study view written to %s", run_dir)
     finally:
-        engine = engine_of(study)
-        if engine is not None:
-            engine.dispose()
+        handle.engine.dispose()
     print(text)
     print(f"\nreport: {page}")
     print(f"view the study live: {dashboard_command(settings)}", flush=True)

@@ -84,8 +84,8 @@ def pending_runs(cfg: DictConfig) -> list[int]:
     base, compare = compare_of(cfg)
     todo = []
     for index in range(len(compare.runs)):
-        study = load_study(run_settings(base, compare, index), worker=0)
-        if count_budget(study).complete < compare.n_trials:
+        handle = load_study(run_settings(base, compare, index), worker=0)
+        if count_budget(handle).complete < compare.n_trials:
             todo.append(index)
     return todo
 
@@ -110,7 +110,7 @@ def report_comparison(base: Settings, compare: CompareConfig) -> Path:
     minimize = direction_of(base.search.objective) == "minimize"
     curves: dict[str, list[list[float]]] = {}
     for index, (method, _) in enumerate(compare.runs):
-        study = load_study(run_settings(base, compare, index), worker=0)
+        study = load_study(run_settings(base, compare, index), worker=0).study
         done = sorted(
             (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
             key=lambda t: t.number,

@@ -288,7 +288,7 @@ class BootstrapCallback(Callback):
 
 def print_summary(settings: Settings, k: int = 5) -> Path | None:
     """Print the best trials and write ``<output_dir>/<study>/best_genotype.json``."""
-    study = load_study(settings, worker=settings.worker)
+    study = load_study(settings, worker=settings.worker).study
     ranked = best_trials(study, k)
     if not ranked:
         log.warning("study %r has no COMPLETE trial yet", study.study_name)

@@ -20,7 +20,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import optuna
 import sqlalchemy
 import torch
 
@@ -317,7 +316,6 @@ class CellRunner:
             return
         storage = make_storage(self.settings.study, create_tables=False)
         try:
-            study = optuna.load_study(study_name=row.study_name, storage=storage)
             trial_id = storage.get_trial_id_from_study_id_trial_number(
                 storage.get_study_id_from_name(row.study_name), row.trial_number
             )
@@ -336,7 +334,8 @@ class CellRunner:
                 if self.results.get(key) is not None
             }
             value["protocol"] = row.protocol_name
-            set_user_attr_of_finished_trial(study, trial_id, eval_attr(self.settings.name), value)
+            name = eval_attr(self.settings.name)
+            set_user_attr_of_finished_trial(storage.engine, trial_id, name, value)
         except (KeyError, sqlalchemy.exc.SQLAlchemyError) as exc:
             log.warning("could not record the result on trial %d: %s", row.trial_number, exc)
         finally:

@@ -32,7 +32,7 @@ from functools import partial
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import optuna
-from optuna.storages import BaseStorage
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from cnas_hpc.common import attrs
@@ -49,7 +49,7 @@ from cnas_hpc.study.budget import (
     commit_proposal,
 )
 from cnas_hpc.study.lifecycle import load_study
-from cnas_hpc.study.optuna_internals import storage_of, trial_id_of, write_trial_rows
+from cnas_hpc.study.optuna_internals import open_trial, write_trial_rows
 from cnas_hpc.study.proposal import propose
 from cnas_hpc.study.retry import (
     DatabaseUnavailableError,
@@ -141,11 +141,14 @@ class TrialOwner:
         cfg = settings.study
         # A claim older than twice the retry deadline belongs to a teller that died.
         self.pending = PendingResults(settings.pending_dir, 2 * cfg.retry_deadline_s + 60)
-        self.study = self._retry(lambda: load_study(settings, worker=settings.worker), "load")
+        self.handle = self._retry(lambda: load_study(settings, worker=settings.worker), "load")
+        self.study = self.handle.study
         self.release()
         self.trial: optuna.Trial | None = None
-        #: a slot reserved by a claim whose architecture is not written yet
-        self._reserved: optuna.Trial | None = None
+        #: the storage's id of :attr:`trial` (None exactly when it is None)
+        self.trial_id: int | None = None
+        #: a slot (trial, trial id) reserved by a claim whose architecture is not written yet
+        self._reserved: tuple[optuna.Trial, int] | None = None
         self._complete_at_claim = 0
         self._known = KnownArchitectures()
         self._attr_notes: dict[str, Any] = {}
@@ -155,12 +158,12 @@ class TrialOwner:
         """Close the connections of the last burst of operations (``study.pool_size=0``): a
         worker holds none while it trains."""
         if self.settings.study.pool_size <= 0:
-            release_connections(self.study)
+            release_connections(self.handle.engine)
 
     @property
-    def storage(self) -> BaseStorage:
+    def storage(self) -> RDBStorage:
         """The study's storage (heartbeats and trial reads go straight to it)."""
-        return storage_of(self.study)
+        return self.handle.storage
 
     def _retry(self, operation: Callable[[], T], what: str) -> T:
         return with_db_retry(
@@ -194,12 +197,18 @@ class TrialOwner:
         return None
 
     def _adopt(self, frozen: FrozenTrial) -> Assignment:
-        trial_id = trial_id_of(frozen)
+        trial_id = self._retry(
+            lambda: self.storage.get_trial_id_from_study_id_trial_number(
+                self.handle.study_id, frozen.number
+            ),
+            "find a trial",
+        )
         requeues = int(frozen.user_attrs.get(attrs.REQUEUES, 0)) + 1
         for key, value in ((attrs.REQUEUES, requeues), (attrs.HELD_BY_JOB, "")):
             self._retry(partial(self.storage.set_trial_user_attr, trial_id, key, value), "set attr")
         log.info("resuming in-flight trial %d after a requeue", frozen.number)
-        self.trial = self._retry(lambda: optuna.Trial(self.study, trial_id), "open trial")
+        self.trial = self._retry(lambda: open_trial(self.handle, trial_id), "open trial")
+        self.trial_id = trial_id
         return Assignment(
             "train",
             frozen.number,
@@ -222,34 +231,38 @@ class TrialOwner:
         for _ in range(_MAX_DUPLICATE_SKIPS):
             if self._reserved is None:
                 claim = self._retry(self._reserve, "claim a trial")
-                if claim.status is not ClaimStatus.CLAIMED or claim.trial is None:
+                claimed = claim.status is ClaimStatus.CLAIMED
+                if not claimed or claim.trial is None or claim.trial_id is None:
                     kind: AssignmentKind = "done" if claim.status is ClaimStatus.DONE else "wait"
                     return Assignment(kind), claim.count.complete
-                self._reserved, self._complete_at_claim = claim.trial, claim.count.complete
-            genotype = self._place(self._reserved)
+                self._reserved = (claim.trial, claim.trial_id)
+                self._complete_at_claim = claim.count.complete
+            genotype = self._place(*self._reserved)
             if genotype is not None:
                 break
             self._reserved = None  # a duplicate: given back, claim another slot
         reserved, self._reserved = self._reserved, None
         assert reserved is not None and genotype is not None
-        self.trial = reserved  # its snapshot holds what the claim wrote (remember_rows)
-        key = int(self.trial.user_attrs.get(attrs.RETRY_OF, reserved.number))
-        assignment = Assignment("train", reserved.number, genotype_to_json(genotype), key)
+        # The trial's snapshot holds what the claim wrote (remember_rows).
+        self.trial, self.trial_id = reserved
+        key = int(self.trial.user_attrs.get(attrs.RETRY_OF, self.trial.number))
+        assignment = Assignment("train", self.trial.number, genotype_to_json(genotype), key)
         return assignment, self._complete_at_claim
 
-    def _place(self, trial: optuna.Trial) -> Genotype | None:
+    def _place(self, trial: optuna.Trial, trial_id: int) -> Genotype | None:
         """Propose the reserved trial's architecture and write it; None when it was a duplicate
         (then the trial is told FAIL ``duplicate of N``)."""
         genotype, values = self._retry(partial(self._propose, trial), "propose a trial")
-        duplicate = self._retry(partial(self._commit, trial, genotype, values), "commit a trial")
+        commit = partial(self._commit, trial, trial_id, genotype, values)
+        duplicate = self._retry(commit, "commit a trial")
         if duplicate is None:
             return genotype
-        self._retry(partial(self._give_back, trial, duplicate), "skip a duplicate")
+        self._retry(partial(self._give_back, trial, trial_id, duplicate), "skip a duplicate")
         return None
 
     def _reserve(self) -> Claim:
         return claim_trial(
-            self.study,
+            self.handle,
             self.settings.search.n_trials,
             keep=self._has_pending_result,
             max_retry=self.settings.study.max_retry,
@@ -275,26 +288,27 @@ class TrialOwner:
         return genotype, self.encoding.to_params(genotype)
 
     def _commit(
-        self, trial: optuna.Trial, genotype: Genotype, values: dict[str, Any]
+        self, trial: optuna.Trial, trial_id: int, genotype: Genotype, values: dict[str, Any]
     ) -> int | None:
         """Write the proposal under the lock unless it duplicates a COMPLETE or RUNNING trial."""
         distributions = self.encoding.distributions()
         if not self._known.complete:
-            self._known.warm(self.study)
+            self._known.warm(self.handle)
         arch_hash = compact_hash(genotype)
         return commit_proposal(
-            self.study,
+            self.handle,
             trial,
+            trial_id,
             arch_hash=arch_hash,
             params={name: (value, distributions[name]) for name, value in values.items()},
             user_attrs={attrs.GENOTYPE: genotype_to_json(genotype), attrs.ARCH_HASH: arch_hash},
             known=self._known,
         )
 
-    def _give_back(self, trial: optuna.Trial, duplicate: int) -> None:
+    def _give_back(self, trial: optuna.Trial, trial_id: int, duplicate: int) -> None:
         write_trial_rows(
-            self.study,
-            trial_id_of(trial),
+            self.handle,
+            trial_id,
             user_attrs={attrs.FAIL_REASON: f"duplicate of trial {duplicate}"},
         )
         self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
@@ -333,13 +347,13 @@ class TrialOwner:
         Returns:
             Whether everything was sent; what was not stays noted and goes with the result.
         """
-        trial = self.trial
-        if trial is None or not (self._attr_notes or self._report_notes):
+        trial, trial_id = self.trial, self.trial_id
+        if trial is None or trial_id is None or not (self._attr_notes or self._report_notes):
             return True
         attrs_sent, reports_sent = dict(self._attr_notes), dict(self._report_notes)
         try:
             write_trial_rows(
-                self.study, trial_id_of(trial), user_attrs=attrs_sent, intermediate=reports_sent
+                self.handle, trial_id, user_attrs=attrs_sent, intermediate=reports_sent
             )
         except Exception as exc:  # retried with the result; never raised into training
             level = logging.INFO if is_transient(exc) else logging.WARNING
@@ -358,12 +372,10 @@ class TrialOwner:
         The stale check asks SLURM about any trial of a SLURM job anyway: the mark is what
         ``launch/report.py`` shows.
         """
-        if self.trial is None or self.env.job_id is None:
+        if self.trial is None or self.trial_id is None or self.env.job_id is None:
             return
         try:
-            self.storage.set_trial_user_attr(
-                trial_id_of(self.trial), attrs.HELD_BY_JOB, self.env.job_id
-            )
+            self.storage.set_trial_user_attr(self.trial_id, attrs.HELD_BY_JOB, self.env.job_id)
         except Exception as exc:
             log.info("trial %d not marked as held (%s)", self.trial.number, describe_failure(exc))
 
@@ -378,10 +390,10 @@ class TrialOwner:
         trial with the unsent reports added, as Optuna's ``Trial.should_prune`` would judge it
         after ``report``.
         """
-        trial = self.trial
-        assert trial is not None
+        trial, trial_id = self.trial, self.trial_id
+        assert trial is not None and trial_id is not None
         try:
-            frozen = copy.deepcopy(self.storage.get_trial(trial_id_of(trial)))
+            frozen = copy.deepcopy(self.storage.get_trial(trial_id))
             frozen.intermediate_values = {**frozen.intermediate_values, **self._report_notes}
             return bool(self.study.pruner.prune(self.study, frozen))
         except Exception as exc:  # the next epoch asks again
@@ -401,10 +413,10 @@ class TrialOwner:
             RetryStoppedError: a stop request came while the tell waited; the result is kept.
         """
         trial = self.trial
-        assert trial is not None
+        assert trial is not None and self.trial_id is not None
         payload = {
             "number": trial.number,
-            "trial_id": trial_id_of(trial),
+            "trial_id": self.trial_id,
             "state": state.name,
             "value": value,
             "attrs": {**self._attr_notes, **{k: v for k, v in values.items() if v is not None}},
@@ -419,7 +431,7 @@ class TrialOwner:
                 "and the next run of the same command tells it"
             ) from None
         self.pending.remove(trial.number)
-        self.trial = None
+        self.trial, self.trial_id = None, None
         self._attr_notes, self._report_notes = {}, {}
 
     def _tell(self, payload: dict[str, Any]) -> bool:
@@ -432,7 +444,7 @@ class TrialOwner:
         reports = {int(epoch): value for epoch, value in payload.get("reports", {}).items()}
         write = partial(
             write_trial_rows,
-            self.study,
+            self.handle,
             trial_id,
             user_attrs=payload["attrs"],
             intermediate=reports,

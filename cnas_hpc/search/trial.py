@@ -54,7 +54,6 @@ from cnas_hpc.search.owner import Assignment, TrialOwner
 from cnas_hpc.search.screening import earlier_values, screened_out
 from cnas_hpc.space.genotype import Genotype, genotype_from_json
 from cnas_hpc.study.heartbeat import Heartbeat
-from cnas_hpc.study.optuna_internals import trial_id_of
 from cnas_hpc.study.retry import DatabaseUnavailableError, RetryStoppedError
 from cnas_hpc.train.checkpoint import (
     TrainState,
@@ -226,11 +225,10 @@ class TrialRunner:
 
     def _heartbeat(self) -> contextlib.AbstractContextManager[object]:
         owner = self.owner
-        if owner is None or owner.trial is None:
+        if owner is None or owner.trial_id is None:
             return contextlib.nullcontext()
-        trial_id = trial_id_of(owner.trial)
         interval = self.settings.study.heartbeat_interval
-        return Heartbeat(owner.storage, trial_id, interval, release=owner.release)
+        return Heartbeat(owner.storage, owner.trial_id, interval, release=owner.release)
 
     def _train(self, resume: TrainState | None) -> TrainResult:
         model = build_candidate(self.genotype, self.settings.model, self.settings.seed, self.device)

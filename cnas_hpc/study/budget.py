@@ -32,17 +32,14 @@ import sqlalchemy
 from optuna.distributions import BaseDistribution
 
 from cnas_hpc.common import attrs
+from cnas_hpc.study.handle import StudyHandle
 from cnas_hpc.study.optuna_internals import (
     arch_hashes,
     budget_snapshot,
     count_by_state,
-    engine_of,
-    record_heartbeat,
+    open_trial,
     remember_rows,
     reserve_trial_row,
-    storage_of,
-    study_id_of,
-    trial_id_of,
     write_rows_unless,
     write_trial_rows,
 )
@@ -80,21 +77,22 @@ class BudgetCount:
 
 @dataclass(frozen=True)
 class Claim:
-    """A claimed slot (``trial`` set) or why there is none."""
+    """A claimed slot (``trial`` and its storage id ``trial_id`` set) or why there is none."""
 
     status: ClaimStatus
     trial: optuna.Trial | None
     count: BudgetCount
+    trial_id: int | None = None
 
 
-def count_budget(study: optuna.Study) -> BudgetCount:
-    """Count COMPLETE, RUNNING and WAITING trials of ``study``, straight from the database.
+def count_budget(handle: StudyHandle) -> BudgetCount:
+    """Count COMPLETE, RUNNING and WAITING trials of the study, straight from the database.
 
     Optuna's in-process trial cache may miss trials other processes created (it only re-reads
     trials newer than the last finished one it saw), so an RDB study is counted with one SQL
     query; this is also O(1) in memory for studies with thousands of trials.
     """
-    return _budget_of(count_by_state(study))
+    return _budget_of(count_by_state(handle))
 
 
 def _budget_of(by_state: dict[str, int]) -> BudgetCount:
@@ -122,40 +120,37 @@ _LOCK_SESSION_GUARDS = (
 
 
 @contextlib.contextmanager
-def study_lock(study: optuna.Study) -> Iterator[None]:
+def study_lock(handle: StudyHandle) -> Iterator[None]:
     """Hold the study-wide claim lock (blocking). Works for PostgreSQL and SQLite storages.
 
     On PostgreSQL it is a session advisory lock, guarded against holders that died or hang
     (see :data:`_LOCK_SESSION_GUARDS`); on SQLite a file lock next to the database file, which
     the kernel releases when its holder dies.
     """
-    engine = engine_of(study)
-    if engine is None:  # in-memory storage: one process, nothing to coordinate
-        yield
-        return
+    engine = handle.engine
     if engine.dialect.name == "postgresql":
-        key = _lock_key(study.study_name)
+        key = _lock_key(handle.name)
         with engine.connect() as conn:
-            conn.execute(sqlalchemy.text(_LOCK_SESSION_GUARDS))
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.execute(sqlalchemy.text(_LOCK_SESSION_GUARDS))  # session settings, no table
+            conn.execute(sqlalchemy.select(sqlalchemy.func.pg_advisory_lock(key)))
             try:
                 yield
             finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.execute(sqlalchemy.select(sqlalchemy.func.pg_advisory_unlock(key)))
                 conn.commit()
         return
     database = engine.url.database or ""
-    lock_path = Path(f"{database}.{_lock_key(study.study_name):x}.lock")
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    lock_path = Path(f"{database}.{_lock_key(handle.name):x}.lock")
+    with lock_path.open("a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def claim_trial(
-    study: optuna.Study,
+    handle: StudyHandle,
     n_trials: int,
     prepare: Callable[[optuna.Trial], optuna.Trial] | None = None,
     *,
@@ -173,7 +168,7 @@ def claim_trial(
     fail_orphaned_trials`).
 
     Args:
-        study: the shared study.
+        handle: the shared study.
         n_trials: the budget of COMPLETE trials.
         prepare: runs on the new trial while the lock is still held and returns the trial to
             keep (tests use it to sample under the lock; workers propose outside it).
@@ -185,21 +180,21 @@ def claim_trial(
             heartbeat.
     """
     own_job = (identity or {}).get(attrs.JOB)
-    candidates = stale_candidates(study, keep, None if own_job is None else str(own_job))
+    candidates = stale_candidates(handle, keep, None if own_job is None else str(own_job))
     if not candidates:
-        idle = _nothing_to_claim(study, n_trials)
+        idle = _nothing_to_claim(handle, n_trials)
         if idle is not None:
             return idle
-    engine = engine_of(study)
-    usual = not candidates and prepare is None and engine is not None
-    if usual and engine is not None and engine.dialect.name == "postgresql":
-        fast = _claim_in_one_transaction(study, n_trials, sampler_for, identity)
+    usual = not candidates and prepare is None
+    if usual and handle.engine.dialect.name == "postgresql":
+        fast = _claim_in_one_transaction(handle, n_trials, sampler_for, identity)
         if fast is not None:
             return fast
-    with study_lock(study):
-        fail_stale(study, candidates, RequeueStaleTrial(max_retry))
-        fail_orphaned_trials(study)
-        by_state = count_by_state(study)
+    study = handle.study
+    with study_lock(handle):
+        fail_stale(handle, candidates, RequeueStaleTrial(max_retry))
+        fail_orphaned_trials(handle)
+        by_state = count_by_state(handle)
         count = _budget_of(by_state)
         if count.complete >= n_trials:
             return Claim(ClaimStatus.DONE, None, count)
@@ -210,24 +205,26 @@ def claim_trial(
             study.sampler = sampler_for(sum(by_state.values()))
         if count.waiting:
             trial = study.ask()  # pops the retry, with its fixed parameters
+            trial_id = handle.cache.get_trial_id_from_study_id_trial_number(
+                handle.study_id, trial.number
+            )
         else:
             # What ask() does without a waiting trial, minus its read of every WAITING trial.
-            new_id = storage_of(study).create_new_trial(study_id_of(study))
-            trial = optuna.Trial(study, new_id)
-        trial_id = trial_id_of(trial)
-        record_heartbeat(storage_of(study), trial_id)
+            trial_id = handle.cache.create_new_trial(handle.study_id)
+            trial = open_trial(handle, trial_id)
+        handle.storage.record_heartbeat(trial_id)
         if identity:
-            write_trial_rows(study, trial_id, user_attrs=dict(identity))
+            write_trial_rows(handle, trial_id, user_attrs=dict(identity))
         if prepare is not None:
             trial = prepare(trial)
-        return Claim(ClaimStatus.CLAIMED, trial, count)
+        return Claim(ClaimStatus.CLAIMED, trial, count, trial_id)
 
 
-def _nothing_to_claim(study: optuna.Study, n_trials: int) -> Claim | None:
+def _nothing_to_claim(handle: StudyHandle, n_trials: int) -> Claim | None:
     """DONE or WAIT, decided without the lock when nothing could change it under the lock (no
     free slot, no retry waiting, no orphan to fail): idle workers polling near the end of a
     study then never queue for the lock. None: take the lock."""
-    by_state, orphans = budget_snapshot(study)
+    by_state, orphans = budget_snapshot(handle)
     count = _budget_of(by_state)
     if count.complete >= n_trials:
         return Claim(ClaimStatus.DONE, None, count)
@@ -237,7 +234,7 @@ def _nothing_to_claim(study: optuna.Study, n_trials: int) -> Claim | None:
 
 
 def _claim_in_one_transaction(
-    study: optuna.Study,
+    handle: StudyHandle,
     n_trials: int,
     sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None,
     identity: Mapping[str, Any] | None,
@@ -245,7 +242,7 @@ def _claim_in_one_transaction(
     """The usual claim (no stale trial, no retry waiting, no orphan) in one transaction that
     holds the claim lock for a few milliseconds; None when the full claim must run."""
     counts, created = reserve_trial_row(
-        study, _lock_key(study.study_name), n_trials, dict(identity or {})
+        handle, _lock_key(handle.name), n_trials, dict(identity or {})
     )
     count = _budget_of(counts)
     if created is None:
@@ -256,8 +253,8 @@ def _claim_in_one_transaction(
         return None  # a retry to hand out or an orphan to fail: the full claim does it
     trial_id, number = created
     if sampler_for is not None:
-        study.sampler = sampler_for(number)
-    return Claim(ClaimStatus.CLAIMED, optuna.Trial(study, trial_id), count)
+        handle.study.sampler = sampler_for(number)
+    return Claim(ClaimStatus.CLAIMED, open_trial(handle, trial_id), count, trial_id)
 
 
 class KnownArchitectures:
@@ -272,9 +269,9 @@ class KnownArchitectures:
         self.complete: dict[str, int] = {}
         self.after = -1
 
-    def warm(self, study: optuna.Study) -> None:
+    def warm(self, handle: StudyHandle) -> None:
         """Read what is known so far (outside the lock: the checks under it read only news)."""
-        self.learn(arch_hashes(study, attrs.ARCH_HASH, self.after), -1)
+        self.learn(arch_hashes(handle, attrs.ARCH_HASH, self.after), -1)
 
     def learn(self, rows: list[tuple[int, int, str, Any]], trial_id: int) -> dict[str, int]:
         """Take in ``(trial_id, number, state, hash)`` rows; returns the RUNNING trials' hashes
@@ -304,8 +301,9 @@ class KnownArchitectures:
 
 
 def commit_proposal(
-    study: optuna.Study,
+    handle: StudyHandle,
     trial: optuna.Trial,
+    trial_id: int,
     *,
     arch_hash: str,
     params: dict[str, tuple[Any, BaseDistribution]],
@@ -319,14 +317,12 @@ def commit_proposal(
     Returns:
         None when written; else the number of the trial it duplicates (nothing written).
     """
-    trial_id = trial_id_of(trial)
-    engine = engine_of(study)
-    postgres = engine is not None and engine.dialect.name == "postgresql"
-    with contextlib.nullcontext() if postgres else study_lock(study):
+    postgres = handle.engine.dialect.name == "postgresql"
+    with contextlib.nullcontext() if postgres else study_lock(handle):
         duplicate = write_rows_unless(
-            study,
+            handle,
             trial_id,
-            lock_key=_lock_key(study.study_name) if postgres else None,
+            lock_key=_lock_key(handle.name) if postgres else None,
             key=attrs.ARCH_HASH,
             after_trial_id=known.after,
             duplicate_of=partial(known.duplicate_in, arch_hash=arch_hash, trial_id=trial_id),

@@ -17,9 +17,8 @@ import threading
 from collections.abc import Callable
 from types import TracebackType
 
-from optuna.storages import BaseStorage
+from optuna.storages import RDBStorage
 
-from cnas_hpc.study.optuna_internals import record_heartbeat
 from cnas_hpc.study.retry import describe_failure
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,7 @@ class Heartbeat:
 
     def __init__(
         self,
-        storage: BaseStorage,
+        storage: RDBStorage,
         trial_id: int,
         interval: float,
         release: Callable[[], None] | None = None,
@@ -46,7 +45,7 @@ class Heartbeat:
 
     def _beat(self) -> None:
         try:
-            record_heartbeat(self._storage, self._trial_id)
+            self._storage.record_heartbeat(self._trial_id)
             self.failures = 0
         except Exception as exc:  # an outage must not kill the thread
             self.failures += 1

@@ -34,7 +34,8 @@ from cnas_hpc.config import Settings
 from cnas_hpc.config.scoring import scoring_setup, setup_differences
 from cnas_hpc.space.encoding import encoding_from_config
 from cnas_hpc.space.genotype import load_genotype
-from cnas_hpc.study.optuna_internals import LeanCachedStorage
+from cnas_hpc.study.handle import StudyHandle
+from cnas_hpc.study.optuna_internals import open_handle
 from cnas_hpc.study.pruner import make_pruner
 from cnas_hpc.study.sampler import make_sampler
 from cnas_hpc.study.storage import (
@@ -175,8 +176,11 @@ def _create_or_check(
     return created, n_complete
 
 
-def load_study(settings: Settings, *, worker: int, scoring: bool = True) -> optuna.Study:
+def load_study(settings: Settings, *, worker: int, scoring: bool = True) -> StudyHandle:
     """Load the bootstrapped study with this worker's sampler and pruner. Never creates anything.
+
+    Returns the study with the storage, engine and study id it was opened with (the handle every
+    reader of the database takes).
 
     ``scoring=False`` is for readers that score nothing (the report): they are not refused for
     another scoring setup, only for another space or objective.
@@ -194,24 +198,20 @@ def load_study(settings: Settings, *, worker: int, scoring: bool = True) -> optu
     try:
         # Optuna's trial cache with a lean read (a 10,000-trial study in about a second instead
         # of 16; the RUNNING trials at every claim in milliseconds): see LeanCachedStorage.
-        study = optuna.load_study(
-            study_name=cfg.name,
-            storage=LeanCachedStorage(storage),
-            pruner=make_pruner(settings.search, settings.train.epochs),
-        )
-        study.sampler = make_sampler(cfg.sampler, worker=worker)
+        handle = open_handle(storage, cfg.name, make_pruner(settings.search, settings.train.epochs))
+        handle.study.sampler = make_sampler(cfg.sampler, worker=worker)
     except KeyError:
         raise StudyError(
             f"study {cfg.name!r} does not exist in {mask_url(cfg.storage)}: bootstrap it first"
         ) from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise db_error(exc, cfg.storage) from None
-    _check_compatible(study, settings, scoring=scoring)
-    return study
+    _check_compatible(handle.study, settings, scoring=scoring)
+    return handle
 
 
-def _open_existing(settings: Settings) -> optuna.Study | None:
-    """The study, read-only, or None when it (or its schema) does not exist yet."""
+def _open_existing(settings: Settings) -> tuple[optuna.Study, sqlalchemy.Engine] | None:
+    """The study, read-only, and its engine; None when it (or its schema) does not exist yet."""
     cfg = settings.study
     try:
         storage = make_storage(cfg, create_tables=False)
@@ -220,7 +220,7 @@ def _open_existing(settings: Settings) -> optuna.Study | None:
     except StudyError:
         return None  # no schema yet: a fresh database
     try:
-        return optuna.load_study(study_name=cfg.name, storage=storage)
+        return optuna.load_study(study_name=cfg.name, storage=storage), storage.engine
     except KeyError:
         return None
     except sqlalchemy.exc.SQLAlchemyError as exc:
@@ -234,16 +234,17 @@ def arrays_of(settings: Settings) -> list[str]:
     Raises:
         StudyError: the database cannot be read.
     """
-    study = _open_existing(settings)
-    if study is None:
+    opened = _open_existing(settings)
+    if opened is None:
         return []
+    study, engine = opened
     try:
         recorded = [str(a) for a in study.user_attrs.get(attrs.STUDY_ARRAYS, [])]
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise db_error(exc, settings.study.storage) from None
     finally:
-        release_connections(study)
+        release_connections(engine)
     found = [str(t.user_attrs[attrs.ARRAY_JOB]) for t in running if attrs.ARRAY_JOB in t.user_attrs]
     return list(dict.fromkeys([*reversed(recorded), *found]))
 
@@ -258,13 +259,14 @@ def record_array(settings: Settings, array_job_id: str) -> None:
     Raises:
         StudyError: the database cannot be written.
     """
-    study = _open_existing(settings)
-    if study is None:
+    opened = _open_existing(settings)
+    if opened is None:
         raise StudyError(f"study {settings.study.name!r} does not exist")
+    study, engine = opened
     try:
         arrays = [str(a) for a in study.user_attrs.get(attrs.STUDY_ARRAYS, [])]
         study.set_user_attr(attrs.STUDY_ARRAYS, [*arrays, array_job_id][-_ARRAYS_KEPT:])
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise db_error(exc, settings.study.storage) from None
     finally:
-        release_connections(study)  # the launcher waits for hours: hold nothing meanwhile
+        release_connections(engine)  # the launcher waits for hours: hold nothing meanwhile

@@ -1,19 +1,23 @@
-"""Every use cnas-hpc makes of Optuna's private API, in one place, pinned by a test.
+"""Every use cnas-hpc makes of Optuna's private API and tables, in one place, pinned by a test.
 
-Why private at all: a fleet of ask/tell workers needs things ``optuna.Study`` does not expose
-publicly: heartbeats outside ``study.optimize`` (Optuna records them only inside it), the trial
-id of an asked trial (the storage API speaks trial ids; the public route costs two queries per
-call), the SQLAlchemy engine under the cache layer (for the claim's advisory lock), counts
-and heartbeat ages straight from the database (Optuna's trial cache misses trials other
-processes create, and loading every trial to count them is O(trials) per claim), and a fast
-first read of a large study's finished trials into Optuna's own trial cache (its ORM read takes
-about 16 s for 10,000 trials; finished trials never change, so they can be read once, lean).
+Why private at all: a fleet of ask/tell workers needs what ``optuna.Study`` does not offer
+publicly, and each remaining hook is there for a measured speed (ARCHITECTURE.md, "Optuna
+hooks", lists each with its reason and its test): a lean first read of a large study's finished
+trials into Optuna's own trial cache (:class:`LeanCachedStorage`: about 1 s instead of 17 s for
+10,000 trials), the capped TPE history (:class:`RecentAndBestTrials`), a claim and its
+architecture in one transaction (:func:`open_trial`, :func:`frozen_of`, :func:`remember_rows`,
+the PostgreSQL scripts). Everything else goes through public calls on the
+:class:`~cnas_hpc.study.handle.StudyHandle` the study was opened with (its storage, engine and
+study id), and every statement against Optuna's tables is built from
+:mod:`cnas_hpc.study.optuna_schema` with SQLAlchemy Core, except the PostgreSQL scripts that
+must be one round trip.
 
 Everything here is checked against the installed Optuna by
-``tests/test_study_optuna_internals.py``: an Optuna release that renames an attribute or changes
-the RDB schema fails that test with a message naming the assumption, before a worker ever runs
-into it. The accepted range is :data:`SUPPORTED_OPTUNA`; the RDB schema revisions seen by
-the test are :data:`KNOWN_SCHEMA_VERSIONS`.
+``tests/test_study_optuna_internals.py`` (also run at the floor release by ``.ci/floors.py``):
+an Optuna release that renames an attribute or changes the RDB schema fails that test with a
+message naming the assumption, before a worker ever runs into it. The accepted range is
+:data:`SUPPORTED_OPTUNA`; the RDB schema revisions seen by the test are
+:data:`KNOWN_SCHEMA_VERSIONS`.
 """
 
 from __future__ import annotations
@@ -28,90 +32,77 @@ from typing import Any, cast
 import optuna
 import sqlalchemy
 from optuna.distributions import BaseDistribution, json_to_distribution
-from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages import RDBStorage
 from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from cnas_hpc.study import optuna_schema
+from cnas_hpc.study.handle import StudyHandle
 
 #: Optuna versions whose internals this module was checked against (``pyproject.toml`` admits
 #: the same range).
-SUPPORTED_OPTUNA = ((4, 2), (6, 0))
+SUPPORTED_OPTUNA = ((4, 9), (6, 0))
 #: Alembic revisions of Optuna's RDB schema that have the tables and columns used below.
 KNOWN_SCHEMA_VERSIONS = frozenset({"v3.2.0.a"})
 
 
-def storage_of(study: optuna.Study) -> BaseStorage:
-    """The storage of ``study`` (``Study._storage``; the cache layer for RDB storages)."""
-    storage: BaseStorage = study._storage
-    return storage
+def open_handle(
+    storage: RDBStorage, name: str, pruner: optuna.pruners.BasePruner | None = None
+) -> StudyHandle:
+    """Open study ``name`` of ``storage`` through the lean trial cache (:class:`LeanCachedStorage`).
+
+    Raises:
+        KeyError: no study of that name.
+    """
+    cache = LeanCachedStorage(storage)
+    study = optuna.load_study(study_name=name, storage=cache, pruner=pruner)
+    return StudyHandle(study, cache, storage, storage.engine, storage.get_study_id_from_name(name))
 
 
-def study_id_of(study: optuna.Study) -> int:
-    """The study's id in its storage (``Study._study_id``)."""
-    return int(study._study_id)
+def open_trial(handle: StudyHandle, trial_id: int) -> optuna.Trial:
+    """The :class:`optuna.Trial` of a RUNNING trial made without ``study.ask()``.
+
+    A hook (``Trial(study, trial_id)``, documented as not for users): ``study.ask()`` reads every
+    WAITING trial to pop one, and the one-transaction claim creates its trial row itself.
+    """
+    return optuna.Trial(handle.study, trial_id)
 
 
-def trial_id_of(trial: optuna.Trial | FrozenTrial) -> int:
-    """The storage's id of a trial (``Trial._trial_id`` / ``FrozenTrial._trial_id``)."""
-    return int(trial._trial_id)
+_T, _H = optuna_schema.trials, optuna_schema.trial_heartbeats
+_RUNNING = _T.c.state == "RUNNING"
+_WITH_HEARTBEAT = _T.join(_H, _H.c.trial_id == _T.c.trial_id)
+_MAYBE_HEARTBEAT = _T.outerjoin(_H, _H.c.trial_id == _T.c.trial_id)
 
 
-def rdb_backend(study: optuna.Study) -> RDBStorage | None:
-    """The RDB storage under Optuna's cache layer (``_CachedStorage._backend``), if any."""
-    storage: Any = storage_of(study)
-    backend = getattr(storage, "_backend", storage)
-    return backend if isinstance(backend, RDBStorage) else None
-
-
-def engine_of(study: optuna.Study) -> sqlalchemy.Engine | None:
-    """The SQLAlchemy engine behind an RDB study; None for other storages."""
-    backend = rdb_backend(study)
-    return backend.engine if backend is not None else None
-
-
-def record_heartbeat(storage: BaseStorage, trial_id: int) -> None:
-    """Record a heartbeat of a RUNNING trial (``BaseHeartbeat.record_heartbeat``)."""
-    storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
-
-
-def grace_period_of(study: optuna.Study) -> int | None:
-    """The heartbeat grace period the RDB storage was built with (``RDBStorage.grace_period``)."""
-    backend = rdb_backend(study)
-    return None if backend is None else backend.grace_period
-
-
-def count_by_state(study: optuna.Study) -> dict[str, int]:
-    """Trials of ``study`` per state name, with one SQL query (O(1) in memory).
+def count_by_state(handle: StudyHandle) -> dict[str, int]:
+    """Trials of the study per state name, with one SQL query (O(1) in memory).
 
     Optuna's in-process trial cache may miss trials other processes created (it only re-reads
-    trials newer than the last finished one it saw), so an RDB study is counted in the database.
+    trials newer than the last finished one it saw), so the study is counted in the database.
     """
-    engine = engine_of(study)
-    if engine is None:
-        states = [t.state.name for t in study.get_trials(deepcopy=False)]
-        return {name: states.count(name) for name in set(states)}
-    query = sqlalchemy.text(
-        "SELECT t.state, COUNT(*) FROM trials t WHERE t.study_id = :study GROUP BY t.state"
+    query = (
+        sqlalchemy.select(_T.c.state, sqlalchemy.func.count())
+        .where(_T.c.study_id == handle.study_id)
+        .group_by(_T.c.state)
     )
-    with engine.connect() as conn:
-        rows = conn.execute(query, {"study": study_id_of(study)}).all()
-    return {str(state).rsplit(".", 1)[-1]: int(n) for state, n in rows}
+    with handle.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return {_state_name(state): int(n) for state, n in rows}
 
 
-def running_without_heartbeat(study: optuna.Study) -> list[tuple[int, int, datetime.datetime]]:
+def running_without_heartbeat(handle: StudyHandle) -> list[tuple[int, int, datetime.datetime]]:
     """``(trial_id, number, datetime_start)`` of RUNNING trials that never recorded a heartbeat.
 
     ``datetime_start`` is Optuna's naive local time.
     """
-    engine = engine_of(study)
-    if engine is None:
-        return []
-    query = sqlalchemy.text(
-        "SELECT t.trial_id, t.number, t.datetime_start FROM trials t "
-        "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
-        "WHERE t.study_id = :study AND t.state = 'RUNNING' AND h.trial_id IS NULL"
+    query = (
+        sqlalchemy.select(_T.c.trial_id, _T.c.number, _T.c.datetime_start)
+        .select_from(_MAYBE_HEARTBEAT)
+        .where(_T.c.study_id == handle.study_id, _RUNNING, _H.c.trial_id.is_(None))
     )
-    with engine.connect() as conn:
-        rows = conn.execute(query, {"study": study_id_of(study)}).all()
+    with handle.engine.connect() as conn:
+        rows = conn.execute(query).all()
     out = []
     for trial_id, number, started in rows:
         if isinstance(started, str):  # SQLite hands raw timestamps back as text
@@ -121,26 +112,23 @@ def running_without_heartbeat(study: optuna.Study) -> list[tuple[int, int, datet
     return out
 
 
-def heartbeat_ages(study: optuna.Study) -> dict[int, float]:
+def heartbeat_ages(handle: StudyHandle) -> dict[int, float]:
     """Seconds since the last heartbeat of each RUNNING trial that recorded one, by number.
 
     Read from Optuna's ``trial_heartbeats`` table with the DATABASE's clock (as Optuna's own
-    stale check does), so worker clocks do not matter. Empty without an SQL engine.
+    stale check does), so worker clocks do not matter.
 
     Raises:
         sqlalchemy.exc.SQLAlchemyError: the tables cannot be read.
     """
-    engine = engine_of(study)
-    if engine is None:
-        return {}
-    query = sqlalchemy.text(
-        "SELECT t.number, h.heartbeat FROM trials t "
-        "JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
-        "WHERE t.study_id = :study AND t.state = 'RUNNING'"
+    query = (
+        sqlalchemy.select(_T.c.number, _H.c.heartbeat)
+        .select_from(_WITH_HEARTBEAT)
+        .where(_T.c.study_id == handle.study_id, _RUNNING)
     )
-    with engine.connect() as conn:
+    with handle.engine.connect() as conn:
         now = _as_datetime(conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar())
-        rows = conn.execute(query, {"study": study_id_of(study)}).all()
+        rows = conn.execute(query).all()
     ages: dict[int, float] = {}
     for number, heartbeat in rows:
         when = _as_datetime(heartbeat)
@@ -149,24 +137,23 @@ def heartbeat_ages(study: optuna.Study) -> dict[int, float]:
     return ages
 
 
-def stale_running(study: optuna.Study, grace_s: float) -> list[tuple[int, int, float]]:
+def stale_running(handle: StudyHandle, grace_s: float) -> list[tuple[int, int, float]]:
     """``(trial_id, number, seconds since its last heartbeat)`` of RUNNING trials whose last
-    heartbeat is older than ``grace_s``, by the DATABASE's clock. Empty without an SQL engine.
+    heartbeat is older than ``grace_s``, by the DATABASE's clock.
 
     Raises:
         sqlalchemy.exc.SQLAlchemyError: the tables cannot be read.
     """
-    engine = engine_of(study)
-    if engine is None:
-        return []
     # The database's clock in the same statement: one round trip per claim.
-    query = sqlalchemy.text(
-        "SELECT t.trial_id, t.number, h.heartbeat, CURRENT_TIMESTAMP FROM trials t "
-        "JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
-        "WHERE t.study_id = :study AND t.state = 'RUNNING'"
+    query = (
+        sqlalchemy.select(
+            _T.c.trial_id, _T.c.number, _H.c.heartbeat, sqlalchemy.func.current_timestamp()
+        )
+        .select_from(_WITH_HEARTBEAT)
+        .where(_T.c.study_id == handle.study_id, _RUNNING)
     )
-    with engine.connect() as conn:
-        rows = conn.execute(query, {"study": study_id_of(study)}).all()
+    with handle.engine.connect() as conn:
+        rows = conn.execute(query).all()
     stale = []
     for trial_id, number, heartbeat, now_raw in rows:
         now, when = _as_datetime(now_raw), _as_datetime(heartbeat)
@@ -175,19 +162,18 @@ def stale_running(study: optuna.Study, grace_s: float) -> list[tuple[int, int, f
     return stale
 
 
-def budget_snapshot(study: optuna.Study) -> tuple[dict[str, int], int]:
+def budget_snapshot(handle: StudyHandle) -> tuple[dict[str, int], int]:
     """Trials per state and the number of RUNNING trials without any heartbeat (orphans), in
     one statement."""
-    engine = engine_of(study)
-    if engine is None:
-        return count_by_state(study), 0
-    query = sqlalchemy.text(
-        "SELECT t.state, COUNT(*), SUM(CASE WHEN t.state = 'RUNNING' AND h.trial_id IS NULL "
-        "THEN 1 ELSE 0 END) FROM trials t LEFT JOIN trial_heartbeats h "
-        "ON h.trial_id = t.trial_id WHERE t.study_id = :study GROUP BY t.state"
+    orphan = sqlalchemy.case((sqlalchemy.and_(_RUNNING, _H.c.trial_id.is_(None)), 1), else_=0)
+    query = (
+        sqlalchemy.select(_T.c.state, sqlalchemy.func.count(), sqlalchemy.func.sum(orphan))
+        .select_from(_MAYBE_HEARTBEAT)
+        .where(_T.c.study_id == handle.study_id)
+        .group_by(_T.c.state)
     )
-    with engine.connect() as conn:
-        rows = conn.execute(query, {"study": study_id_of(study)}).all()
+    with handle.engine.connect() as conn:
+        rows = conn.execute(query).all()
     counts = {_state_name(state): int(n) for state, n, _ in rows}
     return counts, sum(int(orphans or 0) for _, _, orphans in rows)
 
@@ -200,17 +186,17 @@ def _as_datetime(value: object) -> datetime.datetime | None:
     return None
 
 
-def fail_trial(study: optuna.Study, trial_id: int) -> bool:
-    """Set a trial FAIL through the storage; False when it had already finished."""
+def fail_trial(handle: StudyHandle, number: int) -> bool:
+    """Tell trial ``number`` FAIL (``study.tell``); False when it had already finished."""
     try:
-        storage_of(study).set_trial_state_values(trial_id, state=TrialState.FAIL)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False
+        handle.study.tell(number, state=TrialState.FAIL)
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+        return False  # finished before (ValueError) or while (the storage refused) we told it
     return True
 
 
 def set_user_attr_of_finished_trial(
-    study: optuna.Study, trial_id: int, key: str, value: Any
+    engine: sqlalchemy.Engine, trial_id: int, key: str, value: Any
 ) -> None:
     """Set a user attribute of a trial that may already be finished (COMPLETE).
 
@@ -219,19 +205,8 @@ def set_user_attr_of_finished_trial(
     users look (optuna-dashboard, ``study.trials``). So the row is written straight into Optuna's
     ``trial_user_attributes`` table (``value_json`` holds the JSON text, as Optuna writes it).
     Processes that cached the trial before see the value after they reload the study.
-
-    Raises:
-        ValueError: the study has no SQL storage.
     """
-    engine = engine_of(study)
-    if engine is None:
-        raise ValueError("user attributes of finished trials need an RDB storage")
-    table = sqlalchemy.table(
-        "trial_user_attributes",
-        sqlalchemy.column("trial_id"),
-        sqlalchemy.column("key"),
-        sqlalchemy.column("value_json"),
-    )
+    table = optuna_schema.trial_user_attributes
     text = json.dumps(value)
     where = (table.c.trial_id == trial_id) & (table.c.key == key)
     with engine.begin() as conn:
@@ -263,18 +238,22 @@ def _stored(value: float | None, kind: object) -> float:
     return _SPECIAL_VALUES[name] if name in _SPECIAL_VALUES else float(value or 0.0)
 
 
-#: The lean read of trials: ``name -> query`` (followed by a join on ``trials t`` and a filter).
-_TRIAL_READS = {
-    "values": "SELECT x.trial_id, x.objective, x.value, x.value_type FROM trial_values x",
-    "params": (
-        "SELECT x.param_id, x.trial_id, x.param_name, x.param_value, x.distribution_json "
-        "FROM trial_params x"
+#: The lean read of trials: ``name -> (table, columns)``, each joined to ``trials`` and filtered.
+_TRIAL_READS: dict[str, tuple[sqlalchemy.Table, tuple[str, ...]]] = {
+    "trials": (
+        optuna_schema.trials,
+        ("trial_id", "number", "state", "datetime_start", "datetime_complete"),
     ),
-    "user": "SELECT x.trial_id, x.key, x.value_json FROM trial_user_attributes x",
-    "system": "SELECT x.trial_id, x.key, x.value_json FROM trial_system_attributes x",
+    "values": (optuna_schema.trial_values, ("trial_id", "objective", "value", "value_type")),
+    "params": (
+        optuna_schema.trial_params,
+        ("param_id", "trial_id", "param_name", "param_value", "distribution_json"),
+    ),
+    "user": (optuna_schema.trial_user_attributes, ("trial_id", "key", "value_json")),
+    "system": (optuna_schema.trial_system_attributes, ("trial_id", "key", "value_json")),
     "steps": (
-        "SELECT x.trial_id, x.step, x.intermediate_value, x.intermediate_value_type "
-        "FROM trial_intermediate_values x"
+        optuna_schema.trial_intermediate_values,
+        ("trial_id", "step", "intermediate_value", "intermediate_value_type"),
     ),
 }
 
@@ -284,49 +263,32 @@ def _read_trial_rows(
 ) -> dict[str, list[Any]]:
     """Rows of every trial table for the study's trials with an id in ``included`` or above
     ``greater_than``, in one snapshot."""
-    ids = sorted(included)
-    where = " WHERE t.study_id = :study AND (t.trial_id > :above"
-    where += " OR t.trial_id IN :ids)" if ids else ")"
-    params: dict[str, Any] = {"study": study_id, "above": greater_than}
-    if ids:
-        params["ids"] = ids
-
-    def statement(sql: str) -> sqlalchemy.TextClause:
-        text = sqlalchemy.text(sql)
-        if ids:
-            text = text.bindparams(sqlalchemy.bindparam("ids", expanding=True))
-        return text
-
+    chosen: sqlalchemy.ColumnElement[bool] = _T.c.trial_id > greater_than
+    if included:
+        chosen = sqlalchemy.or_(chosen, _T.c.trial_id.in_(sorted(included)))
+    where = sqlalchemy.and_(_T.c.study_id == study_id, chosen)
+    out = {}
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
-            conn.execute(sqlalchemy.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
-        out = {
-            "trials": _fetch_tuples(
-                conn,
-                statement(
-                    "SELECT t.trial_id, t.number, t.state, t.datetime_start, "
-                    "t.datetime_complete FROM trials t" + where
-                ),
-                params,
-            )
-        }
-        for name, query in _TRIAL_READS.items():
-            order = " ORDER BY x.param_id" if name == "params" else ""
-            join = " JOIN trials t ON t.trial_id = x.trial_id"
-            out[name] = _fetch_tuples(conn, statement(query + join + where + order), params)
+            conn.execution_options(isolation_level="REPEATABLE READ")  # one snapshot
+        for name, (table, columns) in _TRIAL_READS.items():
+            query = sqlalchemy.select(*(table.c[c] for c in columns)).where(where)
+            if table is not _T:
+                query = query.join_from(table, _T, table.c.trial_id == _T.c.trial_id)
+            if name == "params":
+                query = query.order_by(table.c.param_id)
+            out[name] = _fetch_tuples(conn, query)
     return out
 
 
-def _fetch_tuples(
-    conn: sqlalchemy.Connection, statement: sqlalchemy.TextClause, params: dict[str, Any]
-) -> list[tuple[Any, ...]]:
-    """The statement's rows as the driver returns them.
+def _fetch_tuples(conn: sqlalchemy.Connection, query: sqlalchemy.Select[Any]) -> list[Any]:
+    """The query's rows as the driver returns them.
 
-    A ``text()`` statement declares no column types, so SQLAlchemy's rows hold exactly the
-    driver's values; taking them from the DBAPI cursor skips building a ``Row`` per row, which
-    was half the read of a 10,000-trial study (400,000 rows).
+    The tables' columns declare no types (:mod:`cnas_hpc.study.optuna_schema`), so
+    SQLAlchemy's rows hold exactly the driver's values; taking them from the DBAPI cursor skips
+    building a ``Row`` per row, which was half the read of a 10,000-trial study (400,000 rows).
     """
-    result = conn.execute(statement, params)
+    result = conn.execute(query)
     try:
         return list(result.cursor.fetchall())
     finally:
@@ -424,16 +386,14 @@ def _build_trials(rows: dict[str, list[Any]]) -> list[FrozenTrial]:
 
 
 def load_trials(
-    study: optuna.Study, included: set[int] | None = None, greater_than: int = -1
+    handle: StudyHandle, included: set[int] | None = None, greater_than: int = -1
 ) -> list[FrozenTrial]:
     """The study's trials with an id in ``included`` or above ``greater_than`` (all by
     default), read lean: six plain queries in one snapshot instead of Optuna's ORM read (16 s
     for 10,000 trials on the development machine), distributions parsed once per distinct JSON.
     They equal what ``RDBStorage`` returns (pinned by ``tests/test_study_optuna_internals.py``).
     """
-    engine = engine_of(study)
-    assert engine is not None
-    rows = _read_trial_rows(engine, study_id_of(study), included or set(), greater_than)
+    rows = _read_trial_rows(handle.engine, handle.study_id, included or set(), greater_than)
     return _build_trials(rows)
 
 
@@ -523,7 +483,7 @@ def _stored_float(value: float) -> tuple[float | None, str]:
 
 
 def write_trial_rows(
-    study: optuna.Study,
+    handle: StudyHandle,
     trial_id: int,
     *,
     params: dict[str, tuple[Any, BaseDistribution]] | None = None,
@@ -538,9 +498,7 @@ def write_trial_rows(
     Raises:
         optuna.exceptions.UpdateFinishedTrialError: the trial is not RUNNING any more.
     """
-    engine = engine_of(study)
-    assert engine is not None
-    with engine.begin() as conn:
+    with handle.engine.begin() as conn:
         _write_rows(conn, trial_id, params, user_attrs, intermediate)
 
 
@@ -556,53 +514,52 @@ def _write_rows(
         _write_rows_postgres(conn, trial_id, params or {}, user_attrs or {}, intermediate or {})
         return
     # SQLite: the caller's transaction holds the database's write lock, no row lock needed.
-    state = conn.execute(
-        sqlalchemy.text("SELECT state FROM trials WHERE trial_id = :t"), {"t": trial_id}
-    ).scalar()
+    state = conn.execute(sqlalchemy.select(_T.c.state).where(_T.c.trial_id == trial_id)).scalar()
     if _state_name(state) != "RUNNING":
         raise optuna.exceptions.UpdateFinishedTrialError(
             f"trial id {trial_id} is {_state_name(state)}: its rows cannot change"
         )
     rows = [
-        {"t": trial_id, "n": name, "v": dist.to_internal_repr(value), "d": _dist_json(dist)}
+        {
+            "trial_id": trial_id,
+            "param_name": name,
+            "param_value": dist.to_internal_repr(value),
+            "distribution_json": _dist_json(dist),
+        }
         for name, (value, dist) in (params or {}).items()
     ]
     if rows:
-        conn.execute(
-            sqlalchemy.text(
-                "INSERT INTO trial_params (trial_id, param_name, param_value, "
-                "distribution_json) VALUES (:t, :n, :v, :d) "
-                "ON CONFLICT (trial_id, param_name) DO NOTHING"
-            ),
-            rows,
-        )
+        insert = sqlite_insert(optuna_schema.trial_params)
+        conn.execute(insert.on_conflict_do_nothing(index_elements=["trial_id", "param_name"]), rows)
     attrs = [
-        {"t": trial_id, "k": key, "v": json.dumps(value)}
+        {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
         for key, value in (user_attrs or {}).items()
     ]
     if attrs:
+        insert = sqlite_insert(optuna_schema.trial_user_attributes)
+        replace = {"value_json": insert.excluded.value_json}
         conn.execute(
-            sqlalchemy.text(
-                "INSERT INTO trial_user_attributes (trial_id, key, value_json) "
-                "VALUES (:t, :k, :v) ON CONFLICT (trial_id, key) "
-                "DO UPDATE SET value_json = excluded.value_json"
-            ),
-            attrs,
+            insert.on_conflict_do_update(index_elements=["trial_id", "key"], set_=replace), attrs
         )
     steps = []
     for step, value in (intermediate or {}).items():
         stored, kind = _stored_float(value)
-        steps.append({"t": trial_id, "s": int(step), "v": stored, "k": kind})
+        steps.append(
+            {
+                "trial_id": trial_id,
+                "step": int(step),
+                "intermediate_value": stored,
+                "intermediate_value_type": kind,
+            }
+        )
     if steps:
+        insert = sqlite_insert(optuna_schema.trial_intermediate_values)
+        replace = {
+            "intermediate_value": insert.excluded.intermediate_value,
+            "intermediate_value_type": insert.excluded.intermediate_value_type,
+        }
         conn.execute(
-            sqlalchemy.text(
-                "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, "
-                "intermediate_value_type) VALUES (:t, :s, :v, :k) "
-                "ON CONFLICT (trial_id, step) DO UPDATE SET "
-                "intermediate_value = excluded.intermediate_value, "
-                "intermediate_value_type = excluded.intermediate_value_type"
-            ),
-            steps,
+            insert.on_conflict_do_update(index_elements=["trial_id", "step"], set_=replace), steps
         )
 
 
@@ -693,7 +650,7 @@ SELECT (SELECT json_object_agg(state, n) FROM counts), (SELECT n FROM orphans),
 
 
 def reserve_trial_row(
-    study: optuna.Study, lock_key: int, n_trials: int, identity: dict[str, Any]
+    handle: StudyHandle, lock_key: int, n_trials: int, identity: dict[str, Any]
 ) -> tuple[dict[str, int], tuple[int, int] | None]:
     """The whole reservation of a claim in ONE PostgreSQL transaction (a few milliseconds of
     lock), when nothing unusual is in the study.
@@ -709,17 +666,16 @@ def reserve_trial_row(
         ``(trials by state, (trial id, number))``; None instead of the trial when nothing was
         created (no slot, or the full claim must run: the counts say which).
     """
-    engine = engine_of(study)
-    assert engine is not None and engine.dialect.name == "postgresql"
+    assert handle.engine.dialect.name == "postgresql"
     values = {
         "k": lock_key,
-        "s": study_id_of(study),
+        "s": handle.study_id,
         "n": n_trials,
         "now": datetime.datetime.now(datetime.UTC).replace(tzinfo=None),
         "keys": list(identity),
         "jsons": [json.dumps(value) for value in identity.values()],
     }
-    with engine.begin() as conn:
+    with handle.engine.begin() as conn:
         row = conn.exec_driver_sql(_RESERVE_SQL, values).one()
     by_state, orphans, trial_id, number = row
     counts = {_state_name(state): int(n) for state, n in (by_state or {}).items()}
@@ -735,24 +691,24 @@ def _dist_json(dist: BaseDistribution) -> str:
 
 
 def arch_hashes(
-    study: optuna.Study, key: str, after_trial_id: int
+    handle: StudyHandle, key: str, after_trial_id: int
 ) -> list[tuple[int, int, str, Any]]:
     """``(trial_id, number, state, value)`` of user attribute ``key`` of the RUNNING trials and
     of the COMPLETE trials with an id above ``after_trial_id``: what a duplicate check needs to
     learn since it last looked (a COMPLETE trial never changes).
     """
-    engine = engine_of(study)
-    assert engine is not None
-    with engine.connect() as conn:
-        return _arch_rows(conn, study_id_of(study), key, after_trial_id)
+    with handle.engine.connect() as conn:
+        return _arch_rows(conn, handle.study_id, key, after_trial_id)
 
 
-_ARCH_SQL = (
-    "SELECT t.trial_id, t.number, t.state, a.value_json FROM trials t "
-    "JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = {key} "
-    "WHERE t.study_id = {study} AND (t.state = 'RUNNING' "
-    "OR (t.state = 'COMPLETE' AND t.trial_id > {after}))"
-)
+def _arch_query(study_id: int, key: str, after_trial_id: int) -> sqlalchemy.Select[Any]:
+    attr = optuna_schema.trial_user_attributes
+    complete_news = sqlalchemy.and_(_T.c.state == "COMPLETE", _T.c.trial_id > after_trial_id)
+    return (
+        sqlalchemy.select(_T.c.trial_id, _T.c.number, _T.c.state, attr.c.value_json)
+        .join_from(_T, attr, sqlalchemy.and_(attr.c.trial_id == _T.c.trial_id, attr.c.key == key))
+        .where(_T.c.study_id == study_id, sqlalchemy.or_(_RUNNING, complete_news))
+    )
 
 
 def _arch_rows(
@@ -763,20 +719,20 @@ def _arch_rows(
     lock_key: int | None = None,
 ) -> list[tuple[int, int, str, Any]]:
     """The rows :func:`arch_hashes` returns; with ``lock_key`` (PostgreSQL), taken after the
-    transaction-level advisory lock in the same round trip."""
-    values = {"key": key, "study": study_id, "after": after_trial_id}
+    transaction-level advisory lock in the same round trip (the query compiled for the driver
+    and sent after the lock as one script)."""
+    query = _arch_query(study_id, key, after_trial_id)
     if lock_key is None:
-        query = _ARCH_SQL.format(key=":key", study=":study", after=":after")
-        rows = conn.execute(sqlalchemy.text(query), values).all()
+        rows = conn.execute(query).all()
     else:
-        query = _ARCH_SQL.format(key="%(key)s", study="%(study)s", after="%(after)s")
-        sql = "SELECT pg_advisory_xact_lock(%(lock)s); " + query
-        rows = conn.exec_driver_sql(sql, {**values, "lock": lock_key}).all()
+        compiled = query.compile(dialect=conn.dialect)
+        script = "SELECT pg_advisory_xact_lock(%(cnas_lock)s); " + str(compiled)
+        rows = conn.exec_driver_sql(script, {**compiled.params, "cnas_lock": lock_key}).all()
     return [(int(i), int(n), _state_name(s), json.loads(v)) for i, n, s, v in rows]
 
 
 def write_rows_unless(
-    study: optuna.Study,
+    handle: StudyHandle,
     trial_id: int,
     *,
     lock_key: int | None,
@@ -793,10 +749,8 @@ def write_rows_unless(
     Returns:
         What ``duplicate_of`` returned (None: the rows were written).
     """
-    engine = engine_of(study)
-    assert engine is not None
-    with engine.begin() as conn:
-        rows = _arch_rows(conn, study_id_of(study), key, after_trial_id, lock_key)
+    with handle.engine.begin() as conn:
+        rows = _arch_rows(conn, handle.study_id, key, after_trial_id, lock_key)
         duplicate = duplicate_of(rows)
         if duplicate is None:
             _write_rows(conn, trial_id, params, user_attrs)

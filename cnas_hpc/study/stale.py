@@ -36,13 +36,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cnas_hpc.common import attrs
 from cnas_hpc.distributed.jobs import job_is_held, job_state
-from cnas_hpc.study.optuna_internals import (
-    fail_trial,
-    grace_period_of,
-    running_without_heartbeat,
-    stale_running,
-    storage_of,
-)
+from cnas_hpc.study.handle import StudyHandle
+from cnas_hpc.study.optuna_internals import fail_trial, running_without_heartbeat, stale_running
 
 log = logging.getLogger(__name__)
 
@@ -110,17 +105,16 @@ def why_stale(
 
 
 def stale_candidates(
-    study: optuna.Study, keep: KeepCheck | None = None, own_job: str | None = None
+    handle: StudyHandle, keep: KeepCheck | None = None, own_job: str | None = None
 ) -> list[StaleTrial]:
     """RUNNING trials past the grace period whose worker is not coming back (``own_job``: see
     :func:`why_stale`). Outside the lock."""
-    grace = grace_period_of(study)
+    grace = handle.storage.grace_period
     if grace is None:
         return []
-    storage = storage_of(study)
     found = []
-    for trial_id, number, age in stale_running(study, grace):
-        trial = storage.get_trial(trial_id)
+    for trial_id, number, age in stale_running(handle, grace):
+        trial = handle.cache.get_trial(trial_id)
         if trial.state != TrialState.RUNNING:
             continue
         reason = why_stale(trial, age, keep, own_job)
@@ -130,7 +124,7 @@ def stale_candidates(
 
 
 def fail_stale(
-    study: optuna.Study, candidates: list[StaleTrial], requeue: RequeueStaleTrial
+    handle: StudyHandle, candidates: list[StaleTrial], requeue: RequeueStaleTrial
 ) -> list[int]:
     """Fail each candidate that is still stale, with its reason, and re-enqueue it. In the lock.
 
@@ -139,9 +133,9 @@ def fail_stale(
     """
     if not candidates:
         return []
-    grace = grace_period_of(study) or 0
-    still_stale = {trial_id for trial_id, _, _ in stale_running(study, grace)}
-    storage = storage_of(study)
+    grace = handle.storage.grace_period or 0
+    still_stale = {trial_id for trial_id, _, _ in stale_running(handle, grace)}
+    storage = handle.cache
     failed = []
     for candidate in candidates:
         if candidate.trial_id not in still_stale:
@@ -150,15 +144,15 @@ def fail_stale(
             storage.set_trial_user_attr(candidate.trial_id, attrs.FAIL_REASON, candidate.reason)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-        if not fail_trial(study, candidate.trial_id):
+        if not fail_trial(handle, candidate.number):
             continue
         log.warning("trial %d failed: %s", candidate.number, candidate.reason)
-        requeue(study, storage.get_trial(candidate.trial_id))
+        requeue(handle.study, storage.get_trial(candidate.trial_id))
         failed.append(candidate.number)
     return failed
 
 
-def fail_orphaned_trials(study: optuna.Study) -> list[int]:
+def fail_orphaned_trials(handle: StudyHandle) -> list[int]:
     """Fail RUNNING trials that never recorded a heartbeat. Call it holding the claim lock.
 
     A claim records the first heartbeat of its trial right after asking it, inside the claim
@@ -168,16 +162,16 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
     heartbeat stale, so it would hold a budget slot forever; it is failed at once, without a
     retry (there is nothing to resume).
     """
-    storage = storage_of(study)
+    storage = handle.cache
     failed = []
-    for trial_id, number, _ in running_without_heartbeat(study):
+    for trial_id, number, _ in running_without_heartbeat(handle):
         try:
             storage.set_trial_user_attr(
                 trial_id, attrs.FAIL_REASON, "orphaned: its claim was cut before it trained"
             )
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-        if fail_trial(study, trial_id):
+        if fail_trial(handle, number):
             log.warning("trial %d was asked but never claimed: failed as orphaned", number)
             failed.append(number)
     return failed

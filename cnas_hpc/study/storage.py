@@ -30,7 +30,6 @@ from sqlalchemy.pool import QueuePool
 from cnas_hpc.common.errors import StudyError, StudyUnreachableError
 from cnas_hpc.common.storage_url import mask_url
 from cnas_hpc.config.study import StudyConfig
-from cnas_hpc.study.optuna_internals import engine_of
 from cnas_hpc.study.retry import describe_failure, is_transient, root_cause
 from cnas_hpc.study.stale import RequeueStaleTrial
 
@@ -38,13 +37,12 @@ from cnas_hpc.study.stale import RequeueStaleTrial
 BURST_CONNECTIONS = 2
 
 
-def release_connections(study: optuna.Study) -> None:
-    """Close the connections kept since the last burst (``study.pool_size=0``).
+def release_connections(engine: sqlalchemy.Engine) -> None:
+    """Close the connections ``engine`` kept since the last burst (``study.pool_size=0``).
 
     Connections checked out right now (another thread's operation) are closed when returned.
     """
-    engine = engine_of(study)
-    if engine is not None and engine.dialect.name != "sqlite":
+    if engine.dialect.name != "sqlite":
         engine.dispose()
 
 
@@ -122,13 +120,12 @@ def bootstrap_lock(cfg: StudyConfig, url: str, may_create: Path | None = None) -
     engine = sqlalchemy.create_engine(url, **engine_kwargs(parsed, cfg))
     try:
         with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _BOOTSTRAP_LOCK_KEY})
+            conn.execute(sqlalchemy.select(sqlalchemy.func.pg_advisory_lock(_BOOTSTRAP_LOCK_KEY)))
             try:
                 yield
             finally:
-                conn.execute(
-                    sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _BOOTSTRAP_LOCK_KEY}
-                )
+                unlock = sqlalchemy.func.pg_advisory_unlock(_BOOTSTRAP_LOCK_KEY)
+                conn.execute(sqlalchemy.select(unlock))
                 conn.commit()
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise db_error(exc, url) from None
