@@ -6,10 +6,13 @@
 #   1. the zero-cost proxies (NASWOT, synflow) at the default zero_cost settings (8 cells x 16
 #      channels, NASWOT batch 64), 4 cells x 3 extra seeds for their noise; parameters and MACs
 #      of the 20 x 36 network; the file's supervised rankings;
-#   2. the contrastive score of the default search (proxy 5x6, 2 epochs, NT-Xent; validation and
-#      training loss) on 1,000 unlabeled CIFAR-10 images (data.fraction=0.1), 4 cells x 2 extra
-#      seeds;
-#   3. (LARGE=1) the same on 3,000 images (data.fraction=0.3: the README's earlier setting).
+#   2. the contrastive score of the default search (train=quick: proxy 5x6, 4 SGD steps of 128
+#      unlabeled images out of 9,000, then the NT-Xent loss on the 1,000 held-out images; the
+#      training loss too), 4 cells x 2 extra seeds; the report also ranks by the per-cell rank
+#      mean of that loss and NASWOT;
+#   3. (VARIANTS=1) the variants the default was chosen against: 1 step, 8 steps, and the earlier
+#      default (2 whole epochs of 1,000 images, data.fraction=0.1);
+#   4. (LARGE=1) 2 whole epochs of 3,000 images (data.fraction=0.3: the README's earlier setting).
 # Local runs, one process each (CPU). Measurements live in $CNAS_HOME/cnas.db: a rerun reuses
 # every one of them and only rewrites the reports. Reports: $CNAS_HOME/fidelity/*/, copied to
 # benchmarks/results/fidelity_reference/ (<name>.txt, .json, _tau_vs_cost.png; the README table:
@@ -38,9 +41,15 @@ run() {  # name, overrides...
   tail -1 "$OUT/$name.log"
 }
 run zero_cost search.objective=naswot fidelity.noise_seeds=3 study.name=ref-zero-cost
-run contrastive_1k data.fraction=0.1 fidelity.noise_seeds=2 train.num_threads=1 \
-  train.perf=channels_last study.name=ref-contrastive-1k
+CONTRASTIVE=(fidelity.noise_seeds=2 train.num_threads=1 train.perf=channels_last)
+run contrastive_e1s4 "${CONTRASTIVE[@]}" study.name=ref-contrastive-e1s4
+if [ "${VARIANTS:-0}" = 1 ]; then
+  run contrastive_e1s1 "${CONTRASTIVE[@]}" train.max_steps_per_epoch=1 study.name=ref-e1s1
+  run contrastive_e1s8 "${CONTRASTIVE[@]}" train.max_steps_per_epoch=8 study.name=ref-e1s8
+  run contrastive_1k "${CONTRASTIVE[@]}" data.fraction=0.1 train.epochs=2 \
+    train.max_steps_per_epoch=null study.name=ref-contrastive-1k
+fi
 if [ "${LARGE:-0}" = 1 ]; then
-  run contrastive_3k data.fraction=0.3 fidelity.noise_seeds=2 train.num_threads=1 \
-    train.perf=channels_last study.name=ref-contrastive-3k
+  run contrastive_3k "${CONTRASTIVE[@]}" data.fraction=0.3 train.epochs=2 \
+    train.max_steps_per_epoch=null study.name=ref-contrastive-3k
 fi
