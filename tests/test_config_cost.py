@@ -62,7 +62,7 @@ def test_the_cost_section_names_a_protocol_network() -> None:
         ({"repeats": 0}, "cost.repeats must be an integer >= 1"),
     ):
         with pytest.raises(ConfigError, match=says):
-            CostConfig(**bad)  # type: ignore[arg-type]
+            CostConfig(**bad)
 
 
 def test_the_scoring_setup_refuses_other_objectives_constraints_or_cost_settings(
