@@ -293,7 +293,9 @@ def print_front(study: optuna.Study, settings: Settings) -> None:
     ``pareto.json``."""
     names = list(settings.search.values)
     front = sorted(study.best_trials, key=lambda t: t.number)
-    rows = [[t.number, *(f"{v:.6g}" for v in t.values)] for t in front]
+    rows = [
+        [t.number, *(f"{v:,.0f}" if abs(v) >= 1e5 else f"{v:.5g}" for v in t.values)] for t in front
+    ]
     print(f"\nPareto front of study {study.study_name!r} ({len(front)} cells, {', '.join(names)}):")
     print(tabulate(rows, ["trial", *names], tablefmt="simple", disable_numparse=True))
     print("Draw it and write pareto.json with: launch/report.py (same study settings)", flush=True)

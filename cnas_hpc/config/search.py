@@ -106,7 +106,8 @@ class SearchConfig:
             (``cnas:screened``; like a pruned trial it does not count toward ``n_trials`` and
             TPE learns to avoid it). ``none``: every proposal is trained. Moot for a zero-cost
             objective (nothing is trained). ``configs/search.yaml`` turns it on (``naswot``):
-            README "Does the proxy work?" says why.
+            README "Does the proxy work?" says why. Kept with several objectives and with
+            constraints: it runs after the constraint check, on feasible proposals only.
         screen_keep: Share of proposals the screen lets through, in ``(0, 1]``.
         screen_startup: Proposals scored before the screen refuses any.
         objectives: Cost-aware search (opt-in; README "Searching under a budget"): the study's
