@@ -72,7 +72,8 @@ def _check_compatible(study: optuna.Study, settings: Settings, *, scoring: bool 
             f"{recorded[attrs.STUDY_OBJECTIVE]!r}, not {objective!r}: choose another study.name"
         )
     objectives = list(settings.search.objectives)
-    if list(recorded.get(attrs.STUDY_OBJECTIVES, [])) != objectives:
+    # A reader that scores nothing (the report) reads the values with the study's own names.
+    if scoring and list(recorded.get(attrs.STUDY_OBJECTIVES, [])) != objectives:
         raise StudyError(
             f"study {study.study_name!r} was built for objectives "
             f"{list(recorded.get(attrs.STUDY_OBJECTIVES, [])) or [objective]}, not "
@@ -201,7 +202,8 @@ def load_study(settings: Settings, *, worker: int, scoring: bool = True) -> Stud
     reader of the database takes).
 
     ``scoring=False`` is for readers that score nothing (the report): they are not refused for
-    another scoring setup, only for another space or objective.
+    another scoring setup or other ``search.objectives`` (``cnas:objectives`` names the values),
+    only for another space or objective.
 
     Its trials are read lean into Optuna's trial cache (a second for 10,000 trials, at the first
     claim); the sampler's seed depends only on ``study.sampler.seed``, ``worker`` and the trial
