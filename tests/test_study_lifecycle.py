@@ -326,7 +326,7 @@ def test_a_multi_objective_study_records_its_objectives_and_refuses_others(
 ) -> None:
     settings = tiny_settings(tmp_path, "search.objectives=[score,params,latency_ms]")
     assert bootstrap_study(settings).created
-    study = load_study(settings, worker=0)
+    study = load_study(settings, worker=0).study
     assert [d.name for d in study.directions] == ["MINIMIZE"] * 3
     assert study.user_attrs[attrs.STUDY_OBJECTIVES] == [
         "val_contrastive_loss",
