@@ -155,3 +155,37 @@ def test_a_rerun_of_a_complete_study_submits_nothing(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr[-3000:]
     assert "study 'cnas-digits-compact' is complete (1/1 trials): nothing submitted" in again.stdout
     assert not list(tmp_path.rglob(".submitit"))  # no array
+
+
+def test_a_constrained_multi_objective_search_never_trains_a_cell_over_its_limit(
+    tmp_path: Path,
+) -> None:
+    # The command (12 trials there, 4 here: seconds), tiny proxy, 20 x 36 CIFAR costs.
+    result = run_search(
+        [
+            *TINY,
+            "search.objectives=[score,params]",
+            "search.constraints=[params<=2.6e6]",  # unquoted, as users write it
+            "search.n_trials=4",
+            "zero_cost.record=false",
+            "study.name=budget",
+        ],
+        home=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Pareto front of study 'budget'" in result.stdout
+    study = optuna.load_study(study_name="budget", storage=f"sqlite:///{tmp_path}/cnas.db")
+    assert study.user_attrs["cnas:objectives"] == ["val_contrastive_loss", "params"]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert len(complete) == 4
+    for trial in complete:
+        assert trial.values[1] == trial.user_attrs["cnas:cost_params"] <= 2.6e6
+        assert trial.user_attrs["cnas:infeasible"] is False
+        assert trial.user_attrs["cnas:epochs_done"] == 1
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    for trial in pruned:  # every pruned one broke the limit and was never trained
+        assert trial.user_attrs["cnas:infeasible"] is True
+        assert trial.user_attrs["cnas:cost_params"] > 2.6e6
+        assert trial.system_attrs["constraints"][0] > 0
+        assert "cnas:epochs_done" not in trial.user_attrs
+    assert {t.number for t in study.best_trials} <= {t.number for t in complete}

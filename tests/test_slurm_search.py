@@ -109,3 +109,42 @@ def test_sixteen_workers_share_a_fresh_database_through_one_array(
     logs = worker_logs(tmp_path)
     assert "1 intra-op / 1 inter-op thread(s) (1 CPU(s) from SLURM_CPUS_PER_TASK=1)" in logs
     assert "IntegrityError" not in logs and "alembic_version" not in logs
+
+
+def test_a_multi_objective_array_is_exact_and_times_each_cell_once(
+    fresh_pg_url: str, tmp_path: Path
+) -> None:
+    # Three workers, objectives score (NASWOT: nothing trained, seconds) + params + latency of
+    # the 20 x 36 CIFAR network on the CPU, constrained: the budget counts COMPLETE trials only.
+    multirun(
+        fresh_pg_url,
+        tmp_path,
+        3,
+        4,
+        "search.objective=naswot",
+        "search.objectives=[score,params,latency_ms]",
+        "search.constraints=[params<=2.6e6]",
+        "cost.warmup=0",
+        "cost.repeats=2",
+    )
+    trials = trials_of(fresh_pg_url)
+    assert_exact_budget(trials, 4)
+    study = optuna.load_study(study_name="slurm-test", storage=fresh_pg_url)
+    assert len(study.directions) == 3
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert all(t.user_attrs[attrs.COST_PARAMS] <= 2.6e6 for t in complete)
+    assert all(len(t.values) == 3 and t.values[2] > 0 for t in complete)
+    assert len({t.user_attrs[attrs.ARRAY_TASK] for t in complete}) > 1  # shared
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert all(t.user_attrs[attrs.INFEASIBLE] for t in pruned)
+    # Latency (and size) measured once per cell and device, whichever worker met it again.
+    measured = Counter(
+        (t.user_attrs[attrs.ARCH_HASH], t.user_attrs[attrs.COST_DEVICE])
+        for t in trials
+        if t.user_attrs.get(attrs.COST_CACHED) is False
+    )
+    assert measured and max(measured.values()) == 1, measured
+    timed = [t for t in trials if attrs.COST_LATENCY_MS in t.user_attrs]
+    assert {t.user_attrs[attrs.ARCH_HASH] for t in complete} <= {
+        t.user_attrs[attrs.ARCH_HASH] for t in timed
+    }

@@ -319,3 +319,22 @@ def test_a_trial_that_never_sent_a_heartbeat_is_failed_as_orphaned(
     failed = study.get_trials(deepcopy=False)[orphan.number]
     assert failed.state == TrialState.FAIL
     assert failed.user_attrs[attrs.FAIL_REASON].startswith("orphaned: ")
+
+
+def test_a_multi_objective_study_records_its_objectives_and_refuses_others(
+    tmp_path: Path,
+) -> None:
+    settings = tiny_settings(tmp_path, "search.objectives=[score,params,latency_ms]")
+    assert bootstrap_study(settings).created
+    study = load_study(settings, worker=0).study
+    assert [d.name for d in study.directions] == ["MINIMIZE"] * 3
+    assert study.user_attrs[attrs.STUDY_OBJECTIVES] == [
+        "val_contrastive_loss",
+        "params",
+        "latency_ms",
+    ]
+    assert study.metric_names == ["val_contrastive_loss", "params", "latency_ms"]
+    single = tiny_settings(tmp_path)
+    with pytest.raises(StudyError, match="was built for objectives"):
+        bootstrap_study(single)
+    load_study(single, worker=0, scoring=False)  # a reader (the report) is not refused

@@ -136,12 +136,34 @@ def _unknown_key(config_dir: Path, config_name: str, overrides: list[str], key: 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
+#: ``search.constraints=[params<=2.6e6, ...]``: ``<``, ``>`` and ``=`` are not characters of an
+#: unquoted Hydra value; the elements are quoted for the user (``["params<=2.6e6", ...]``).
+_CONSTRAINTS = re.compile(r"^(\+{0,2}search\.constraints=)\[(.*)\]$")
+
+
+def quote_constraints(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the elements of a ``search.constraints=[...]`` list quoted (those already
+    quoted, and every other argument, unchanged): the command line users write,
+    ``'search.constraints=[params<=2.6e6]'``, reads as Hydra's ``["params<=2.6e6"]``."""
+    out = []
+    for arg in argv:
+        match = _CONSTRAINTS.match(arg)
+        if match is None:
+            out.append(arg)
+            continue
+        items = [item.strip() for item in match.group(2).split(",") if item.strip()]
+        quoted = [item if item[0] in "'\"" else f'"{item}"' for item in items]
+        out.append(f"{match.group(1)}[{', '.join(quoted)}]")
+    return out
+
+
 def checked_command(config_name: str, hydra_main: Callable[[], object]) -> Callable[[], object]:
     """A command (console script, ``launch/*.py``, ``python -m cnas_hpc``): check the command
     line's overrides against ``config_name`` (:func:`check_overrides`), then run ``hydra_main``,
     the Hydra app, which reads the same ``sys.argv``."""
 
     def command() -> object:
+        sys.argv[1:] = quote_constraints(sys.argv[1:])
         check_overrides(CONFIG_DIR, config_name, sys.argv[1:])
         return hydra_main()
 

@@ -48,6 +48,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from tabulate import tabulate
 
 from cnas_hpc.analysis.study_view import StudyViewObserver
 from cnas_hpc.analysis.summary import best_trials, format_table, write_best_genotypes
@@ -286,9 +287,27 @@ class BootstrapCallback(Callback):
             fail(str(exc))
 
 
+def print_front(study: optuna.Study, settings: Settings) -> None:
+    """A multi-objective study's end: its Pareto front (Optuna's ``best_trials``: feasible
+    trials only when constrained), one line per cell; ``launch/report.py`` draws it and writes
+    ``pareto.json``."""
+    names = list(settings.search.values)
+    front = sorted(study.best_trials, key=lambda t: t.number)
+    rows = [
+        [t.number, *(f"{v:,.0f}" if abs(v) >= 1e5 else f"{v:.5g}" for v in t.values)] for t in front
+    ]
+    print(f"\nPareto front of study {study.study_name!r} ({len(front)} cells, {', '.join(names)}):")
+    print(tabulate(rows, ["trial", *names], tablefmt="simple", disable_numparse=True))
+    print("Draw it and write pareto.json with: launch/report.py (same study settings)", flush=True)
+
+
 def print_summary(settings: Settings, k: int = 5) -> Path | None:
-    """Print the best trials and write ``<output_dir>/<study>/best_genotype.json``."""
+    """Print the best trials and write ``<output_dir>/<study>/best_genotype.json`` (a
+    multi-objective study: its front, :func:`print_front`)."""
     study = load_study(settings, worker=settings.worker).study
+    if settings.search.multi_objective:
+        print_front(study, settings)
+        return None
     ranked = best_trials(study, k)
     if not ranked:
         log.warning("study %r has no COMPLETE trial yet", study.study_name)
@@ -308,7 +327,10 @@ def make_observers(settings: Settings, study: optuna.Study) -> list[TrialObserve
     observers: list[TrialObserver] = [SearchProgress(settings.search.n_trials)]
     if settings.wandb.enabled:
         observers.append(WandbTracker(settings))
-        observers.append(StudyViewObserver(settings, study=lambda: study))
+        # The study view ranks one value; a multi-objective study's trial runs log every
+        # objective (summary ``objective/<name>``) and launch/report.py draws its front.
+        if not settings.search.multi_objective:
+            observers.append(StudyViewObserver(settings, study=lambda: study))
     return observers
 
 

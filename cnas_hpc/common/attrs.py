@@ -52,17 +52,23 @@ JOB: Final = "cnas:job_id"
 CPU_THREADS: Final = "cnas:cpu_threads"
 #: The SLURM job a trial waits for while that job is requeued ("" once it resumed).
 HELD_BY_JOB: Final = "cnas:held_by_job"
-# Multi-objective and cost-aware studies (issue #21).
-#: Study-level: the objective names in the order of ``trial.values`` (absent: one objective).
+# Cost-aware search (search.objectives, search.constraints; README "Searching under a budget").
+#: Study-level: the objective names in the order of ``trial.values`` (multi-objective studies
+#: only; a single-objective study is named by ``cnas:objective``).
 STUDY_OBJECTIVES: Final = "cnas:objectives"
-#: Parameters of the EVALUATION-size network (as DARTS counts them, auxiliary head excluded).
+#: Parameters of the EVALUATION-size network (DARTS's count, auxiliary head excluded).
 COST_PARAMS: Final = "cnas:cost_params"
 #: Multiply-adds of one image at evaluation resolution.
 COST_MACS: Final = "cnas:cost_macs"
-#: Median forward latency (ms) on ``COST_DEVICE``; only when measured.
+#: Median forward latency on ``cnas:cost_device`` (only when measured).
 COST_LATENCY_MS: Final = "cnas:cost_latency_ms"
 COST_DEVICE: Final = "cnas:cost_device"
 COST_NETWORK: Final = "cnas:cost_network"
-#: Whether the trial broke a ``search.constraints`` limit, and the constraints it was judged by.
+#: Whether this trial took its costs from the study's cache (measured by an earlier trial).
+COST_CACHED: Final = "cnas:cost_cached"
+#: The cell breaks a ``search.constraints`` limit (Optuna's own values: system attr
+#: ``constraints``, feasible iff all <= 0).
 INFEASIBLE: Final = "cnas:infeasible"
 CONSTRAINTS: Final = "cnas:constraints"
+#: Study-level cache of measured costs: ``<prefix><device>:<arch hash>`` -> {params, macs, ...}.
+COST_CACHE_PREFIX: Final = "cnas:cost:"

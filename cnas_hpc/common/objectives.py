@@ -23,6 +23,32 @@ OBJECTIVES: Final[dict[str, Direction]] = {
 #: Objectives computed on the untrained network: a trial with one of these trains nothing.
 ZERO_COST_OBJECTIVES: Final = ("naswot", "synflow")
 
+#: The cell's cost at EVALUATION size (``cost`` section), all minimised: parameters (as DARTS
+#: counts them, auxiliary head excluded), multiply-adds of one image, and the median forward
+#: latency on ``cost.device``. Objectives of ``search.objectives`` and the names a
+#: ``search.constraints`` limit may use.
+COST_OBJECTIVES: Final[dict[str, Direction]] = {
+    "params": "minimize",
+    "macs": "minimize",
+    "latency_ms": "minimize",
+}
+
+#: Costs known before a cell is trained AND cheap: a constraint on them is checked first.
+STATIC_COSTS: Final = ("params", "macs")
+
+#: Every name ``search.objectives`` may list (besides ``score``, the alias of search.objective).
+SEARCH_OBJECTIVES: Final[dict[str, Direction]] = {**OBJECTIVES, **COST_OBJECTIVES}
+
+
+def is_cost(objective: str) -> bool:
+    """Whether ``objective`` is a cost of the evaluation-size network (no training needed)."""
+    return objective in COST_OBJECTIVES
+
+
+def is_trained(objective: str) -> bool:
+    """Whether ``objective`` needs the cell's contrastive proxy training."""
+    return objective in OBJECTIVES and not is_zero_cost(objective)
+
 
 def is_zero_cost(objective: str) -> bool:
     """Whether ``objective`` is a zero-cost proxy (no contrastive training needed)."""
@@ -36,8 +62,8 @@ def direction_of(objective: str) -> Direction:
         ValueError: unknown objective.
     """
     try:
-        return OBJECTIVES[objective]
+        return SEARCH_OBJECTIVES[objective]
     except KeyError:
         raise ValueError(
-            f"unknown objective {objective!r} (known: {', '.join(OBJECTIVES)})"
+            f"unknown objective {objective!r} (known: {', '.join(SEARCH_OBJECTIVES)})"
         ) from None

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cnas_hpc.config.cost import CostConfig
 from cnas_hpc.config.settings import Settings
 
 
@@ -63,9 +64,13 @@ SCORING_SECTIONS: tuple[ScoringSection, ...] = (
     ScoringSection(
         "train", lambda s: s.train, skip=("log_every_steps", "num_threads", "perf", "amp")
     ),
-    ScoringSection("search", lambda s: s.search, only=("objective",)),
+    # What the values are (objectives, in order) and which cells are feasible (constraints).
+    ScoringSection("search", lambda s: s.search, only=("objective", "objectives", "constraints")),
     # The zero-cost proxies' network and batch: the score of search.objective=naswot|synflow.
     ScoringSection("zero_cost", lambda s: s.zero_cost, skip=("record",)),
+    # How costs are measured: only when a cost is an objective or constrained (else the
+    # defaults are recorded, so changing an unused cost setting never refuses a study).
+    ScoringSection("cost", lambda s: s.cost if s.search.costs else CostConfig()),
 )
 
 

@@ -22,6 +22,7 @@ from cnas_hpc.common.storage_url import mask_url
 from cnas_hpc.config.augment import AugmentConfig
 from cnas_hpc.config.build import build_section
 from cnas_hpc.config.checkpoint import CheckpointConfig
+from cnas_hpc.config.cost import CostConfig
 from cnas_hpc.config.data import DataConfig
 from cnas_hpc.config.model import ProxyConfig
 from cnas_hpc.config.search import SearchConfig
@@ -46,20 +47,27 @@ class Settings:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     zero_cost: ZeroCostConfig = field(default_factory=ZeroCostConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
     worker: int = 0
     seed: int = 0
     device: str = "auto"
     output_dir: str = "runs"
 
     def __post_init__(self) -> None:
-        if self.search.objective == "knn_accuracy" and self.data.labeled_fraction <= 0:
+        values = self.search.values
+        if "knn_accuracy" in values and self.data.labeled_fraction <= 0:
             raise ConfigError(
                 "search.objective=knn_accuracy needs labels: set data.labeled_fraction > 0"
             )
-        if self.search.objective == "val_contrastive_loss" and self.data.val_fraction <= 0:
+        if "val_contrastive_loss" in values and self.data.val_fraction <= 0:
             raise ConfigError(
                 "search.objective=val_contrastive_loss needs a held-out split: "
                 "set data.val_fraction > 0"
+            )
+        if self.search.multi_objective and self.study.sampler.max_history is not None:
+            raise ConfigError(
+                "study.sampler.max_history keeps the best trials of ONE objective: set it to "
+                f"null with search.objectives={list(self.search.objectives)}"
             )
         if self.study.heartbeat_interval >= self.study.grace_period:
             raise ConfigError(
@@ -104,6 +112,7 @@ def settings_from_config(cfg: Mapping[str, Any]) -> Settings:
         checkpoint=build_section(CheckpointConfig, "checkpoint", cfg.get("checkpoint")),
         wandb=build_section(WandbConfig, "wandb", cfg.get("wandb")),
         zero_cost=build_section(ZeroCostConfig, "zero_cost", cfg.get("zero_cost")),
+        cost=build_section(CostConfig, "cost", cfg.get("cost")),
         worker=int(cfg.get("worker", 0)),
         seed=int(cfg.get("seed", 0)),
         device=str(cfg.get("device", "auto")),

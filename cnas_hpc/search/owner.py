@@ -49,7 +49,7 @@ from cnas_hpc.study.budget import (
     commit_proposal,
 )
 from cnas_hpc.study.lifecycle import load_study
-from cnas_hpc.study.optuna_internals import open_trial, write_trial_rows
+from cnas_hpc.study.optuna_internals import open_trial, set_constraints, write_trial_rows
 from cnas_hpc.study.proposal import propose
 from cnas_hpc.study.retry import (
     DatabaseUnavailableError,
@@ -404,8 +404,19 @@ class TrialOwner:
     # -- results --------------------------------------------------------------------------------
 
     @_releasing
-    def finish(self, state: TrialState, value: float | None, values: dict[str, Any]) -> None:
+    def finish(
+        self,
+        state: TrialState,
+        value: float | list[float] | None,
+        values: dict[str, Any],
+        *,
+        constraints: list[float] | None = None,
+    ) -> None:
         """Tell the current trial's result: pending file first, then the study, then cleanup.
+
+        ``value`` is one value per objective (a list) in a multi-objective study.
+        ``constraints`` are Optuna's constraint values of the cell (``search.constraints``),
+        written with its attributes before the state, where TPE and ``best_trials`` read them.
 
         Raises:
             DatabaseUnavailableError: the database stayed down past the deadline; the message
@@ -422,6 +433,8 @@ class TrialOwner:
             "attrs": {**self._attr_notes, **{k: v for k, v in values.items() if v is not None}},
             "reports": {str(epoch): v for epoch, v in sorted(self._report_notes.items())},
         }
+        if constraints is not None:
+            payload["constraints"] = [float(c) for c in constraints]
         path = self.pending.write(payload)
         try:
             self._tell(payload)
@@ -451,6 +464,9 @@ class TrialOwner:
         )
         try:
             self._retry(write, f"record trial {number}")
+            if payload.get("constraints") is not None:
+                constrain = partial(set_constraints, self.storage, trial_id, payload["constraints"])
+                self._retry(constrain, f"record the constraints of trial {number}")
         except optuna.exceptions.UpdateFinishedTrialError:
             return False
         state = TrialState[payload["state"]]
@@ -485,8 +501,32 @@ class TrialOwner:
 
     @_releasing
     def best_value(self) -> float | None:
-        """The study's best value so far (None before the first COMPLETE trial)."""
+        """The study's best value so far (None before the first COMPLETE trial, and in a
+        multi-objective study, which has a front instead)."""
+        if self.settings.search.multi_objective:
+            return None
         try:
             return float(self.study.best_value)
         except ValueError:
             return None
+
+    # -- the study's cache of measured costs ------------------------------------------------------
+
+    @_releasing
+    def cached_cost(self, key: str) -> dict[str, Any] | None:
+        """The costs an earlier trial measured for cache ``key`` (one attempt: None on an
+        outage, then the cell is measured again)."""
+        try:
+            found = self.storage.get_study_user_attrs(self.handle.study_id).get(key)
+        except Exception as exc:
+            log.info("cost cache not read (%s)", describe_failure(exc))
+            return None
+        return dict(found) if isinstance(found, dict) else None
+
+    @_releasing
+    def cache_cost(self, key: str, cost: Mapping[str, Any]) -> None:
+        """Remember measured costs in the study (one attempt, best effort)."""
+        try:
+            self.storage.set_study_user_attr(self.handle.study_id, key, dict(cost))
+        except Exception as exc:
+            log.info("cost cache not written (%s)", describe_failure(exc))

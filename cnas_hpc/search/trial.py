@@ -34,6 +34,7 @@ import logging
 import math
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ import torch
 from optuna.trial import TrialState
 
 from cnas_hpc.common import attrs
-from cnas_hpc.common.objectives import ZERO_COST_OBJECTIVES, is_zero_cost
+from cnas_hpc.common.objectives import ZERO_COST_OBJECTIVES, is_cost, is_zero_cost
 from cnas_hpc.common.observers import ObserverGroup
 from cnas_hpc.config import Settings, public_hparams
 from cnas_hpc.data.splits import SearchData
@@ -49,6 +50,7 @@ from cnas_hpc.distributed.collectives import broadcast_object
 from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.distributed.preemption import Preemption
 from cnas_hpc.models.complexity import count_macs, count_parameters
+from cnas_hpc.search.costs import CostCheck, check_cost
 from cnas_hpc.search.observer import TrialInfo
 from cnas_hpc.search.owner import Assignment, TrialOwner
 from cnas_hpc.search.screening import earlier_values, screened_out
@@ -171,6 +173,8 @@ class TrialRunner:
         self.prior_wall_s = 0.0
         self._last_step = (self.started, 0)
         self._scores: ZeroCostScores | None = None
+        #: rank 0, cost-aware search: the proposal's costs and constraint values
+        self._cost: CostCheck | None = None
 
     # -- the trial ------------------------------------------------------------------------------
 
@@ -183,13 +187,17 @@ class TrialRunner:
         """
         try:
             self.genotype: Genotype = genotype_from_json(self.assignment.genotype_json)
-            if is_zero_cost(self.settings.search.objective):
+            if not self.settings.search.trains:
                 with self._heartbeat():
+                    if self._infeasible():
+                        return self._refuse_infeasible()
                     scores = self._score_untrained()
                 self._complete_zero_cost(scores)
                 return None
             resume = self._resume_state()
             with self._heartbeat():
+                if self._infeasible():
+                    return self._refuse_infeasible()
                 if resume is None and self._screened():
                     return self._screen_out()
                 result = self._train(resume)
@@ -216,7 +224,8 @@ class TrialRunner:
         resume = load_checkpoint(self.ckpt_path, genotype_json=self.assignment.genotype_json)
         if resume is not None:
             self.prior_wall_s = resume.wall_s
-            if self.owner is not None:
+            # Reports are one objective's: a multi-objective study has none (no pruner).
+            if self.owner is not None and not self.settings.search.multi_objective:
                 for past in resume.history:
                     value = objective_of(EpochMetrics(**past), self.settings.search.objective)  # type: ignore[arg-type]
                     if value is not None and math.isfinite(value):
@@ -234,7 +243,8 @@ class TrialRunner:
         model = build_candidate(self.genotype, self.settings.model, self.settings.seed, self.device)
         if self.owner is not None and self.owner.trial is not None:
             self._record_complexity(model, resume)
-            if self.settings.zero_cost.record and self._scores is None:
+            wanted = self.settings.zero_cost.record or self.settings.search.zero_cost_values
+            if wanted and self._scores is None:
                 self._zero_cost()
         result = train_candidate(
             model,
@@ -283,7 +293,7 @@ class TrialRunner:
         """``search.screen``: whether the proposal's zero-cost proxy refuses it (rank 0 decides
         from the study, every rank gets the verdict; see :mod:`cnas_hpc.search.screening`)."""
         cfg = self.settings.search
-        if cfg.screen == "none" or is_zero_cost(cfg.objective):
+        if cfg.screen == "none" or not cfg.trains:
             return False
         refuse = False
         if self.owner is not None:
@@ -306,6 +316,7 @@ class TrialRunner:
                 TrialState.PRUNED,
                 None,
                 {attrs.SCREENED: True, attrs.WALL_S: self.summary["wall_s"]},
+                constraints=self._constraints(),
             )
             self.observers.notify("trial_finished", "PRUNED", None, self.summary)
         return "pruned"
@@ -317,16 +328,86 @@ class TrialRunner:
                 self.genotype, self.settings.model, self.settings.seed, torch.device("cpu")
             )
             self._record_complexity(model, None)
-        # Only the objective: a zero-cost search is seconds per trial, the other proxy adds more.
-        return self._zero_cost((self.settings.search.objective,))
+        # Only the objectives: a zero-cost search is seconds per trial, the other proxy adds more.
+        names = self.settings.search.zero_cost_values
+        return self._zero_cost(names) if names else ZeroCostScores(None, None, 0.0)
 
     def _complete_zero_cost(self, scores: ZeroCostScores) -> None:
-        value = scores.value(self.settings.search.objective)
         if self.owner is None:
             return
+        value = self._value(lambda name: scores.value(name))
         self.summary.update(wall_s=self._wall_s())
-        self.owner.finish(TrialState.COMPLETE, value, {attrs.WALL_S: self.summary["wall_s"]})
-        self.observers.notify("trial_finished", "COMPLETE", value, self.summary)
+        self.owner.finish(
+            TrialState.COMPLETE,
+            value,
+            {attrs.WALL_S: self.summary["wall_s"]},
+            constraints=self._constraints(),
+        )
+        self.observers.notify("trial_finished", "COMPLETE", self._shown(value), self.summary)
+
+    # -- cost-aware search ----------------------------------------------------------------------
+
+    def _infeasible(self) -> bool:
+        """Cost-aware search: rank 0 measures the proposal's costs (or reads them from the
+        study's cache, :mod:`cnas_hpc.search.costs`) and notes them; every rank gets the verdict
+        of ``search.constraints``. False when no cost is used."""
+        if not self.settings.search.costs:
+            return False
+        refuse = False
+        if self.owner is not None:
+            self._cost = check_cost(self.genotype, self.settings, self.owner)
+            self.owner.note_attrs(self._cost.trial_attrs(self.settings))
+            self.summary.update(
+                cost_params=self._cost.cost.params,
+                cost_macs=self._cost.cost.macs,
+                cost_latency_ms=self._cost.cost.latency_ms,
+            )
+            refuse = self._cost.infeasible
+        return bool(broadcast_object(refuse))
+
+    def _refuse_infeasible(self) -> str:
+        """End a proposal that breaks a constraint: PRUNED, untrained, with Optuna's constraint
+        values (TPE learns to avoid it); it does not count toward ``search.n_trials``."""
+        if self.owner is not None:
+            self.summary.update(wall_s=self._wall_s(), infeasible=True)
+            self.owner.finish(
+                TrialState.PRUNED,
+                None,
+                {attrs.WALL_S: self.summary["wall_s"]},
+                constraints=self._constraints(),
+            )
+            self.observers.notify("trial_finished", "PRUNED", None, self.summary)
+        return "pruned"
+
+    def _constraints(self) -> list[float] | None:
+        """Optuna's constraint values of the cell (None without ``search.constraints``)."""
+        if self._cost is None or not self.settings.search.constraints:
+            return None
+        return list(self._cost.violations)
+
+    def _value(self, score: Callable[[str], float]) -> float | list[float]:
+        """The trial's value: one float, or one per objective of a multi-objective study
+        (``score`` gives the trained or zero-cost ones; costs come from the cost check)."""
+        search = self.settings.search
+        if not search.multi_objective:
+            return score(search.objective)
+        values = []
+        for name in search.values:
+            if is_cost(name):
+                assert self._cost is not None
+                values.append(self._cost.cost.value(name))
+            else:
+                values.append(score(name))
+        self.summary.update(
+            {f"objective/{n}": v for n, v in zip(search.values, values, strict=True)}
+        )
+        return values
+
+    @staticmethod
+    def _shown(value: float | list[float]) -> float:
+        """What observers get as THE value: the first objective's (all of them are in the
+        summary as ``objective/<name>``)."""
+        return value[0] if isinstance(value, list) else value
 
     def _record_complexity(self, model: torch.nn.Module, resume: TrainState | None) -> None:
         assert self.owner is not None and self.owner.trial is not None
@@ -409,7 +490,8 @@ class TrialRunner:
         """
         value = objective_of(metrics, self.settings.search.objective)
         prune = False
-        if self.owner is not None and value is not None and math.isfinite(value):
+        reports = self.owner is not None and not self.settings.search.multi_objective
+        if reports and self.owner is not None and value is not None and math.isfinite(value):
             self.owner.note_report(metrics.epoch, value)
             if self.settings.search.pruner != "none" and metrics.epoch < self.settings.train.epochs:
                 prune = self.owner.should_prune()
@@ -432,9 +514,9 @@ class TrialRunner:
     # -- the outcome ----------------------------------------------------------------------------
 
     def _complete(self, result: TrainResult) -> None:
-        value = result.objective(self.settings.search.objective)
         if self.owner is None:
             return
+        value = self._value(self._score_of(result))
         self.summary.update(
             wall_s=self._wall_s(),
             epochs_done=result.epochs_done,
@@ -449,9 +531,21 @@ class TrialRunner:
             TrialState.COMPLETE,
             value,
             {attr: self.summary.get(key) for key, attr in RESULT_ATTRS.items()},
+            constraints=self._constraints(),
         )
-        self.observers.notify("trial_finished", "COMPLETE", value, self.summary)
+        self.observers.notify("trial_finished", "COMPLETE", self._shown(value), self.summary)
         remove_checkpoint(self.ckpt_path)
+
+    def _score_of(self, result: TrainResult) -> Callable[[str], float]:
+        """Trained objectives from ``result``, zero-cost ones from the recorded proxies."""
+
+        def score(name: str) -> float:
+            if is_zero_cost(name):
+                assert self._scores is not None
+                return self._scores.value(name)
+            return result.objective(name)
+
+        return score
 
     def _pruned(self) -> str:
         """End a trial the pruner stopped: PRUNED with its epoch; its last report is its value."""
@@ -465,6 +559,7 @@ class TrialRunner:
                     attrs.EPOCHS_DONE: self.pruned_at_epoch,
                     attrs.WALL_S: self.summary["wall_s"],
                 },
+                constraints=self._constraints(),
             )
             self.observers.notify("trial_finished", "PRUNED", None, self.summary)
             remove_checkpoint(self.ckpt_path)
@@ -483,7 +578,10 @@ class TrialRunner:
             state = TrialState.PRUNED if reason in PRUNED_REASONS else TrialState.FAIL
             self.summary.update(wall_s=self._wall_s(), fail_reason=message)
             self.owner.finish(
-                state, None, {attrs.FAIL_REASON: message, attrs.WALL_S: self.summary["wall_s"]}
+                state,
+                None,
+                {attrs.FAIL_REASON: message, attrs.WALL_S: self.summary["wall_s"]},
+                constraints=self._constraints() if state == TrialState.PRUNED else None,
             )
             self.observers.notify("trial_finished", state.name, None, self.summary)
             remove_checkpoint(self.ckpt_path)

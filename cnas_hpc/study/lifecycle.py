@@ -71,6 +71,14 @@ def _check_compatible(study: optuna.Study, settings: Settings, *, scoring: bool 
             f"study {study.study_name!r} was built for objective "
             f"{recorded[attrs.STUDY_OBJECTIVE]!r}, not {objective!r}: choose another study.name"
         )
+    objectives = list(settings.search.objectives)
+    # A reader that scores nothing (the report) reads the values with the study's own names.
+    if scoring and list(recorded.get(attrs.STUDY_OBJECTIVES, [])) != objectives:
+        raise StudyError(
+            f"study {study.study_name!r} was built for objectives "
+            f"{list(recorded.get(attrs.STUDY_OBJECTIVES, [])) or [objective]}, not "
+            f"{objectives or [objective]}: choose another study.name"
+        )
     if recorded.get(attrs.STUDY_SPACE, space) != space:
         raise StudyError(
             f"study {study.study_name!r} was built for another search space "
@@ -144,12 +152,23 @@ def _create_or_check(
     """The bootstrap's work under the bootstrap lock: ``(created, COMPLETE trials)``."""
     cfg = settings.study
     storage = make_storage(cfg, create_tables=True, may_create=Path(settings.output_dir))
-    direction = direction_of(settings.search.objective)
+    search = settings.search
     try:
         existing = {s.study_name for s in storage.get_all_studies()}
         created = cfg.name not in existing
         if created:
-            study = optuna.create_study(storage=storage, study_name=cfg.name, direction=direction)
+            if search.multi_objective:
+                # One value per objective, in this order (cnas:objectives names them).
+                directions = [direction_of(name) for name in search.values]
+                study = optuna.create_study(
+                    storage=storage, study_name=cfg.name, directions=directions
+                )
+                study.set_user_attr(attrs.STUDY_OBJECTIVES, list(search.values))
+            else:
+                direction = direction_of(search.objective)
+                study = optuna.create_study(
+                    storage=storage, study_name=cfg.name, direction=direction
+                )
             space, objective = _fingerprint(settings)
             study.set_user_attr(attrs.STUDY_SPACE, space)
             study.set_user_attr(attrs.STUDY_OBJECTIVE, objective)
@@ -162,7 +181,7 @@ def _create_or_check(
                 study.set_user_attr(attrs.STUDY_SCORE_SETUP, scoring_setup(settings))
         if study.metric_names is None:
             # optuna-dashboard (and Optuna's plots) label the value by it, not "Objective 0".
-            study.set_metric_names([settings.search.objective])
+            study.set_metric_names(list(search.values))
         enqueue_known_cells(study, known)
         n_complete = len(
             study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -183,7 +202,8 @@ def load_study(settings: Settings, *, worker: int, scoring: bool = True) -> Stud
     reader of the database takes).
 
     ``scoring=False`` is for readers that score nothing (the report): they are not refused for
-    another scoring setup, only for another space or objective.
+    another scoring setup or other ``search.objectives`` (``cnas:objectives`` names the values),
+    only for another space or objective.
 
     Its trials are read lean into Optuna's trial cache (a second for 10,000 trials, at the first
     claim); the sampler's seed depends only on ``study.sampler.seed``, ``worker`` and the trial

@@ -34,6 +34,7 @@ import sqlalchemy
 from optuna.distributions import BaseDistribution, json_to_distribution
 from optuna.storages import RDBStorage
 from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
+from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -73,6 +74,21 @@ _T, _H = optuna_schema.trials, optuna_schema.trial_heartbeats
 _RUNNING = _T.c.state == "RUNNING"
 _WITH_HEARTBEAT = _T.join(_H, _H.c.trial_id == _T.c.trial_id)
 _MAYBE_HEARTBEAT = _T.outerjoin(_H, _H.c.trial_id == _T.c.trial_id)
+
+
+#: Optuna's system attribute of a trial's constraint values (a list; feasible iff all <= 0):
+#: what its samplers (TPE's split into feasible and infeasible trials) and
+#: ``study.best_trials`` read, the key ``constraints_func`` writes.
+CONSTRAINTS_KEY: str = _CONSTRAINTS_KEY
+
+
+def set_constraints(storage: RDBStorage, trial_id: int, values: list[float]) -> None:
+    """Record a RUNNING trial's constraint values where Optuna reads them.
+
+    Raises:
+        optuna.exceptions.UpdateFinishedTrialError: the trial is not RUNNING any more.
+    """
+    storage.set_trial_system_attr(trial_id, CONSTRAINTS_KEY, [float(v) for v in values])
 
 
 def count_by_state(handle: StudyHandle) -> dict[str, int]:
