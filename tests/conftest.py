@@ -8,16 +8,34 @@ silent skip would hide a broken set-up.
 
 Passwords never appear in URLs: libpq reads them from ``~/.pgpass`` (written by the dev cluster)
 or ``PGPASSWORD``.
+
+Parallel runs (pytest-xdist; ``make test`` runs ``-n 3 --dist loadgroup --no-loadscope-reorder``).
+The rules below place every test without special care, new ones included:
+
+* A test file is one unit of work (its tests run in one worker, in file order, sharing its
+  module-scoped fixtures), unless the file is ``slow``: its tests are spread one by one.
+  ``@pytest.mark.xdist_group("name")`` on a test or file overrides both.
+* Units run longest first: ``slurm_exclusive`` tests, then ``slow``, then ``slurm``/``postgres``
+  ones (they mostly wait on the services), then the rest (:func:`pytest_collection_modifyitems`).
+* Tests must not share state beyond their own: a database from ``fresh_pg_url``, files under
+  ``tmp_path``, SLURM job names with a random part, study names inside their own database, ports
+  from the kernel (``bind(("127.0.0.1", 0))``) or :func:`tests.helpers.worker_address`.
+* SLURM tests run concurrently (the debug partition oversubscribes its cores), except a test marked
+  ``slurm_exclusive`` (it preempts the debug partition, or needs all its job slots): it waits until
+  no other SLURM test runs and holds the others back while it runs (:func:`_slurm_turn`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 import psycopg2
@@ -181,3 +199,87 @@ def _service_markers(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("postgres_server")
     if request.node.get_closest_marker("slurm") is not None:
         request.getfixturevalue("slurm_cluster")
+
+
+#: Sort key of a test's unit of work: lower runs earlier (see the module docstring).
+def _rank(item: pytest.Item) -> int:
+    if item.get_closest_marker("slurm_exclusive") is not None:
+        return 0
+    if item.get_closest_marker("slow") is not None:
+        return 1
+    if item.get_closest_marker("slurm") or item.get_closest_marker("postgres"):
+        return 2
+    return 3
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group each quick file into one xdist unit and order the units longest first.
+
+    xdist's ``loadgroup`` reads the group from the ``xdist_group`` marker; a unit's place in the
+    queue is its first test's place in ``items`` (with ``--no-loadscope-reorder``). Without xdist
+    the markers are inert and only the order changes (each file's tests keep their order).
+    """
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        module = item.getparent(pytest.Module)
+        if module is not None and module.get_closest_marker("slow") is not None:
+            continue  # a slow file: its tests are spread one by one
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    # A unit runs where its first test stands: a file's rank is its most urgent test's.
+    unit_rank: dict[str, int] = {}
+    for item in items:
+        unit = _unit(item)
+        unit_rank[unit] = min(unit_rank.get(unit, 3), _rank(item))
+    positions = {id(item): n for n, item in enumerate(items)}
+    items.sort(key=lambda item: (unit_rank[_unit(item)], positions[id(item)]))
+
+
+def _unit(item: pytest.Item) -> str:
+    """The xdist unit of ``item``: its group, else its own node id."""
+    mark = item.get_closest_marker("xdist_group")
+    if mark is None:
+        return item.nodeid
+    return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+
+
+@pytest.fixture(autouse=True)
+def _slurm_turn(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Hold a shared (``slurm``) or exclusive (``slurm_exclusive``) turn on the SLURM node.
+
+    A reader-writer lock across xdist workers (``flock`` on files in the run's common temp
+    folder): ``slurm`` tests hold it shared, so they run together; a ``slurm_exclusive`` test
+    holds it alone. The gate file keeps readers from starving the writer: a waiting exclusive
+    test holds the gate, and new shared turns queue behind it. Without xdist it costs two
+    uncontended ``flock`` calls.
+    """
+    exclusive = request.node.get_closest_marker("slurm_exclusive") is not None
+    if not exclusive and request.node.get_closest_marker("slurm") is None:
+        yield
+        return
+    # Every worker's basetemp is <run root>/popen-gw<N>: the parent is common to the run.
+    root = tmp_path_factory.getbasetemp()
+    folder = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    with ExitStack() as stack:
+        gate = stack.enter_context(_lock_file(folder / "slurm-turn.gate"))
+        turn = stack.enter_context(_lock_file(folder / "slurm-turn.lock"))
+        if exclusive:
+            fcntl.flock(gate, fcntl.LOCK_EX)
+            fcntl.flock(turn, fcntl.LOCK_EX)
+        else:
+            fcntl.flock(gate, fcntl.LOCK_SH)  # waits while an exclusive test waits or runs
+            fcntl.flock(turn, fcntl.LOCK_SH)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        yield  # the lock files close (and unlock) when the stack exits
+
+
+@contextmanager
+def _lock_file(path: Path) -> Iterator[int]:
+    """A descriptor of ``path`` (created if missing) to ``flock``; closing it unlocks."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        yield fd
+    finally:
+        os.close(fd)

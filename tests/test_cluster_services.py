@@ -120,6 +120,7 @@ def test_sbatch_array_runs_four_tasks_under_one_job_id(tmp_path: Path, job_name:
 
 
 @pytest.mark.slurm
+@pytest.mark.slurm_exclusive  # 24 of the partition's 32 job slots at once
 def test_debug_partition_runs_16_single_and_4_two_task_jobs_at_once(job_name: str) -> None:
     # The jobs outlive any scheduling delay of a loaded CI machine (the first must not end
     # before the last starts); the job_name fixture cancels them all at the end.

@@ -178,6 +178,7 @@ def error_lines(out: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith("error: ")]
 
 
+@pytest.mark.slurm_exclusive  # its job in `high` preempts every debug job on the node
 def test_partition_preemption_keeps_trials_while_slurm_holds_the_jobs(
     fresh_pg_url: str, tmp_path: Path, job_name: str
 ) -> None:
