@@ -15,8 +15,9 @@ The rules below place every test without special care, new ones included:
 * A test file is one unit of work (its tests run in one worker, in file order, sharing its
   module-scoped fixtures), unless the file is ``slow``: its tests are spread one by one.
   ``@pytest.mark.xdist_group("name")`` on a test or file overrides both.
-* Units run longest first: ``slurm_exclusive`` tests, then ``slow``, then ``slurm``/``postgres``
-  ones (they mostly wait on the services), then the rest (:func:`pytest_collection_modifyitems`).
+* Units run costliest first, after the units holding a ``slurm_exclusive`` test: a unit's cost is
+  the sum of its tests' ``@pytest.mark.cost(seconds)`` (measured on the CI machine; unmarked tests
+  count by their markers, :data:`DEFAULT_COST_S`). Mark a new test that takes more than ~20 s.
 * Tests must not share state beyond their own: a database from ``fresh_pg_url``, files under
   ``tmp_path``, SLURM job names with a random part, study names inside their own database, ports
   from the kernel (``bind(("127.0.0.1", 0))``) or :func:`tests.helpers.worker_address`.
@@ -201,23 +202,30 @@ def _service_markers(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("slurm_cluster")
 
 
-#: Sort key of a test's unit of work: lower runs earlier (see the module docstring).
-def _rank(item: pytest.Item) -> int:
-    if item.get_closest_marker("slurm_exclusive") is not None:
-        return 0
-    if item.get_closest_marker("slow") is not None:
-        return 1
-    if item.get_closest_marker("slurm") or item.get_closest_marker("postgres"):
-        return 2
-    return 3
+#: Seconds a test is expected to take when it carries no ``cost`` marker (CI machine, 2 cores).
+DEFAULT_COST_S = {"slow": 60.0, "slurm": 5.0, "postgres": 1.0}
+
+
+def _cost(item: pytest.Item) -> float:
+    """Expected seconds of ``item``: its ``cost(seconds)`` marker, else by its service markers."""
+    mark = item.get_closest_marker("cost")
+    if mark is not None:
+        return float(mark.args[0])
+    for name, seconds in DEFAULT_COST_S.items():
+        if item.get_closest_marker(name) is not None:
+            return seconds
+    return 0.3
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group each quick file into one xdist unit and order the units longest first.
+    """Group each quick file into one xdist unit and order the units: costliest first.
 
     xdist's ``loadgroup`` reads the group from the ``xdist_group`` marker; a unit's place in the
-    queue is its first test's place in ``items`` (with ``--no-loadscope-reorder``). Without xdist
-    the markers are inert and only the order changes (each file's tests keep their order).
+    queue is its first test's place in ``items`` (with ``--no-loadscope-reorder``). Units with a
+    ``slurm_exclusive`` test go before all others (they wait for no running SLURM test and hold
+    none back for long), then units by their summed cost, most first, so that the long ones
+    start at once and the quick ones fill the end. Without xdist the markers are inert and only
+    the order changes (a file's tests keep their order).
     """
     for item in items:
         if item.get_closest_marker("xdist_group") is not None:
@@ -226,13 +234,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if module is not None and module.get_closest_marker("slow") is not None:
             continue  # a slow file: its tests are spread one by one
         item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
-    # A unit runs where its first test stands: a file's rank is its most urgent test's.
-    unit_rank: dict[str, int] = {}
+    exclusive: set[str] = set()
+    cost: dict[str, float] = {}
     for item in items:
         unit = _unit(item)
-        unit_rank[unit] = min(unit_rank.get(unit, 3), _rank(item))
+        cost[unit] = cost.get(unit, 0.0) + _cost(item)
+        if item.get_closest_marker("slurm_exclusive") is not None:
+            exclusive.add(unit)
     positions = {id(item): n for n, item in enumerate(items)}
-    items.sort(key=lambda item: (unit_rank[_unit(item)], positions[id(item)]))
+    items.sort(
+        key=lambda item: (
+            _unit(item) not in exclusive,
+            -cost[_unit(item)],
+            positions[id(item)],
+        )
+    )
 
 
 def _unit(item: pytest.Item) -> str:

@@ -170,6 +170,7 @@ def test_sigkilled_submitit_job_ends_in_a_failure_state(executor: submitit.AutoE
 
 
 @pytest.mark.slurm
+@pytest.mark.cost(26)
 def test_launcher_waits_for_a_suspended_worker_instead_of_failing_it(
     executor: submitit.AutoExecutor, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -194,6 +195,7 @@ def test_launcher_waits_for_a_suspended_worker_instead_of_failing_it(
 
 
 @pytest.mark.slurm
+@pytest.mark.cost(24)
 def test_launcher_reports_a_killed_worker_as_failed(executor: submitit.AutoExecutor) -> None:
     job = executor.submit(time.sleep, 120)
     _wait_until(lambda: job.get_info(mode="force").get("State") == "RUNNING", "job to run")
