@@ -7,13 +7,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cnas-installed
 ARGS ?=
+# pytest-xdist workers of `make test` (0: one process). Three on the 2-core machine: SLURM and
+# PostgreSQL tests mostly wait (queues, polls, sleeping jobs), a third worker fills those waits.
+# How tests are grouped and ordered for the workers: tests/conftest.py.
+TEST_WORKERS ?= 3
+XDIST := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+# Each phase of `make test` says how long it took (bash's `time`; .ci/run's log keeps them).
+SHELL := /bin/bash
+export TIMEFORMAT := [phase] %R s wall, %U s user, %S s sys
 
 .PHONY: install search test lint services floors
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,dashboard]'
+	time $(PY) -m pip install --quiet -e '.[dev,dashboard]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,20 +33,20 @@ search: $(STAMP)
 # starts it. Elsewhere those tests skip with a reason (in CI, CI=true, they fail instead).
 services:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "$${CNAS_SERVICES:-1}" != 0 ]; then \
-		bash slurm/dev-cluster.sh up; \
+		time bash slurm/dev-cluster.sh up; \
 	else \
 		echo "not starting SLURM/PostgreSQL (needs root + apt-get): their tests will skip"; \
 	fi
 
 lint: $(STAMP)
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
-	$(PY) -m mypy
+	time $(PY) -m ruff check .
+	time $(PY) -m ruff format --check .
+	time $(PY) -m mypy
 
 # The unit tests again, on the declared minimum version of every direct dependency (installed
 # into .venv-floors/, shadowing .venv's releases): a floor in pyproject.toml can never lie.
 floors: $(STAMP)
-	$(PY) .ci/floors.py
+	time $(PY) .ci/floors.py -n2 --dist=loadgroup --no-loadscope-reorder
 
 test: $(STAMP) services lint floors
-	$(PY) -m pytest $(ARGS)
+	time $(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),$(XDIST)) $(ARGS)

@@ -8,16 +8,39 @@ silent skip would hide a broken set-up.
 
 Passwords never appear in URLs: libpq reads them from ``~/.pgpass`` (written by the dev cluster)
 or ``PGPASSWORD``.
+
+Parallel runs (pytest-xdist; ``make test`` runs ``-n 3 --dist loadgroup --no-loadscope-reorder``).
+The rules below place every test without special care, new ones included:
+
+* A test file is one unit of work (its tests run in one worker, in file order, sharing its
+  module-scoped fixtures), unless the file is ``slow``: its tests are spread one by one.
+  ``@pytest.mark.xdist_group("name")`` on a test or file overrides both. The ``slurm_exclusive``
+  tests form one unit of their own.
+* Units run costliest first, after the ``slurm_exclusive`` unit: a unit's cost is the sum of its
+  tests' ``@pytest.mark.cost(seconds)`` (measured on the CI machine; unmarked tests count by their
+  markers, :data:`DEFAULT_COST_S`). Mark a new test that takes more than ~20 s.
+* Tests must not share state beyond their own: a database from ``fresh_pg_url``, files under
+  ``tmp_path``, SLURM job names with a random part, study names inside their own database, ports
+  from the kernel (``bind(("127.0.0.1", 0))``) or :func:`tests.helpers.worker_address`.
+* SLURM tests run concurrently (the debug partition oversubscribes its cores), except those marked
+  ``slurm_exclusive`` (one preempts the debug partition, one needs most of its job slots): they
+  run first, one at a time, in one worker, and every other SLURM test waits until they are done
+  (:func:`_slurm_turn`).
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 import psycopg2
@@ -181,3 +204,140 @@ def _service_markers(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("postgres_server")
     if request.node.get_closest_marker("slurm") is not None:
         request.getfixturevalue("slurm_cluster")
+
+
+#: Seconds a test is expected to take when it carries no ``cost`` marker (CI machine, 2 cores).
+DEFAULT_COST_S = {"slow": 60.0, "slurm": 5.0, "postgres": 1.0}
+
+
+def _cost(item: pytest.Item) -> float:
+    """Expected seconds of ``item``: its ``cost(seconds)`` marker, else by its service markers."""
+    mark = item.get_closest_marker("cost")
+    if mark is not None:
+        return float(mark.args[0])
+    for name, seconds in DEFAULT_COST_S.items():
+        if item.get_closest_marker(name) is not None:
+            return seconds
+    return 0.3
+
+
+#: The xdist unit of every ``slurm_exclusive`` test: one worker runs them first, one at a time.
+EXCLUSIVE_GROUP = "slurm-exclusive"
+#: Node ids of the session's ``slurm_exclusive`` tests (set once collection is final).
+EXCLUSIVE_TESTS = pytest.StashKey[frozenset[str]]()
+#: How long a SLURM test waits for the exclusive tests before it fails (they take ~2 minutes).
+EXCLUSIVE_WAIT_S = 1200.0
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give each test its xdist unit and order the units: exclusive first, then costliest first.
+
+    xdist's ``loadgroup`` reads a test's unit from its ``xdist_group`` marker (none: the test is
+    a unit alone); a unit's place in the queue is its first test's place in ``items`` (with
+    ``--no-loadscope-reorder``). The ``slurm_exclusive`` tests form one unit, queued first, so
+    that one worker runs them before anything else and no other worker's SLURM test can hold them
+    up (:func:`_slurm_turn`); then units by their summed cost, most first, so that the long ones
+    start at once and the quick ones fill the end. Without xdist the markers are inert and only
+    the order changes (a file's tests keep their order).
+    """
+    for item in items:
+        if item.get_closest_marker("slurm_exclusive") is not None:
+            item.add_marker(pytest.mark.xdist_group(EXCLUSIVE_GROUP))
+            continue
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        module = item.getparent(pytest.Module)
+        if module is not None and module.get_closest_marker("slow") is not None:
+            continue  # a slow file: its tests are spread one by one
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    cost: dict[str, float] = {}
+    first: dict[str, int] = {}
+    exclusive: set[str] = set()
+    for n, item in enumerate(items):
+        unit = _unit(item)
+        cost[unit] = cost.get(unit, 0.0) + _cost(item)
+        first.setdefault(unit, n)
+        if item.get_closest_marker("slurm_exclusive") is not None:
+            exclusive.add(unit)
+    positions = {id(item): n for n, item in enumerate(items)}
+    items.sort(
+        key=lambda item: (
+            _unit(item) not in exclusive,
+            -cost[_unit(item)],
+            first[_unit(item)],
+            positions[id(item)],
+        )
+    )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Note the session's ``slurm_exclusive`` tests (after ``-k``/``-m`` deselection)."""
+    session.config.stash[EXCLUSIVE_TESTS] = frozenset(
+        item.nodeid for item in session.items if item.get_closest_marker("slurm_exclusive")
+    )
+
+
+def _unit(item: pytest.Item) -> str:
+    """The xdist unit of ``item`` as ``--dist loadgroup`` forms it: its groups, else its node id."""
+    names = {
+        str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+        for mark in item.iter_markers("xdist_group")
+    }
+    return "_".join(sorted(names)) if names else item.nodeid
+
+
+def _turns() -> Path | None:
+    """The folder where this xdist run's workers note finished exclusive tests (None: no xdist)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run or not os.environ.get("PYTEST_XDIST_WORKER"):
+        return None
+    folder = Path(tempfile.gettempdir()) / f"cnas-slurm-turns-{run}"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def _done_file(folder: Path, nodeid: str) -> Path:
+    return folder / hashlib.sha256(nodeid.encode()).hexdigest()[:24]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Note a ``slurm_exclusive`` test as finished, however it ended (skipped by a mark too)."""
+    try:
+        return (yield)
+    finally:
+        folder = _turns()
+        if folder is not None and item.get_closest_marker("slurm_exclusive") is not None:
+            _done_file(folder, item.nodeid).touch()
+
+
+@pytest.fixture(autouse=True)
+def _slurm_turn(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Keep a SLURM test from running beside a ``slurm_exclusive`` one (xdist runs only).
+
+    The exclusive tests run first (one unit, queued first: :func:`pytest_collection_modifyitems`)
+    and one at a time (``flock``); every other ``slurm`` test waits until the session's exclusive
+    tests have all finished. No worker can hold a waiting test ahead of an exclusive one, since
+    those are queued before any other, so the wait always ends.
+    """
+    folder = _turns()
+    exclusive = request.node.get_closest_marker("slurm_exclusive") is not None
+    if folder is None or (not exclusive and request.node.get_closest_marker("slurm") is None):
+        yield
+        return
+    if exclusive:
+        fd = os.open(folder / "exclusive.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # only if run without --dist loadgroup
+            yield
+        finally:
+            os.close(fd)
+        return
+    waiting = request.config.stash.get(EXCLUSIVE_TESTS, frozenset())
+    deadline = time.monotonic() + EXCLUSIVE_WAIT_S
+    while not all(_done_file(folder, nodeid).exists() for nodeid in waiting):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the slurm_exclusive tests did not finish in {EXCLUSIVE_WAIT_S:.0f} s")
+        time.sleep(1.0)
+    yield

@@ -119,18 +119,29 @@ def run_evaluate(
     return run_launch("evaluate.py", args, home=home, timeout=timeout, env=env)
 
 
+def worker_address(base: int = 2) -> str:
+    """A loopback address of this xdist worker's own (``127.0.0.<base + worker index>``).
+
+    For a test that must listen on a fixed port (the database proxy listens on PostgreSQL's
+    port, so that ``~/.pgpass`` matches): two workers never bind the same address.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return f"127.0.0.{base + int(worker.removeprefix('gw') or 0)}"
+
+
 class DatabaseProxy:
     """A TCP forwarder in front of the real PostgreSQL server: an outage of OUR workers only.
 
     The PostgreSQL server is shared by every engineer's tests; stopping it would break theirs.
     Workers of a fault test reach the server through this proxy instead (a URL with
-    ``host=localhost`` for ``~/.pgpass`` and ``hostaddr=127.0.0.2`` for the proxy, see
+    ``host=localhost`` for ``~/.pgpass`` and ``hostaddr=127.0.0.<2+worker>`` for the proxy, see
     :meth:`url`): :meth:`down` refuses new connections and resets the open ones, exactly what a
     crashed or restarting server does to its clients; :meth:`up` serves again.
     """
 
-    def __init__(self, listen: str = "127.0.0.2", target: tuple[str, int] = ("127.0.0.1", 5432)):
-        self.listen = (listen, target[1])
+    def __init__(self, listen: str | None = None, target: tuple[str, int] = ("127.0.0.1", 5432)):
+        # Each xdist worker its own address: two fault tests may cut their roads at once.
+        self.listen = (listen or worker_address(), target[1])
         self.target = target
         self._server: socket.socket | None = None
         self._open: set[socket.socket] = set()

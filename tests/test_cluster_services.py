@@ -120,6 +120,7 @@ def test_sbatch_array_runs_four_tasks_under_one_job_id(tmp_path: Path, job_name:
 
 
 @pytest.mark.slurm
+@pytest.mark.slurm_exclusive  # 24 of the partition's 32 job slots at once
 def test_debug_partition_runs_16_single_and_4_two_task_jobs_at_once(job_name: str) -> None:
     # The jobs outlive any scheduling delay of a loaded CI machine (the first must not end
     # before the last starts); the job_name fixture cancels them all at the end.
@@ -169,6 +170,7 @@ def test_sigkilled_submitit_job_ends_in_a_failure_state(executor: submitit.AutoE
 
 
 @pytest.mark.slurm
+@pytest.mark.cost(26)
 def test_launcher_waits_for_a_suspended_worker_instead_of_failing_it(
     executor: submitit.AutoExecutor, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -193,6 +195,7 @@ def test_launcher_waits_for_a_suspended_worker_instead_of_failing_it(
 
 
 @pytest.mark.slurm
+@pytest.mark.cost(24)
 def test_launcher_reports_a_killed_worker_as_failed(executor: submitit.AutoExecutor) -> None:
     job = executor.submit(time.sleep, 120)
     _wait_until(lambda: job.get_info(mode="force").get("State") == "RUNNING", "job to run")

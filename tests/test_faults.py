@@ -178,6 +178,8 @@ def error_lines(out: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith("error: ")]
 
 
+@pytest.mark.slurm_exclusive  # its job in `high` preempts every debug job on the node
+@pytest.mark.cost(50)
 def test_partition_preemption_keeps_trials_while_slurm_holds_the_jobs(
     fresh_pg_url: str, tmp_path: Path, job_name: str
 ) -> None:
@@ -234,6 +236,7 @@ def test_partition_preemption_keeps_trials_while_slurm_holds_the_jobs(
         assert len(resumed.intermediate_values) == 6  # every epoch reported, none lost
 
 
+@pytest.mark.cost(60)
 def test_an_outage_past_the_deadline_keeps_the_result_for_the_next_run(
     fresh_pg_url: str, tmp_path: Path, proxy: DatabaseProxy
 ) -> None:
@@ -282,6 +285,7 @@ def test_an_outage_past_the_deadline_keeps_the_result_for_the_next_run(
     assert not list((tmp_path / "pending" / STUDY).iterdir())
 
 
+@pytest.mark.cost(40)
 def test_a_worker_waits_for_the_database_and_stops_while_it_waits(
     fresh_pg_url: str, tmp_path: Path, proxy: DatabaseProxy, job_name: str
 ) -> None:
@@ -340,6 +344,7 @@ def queued_job(name: str) -> str | None:
     return out[0] if out else None
 
 
+@pytest.mark.cost(70)
 def test_a_killed_worker_s_trial_is_retried_from_its_checkpoint(
     fresh_pg_url: str, tmp_path: Path
 ) -> None:
@@ -379,6 +384,7 @@ def test_a_killed_worker_s_trial_is_retried_from_its_checkpoint(
     assert retry.user_attrs[attrs.RESUMED_FROM_EPOCH] >= 1
 
 
+@pytest.mark.cost(80)
 def test_stopping_everything_and_rerunning_completes_only_the_rest(
     fresh_pg_url: str, tmp_path: Path
 ) -> None:

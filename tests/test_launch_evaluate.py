@@ -48,6 +48,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+@pytest.mark.cost(22)
 def test_the_best_trials_are_trained_beside_a_preset_and_recorded_where_users_look(
     searched: Path,
 ) -> None:
@@ -175,6 +176,7 @@ def test_the_imagenet_mobile_protocol_runs_on_an_image_folder(tmp_path: Path) ->
     assert "COMPLETE" in result.stdout and "cells-imagenet_mobile-supervised" in result.stdout
 
 
+@pytest.mark.cost(27)
 def test_ctrl_c_checkpoints_the_cell_and_the_same_command_resumes_it(tmp_path: Path) -> None:
     # Enough epochs that Ctrl-C, sent once epoch 1 is checkpointed, lands while the cell trains
     # (an epoch is ~1 s here); the test split is scored once, at the end.

@@ -36,6 +36,7 @@ def _made(output: str) -> list[str]:
     return re.findall(r"measurement \d+: (\w+ seed \d+)", output)
 
 
+@pytest.mark.cost(45)
 def test_a_study_reports_and_a_larger_rerun_measures_only_the_new_cells(tmp_path: Path) -> None:
     first = run_launch("fidelity.py", [*QUICK, "fidelity.n_random=3"], home=tmp_path, env=ENV)
     logs = first.stdout + first.stderr

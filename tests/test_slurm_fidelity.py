@@ -13,6 +13,7 @@ from tests.helpers import run_launch, sacct_array_tasks
 pytestmark = [pytest.mark.slurm, pytest.mark.postgres, pytest.mark.slow]
 
 
+@pytest.mark.cost(40)
 def test_the_measurements_run_as_one_array_and_a_rerun_submits_nothing(
     fresh_pg_url: str, tmp_path: Path
 ) -> None:

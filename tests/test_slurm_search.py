@@ -67,6 +67,7 @@ def assert_exact_budget(trials: list[optuna.trial.FrozenTrial], n_trials: int) -
     assert len(set(params)) == len(params), "two COMPLETE trials share their parameters"
 
 
+@pytest.mark.cost(20)
 def test_a_two_rank_ddp_worker_trains_on_both_ranks(fresh_pg_url: str, tmp_path: Path) -> None:
     multirun(fresh_pg_url, tmp_path, 1, 2, "hydra.launcher.tasks_per_node=2")
     trials = trials_of(fresh_pg_url)
@@ -78,6 +79,7 @@ def test_a_two_rank_ddp_worker_trains_on_both_ranks(fresh_pg_url: str, tmp_path:
         assert f"rank {rank}/2 trained trial" in logs, logs[-3000:]
 
 
+@pytest.mark.cost(70)
 def test_sixteen_workers_share_a_fresh_database_through_one_array(
     fresh_pg_url: str, tmp_path: Path
 ) -> None:

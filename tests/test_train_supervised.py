@@ -45,6 +45,7 @@ def _train(data: LabeledData, protocol: ProtocolConfig = TINY, **kwargs: Any) ->
     return train_supervised(model, data, task, CPU, **kwargs)
 
 
+@pytest.mark.cost(25)
 def test_it_learns_the_task(digits: LabeledData) -> None:
     longer = dataclasses.replace(TINY, epochs=4, cutout=0, max_steps_per_epoch=None)
     result = _train(digits, longer)
@@ -53,6 +54,7 @@ def test_it_learns_the_task(digits: LabeledData) -> None:
     assert result.history[-1].train_loss < result.history[0].train_loss
 
 
+@pytest.mark.cost(30)
 def test_a_stopped_run_resumes_to_exactly_the_unbroken_result(digits: LabeledData) -> None:
     unbroken = _train(digits)
     saved: list[TrainState] = []
