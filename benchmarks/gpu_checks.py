@@ -57,6 +57,7 @@ from cnas_hpc.search.trial import proxy_task
 from cnas_hpc.search.worker import WorkerError, run_worker
 from cnas_hpc.space.genotype import DARTS_V2
 from cnas_hpc.ssl.losses import MemoryBankNCE
+from cnas_hpc.ssl.registry import MemoryBank
 from cnas_hpc.study.lifecycle import bootstrap_study, load_study
 from cnas_hpc.train.autotune import device_name, measure_in_turns, synchronize
 from cnas_hpc.train.loop import build_candidate, train_candidate
@@ -345,15 +346,16 @@ def step_checks(setup: Setup, precision: str, loss: str) -> tuple[str, str]:
     settings, data = _tiny(setup, f"train.loss={loss}")
     images = data.train.images.to(setup.device)
     stepper, grid = _stepper(setup, settings, StepPlan("channels_last", precision), images)
-    bank_before = stepper.membank.bank.clone() if stepper.membank is not None else None
+    membank = stepper.criterion if isinstance(stepper.criterion, MemoryBank) else None
+    bank_before = membank.bank.clone() if membank is not None else None
     for i in range(3):
         stepper(images, grid[i % len(grid)], i)
     stepper.check_finite("the checks")
     notes = [f"scaler enabled {stepper.scaler.is_enabled()}"]
     if stepper.scaler.is_enabled():
         notes.append(f"scale {stepper.scaler.get_scale():.0f}")
-    if stepper.membank is not None and bank_before is not None:
-        bank = stepper.membank.bank
+    if membank is not None and bank_before is not None:
+        bank = membank.bank
         moved = int((bank != bank_before).any(dim=1).sum().item())
         norms = bank.norm(dim=1)
         notes.append(f"bank on {bank.device}, {moved} rows updated, norms {norms.min():.3f}-"

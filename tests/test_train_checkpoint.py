@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ from cnas_hpc.data.datasets import load_images
 from cnas_hpc.data.splits import SearchData, make_search_data
 from cnas_hpc.search.trial import proxy_task
 from cnas_hpc.space.genotype import DARTS_V2, PC_DARTS, genotype_to_json
+from cnas_hpc.train import checkpoint as checkpoint_module
 from cnas_hpc.train.checkpoint import (
+    SaveClock,
     TrainState,
     checkpoint_path,
     load_checkpoint,
@@ -260,3 +263,23 @@ def test_a_checkpoint_is_never_replaced_by_an_older_one(tmp_path: Path) -> None:
     other = genotype_to_json(PC_DARTS)
     assert save_checkpoint(_state(0, 0, other), path)
     assert load_checkpoint(path, genotype_json=other) is not None
+
+
+def test_the_save_clock_is_due_every_s_after_the_last_save_and_counts_from_its_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(checkpoint_module.time, "perf_counter", lambda: now[0])
+    clock = SaveClock(every_s=10.0)
+    never = SaveClock()  # no checkpointing: never due by time
+    now[0] = 109.5
+    assert not clock.due()
+    now[0] = 110.0
+    assert clock.due() and not never.due()
+    clock.saved()  # a save point restarts the wait, not the elapsed time
+    now[0] = 115.0
+    assert not clock.due()
+    assert clock.elapsed_s() == 15.0 and never.elapsed_s() == 15.0
+    now[0] = 120.0
+    assert clock.due()
+    assert never.every_s == math.inf

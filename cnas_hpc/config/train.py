@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from cnas_hpc.common.errors import ConfigError
 from cnas_hpc.config.checks import check_positive
 
+#: ``train.loss`` values: the names of ``cnas_hpc.ssl.registry`` (this floor cannot import it;
+#: ``tests/test_ssl_loss_contract.py`` keeps the two equal).
 LOSSES = ("ntxent", "membank_nce")
 
 

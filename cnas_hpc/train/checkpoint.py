@@ -21,7 +21,9 @@ Contract:
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,38 @@ class TrainState:
     def from_payload(cls, payload: dict[str, Any]) -> TrainState:
         """Inverse of :meth:`to_payload`."""
         return cls(**payload)
+
+
+class SaveClock:
+    """When a trainer's next time-based checkpoint is due, and how long this process trained.
+
+    Shared by both trainers (the contrastive loop and the supervised evaluation): each one
+    creates a clock when training (re)starts, asks :meth:`due` before a step (then agrees the
+    answer across ranks; the clock itself reads only the host's monotonic time), calls
+    :meth:`saved` whenever it reaches a save point (also on ranks that write nothing, so every
+    rank's clock restarts together), and records ``prior_wall_s + elapsed_s()`` as a
+    checkpoint's ``wall_s``.
+
+    Args:
+        every_s: seconds between time-based saves; ``math.inf`` (no checkpointing) never saves
+            by time.
+    """
+
+    def __init__(self, every_s: float = math.inf) -> None:
+        self.every_s = every_s
+        self.started = self.last_save = time.perf_counter()
+
+    def due(self) -> bool:
+        """Whether ``every_s`` seconds passed since the last save (or the start)."""
+        return time.perf_counter() - self.last_save >= self.every_s
+
+    def saved(self) -> None:
+        """A save point was reached: the next time-based save is ``every_s`` from now."""
+        self.last_save = time.perf_counter()
+
+    def elapsed_s(self) -> float:
+        """Seconds since the clock was created (this process's share of the run)."""
+        return time.perf_counter() - self.started
 
 
 def checkpoint_path(root: Path, study_name: str, trial_key: int) -> Path:

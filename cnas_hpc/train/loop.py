@@ -22,6 +22,7 @@ and scores the epoch (:mod:`cnas_hpc.train.scoring`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from cnas_hpc.distributed.collectives import (
 )
 from cnas_hpc.models.networks import ProxyNetwork, build_proxy
 from cnas_hpc.space.genotype import Genotype
-from cnas_hpc.train.checkpoint import TrainState
+from cnas_hpc.train.checkpoint import SaveClock, TrainState
 from cnas_hpc.train.outcome import EpochMetrics, TrainingAbortedError, TrainResult
 from cnas_hpc.train.plan import StepPlan, plan_record
 from cnas_hpc.train.plan_tuning import choose_plan, stored_plan
@@ -139,16 +140,14 @@ class _Saver:
     def __init__(self, checkpointing: Checkpointing | None, stepper: ContrastiveStep) -> None:
         self.checkpointing = checkpointing
         self.stepper = stepper
-        self.started = time.perf_counter()
-        self.last_save = self.started
+        self.clock = SaveClock(checkpointing.every_s if checkpointing is not None else math.inf)
 
     def due(self) -> bool:
-        every_s = self.checkpointing.every_s if self.checkpointing is not None else float("inf")
-        return time.perf_counter() - self.last_save >= every_s
+        return self.clock.due()
 
     def save(self, position: _Position) -> None:
         """Persist ``position`` (the state BEFORE its next step) through ``checkpointing.save``."""
-        self.last_save = time.perf_counter()
+        self.clock.saved()
         ckpt = self.checkpointing
         if ckpt is None or ckpt.save is None:
             return
@@ -167,7 +166,7 @@ class _Saver:
                 scaler=state["scaler"],
                 extra=state["extra"],
                 history=[dataclasses.asdict(h) for h in position.history],
-                wall_s=position.prior_wall_s + time.perf_counter() - self.started,
+                wall_s=position.prior_wall_s + self.clock.elapsed_s(),
                 scheduler=state["scheduler"],
                 plan=plan_record(self.stepper.plan, self.stepper.device),
             )
@@ -333,7 +332,7 @@ def train_candidate(
 
 
 def _result(position: _Position, saver: _Saver, images_seen: int, plan: StepPlan) -> TrainResult:
-    wall = time.perf_counter() - saver.started
+    wall = saver.clock.elapsed_s()
     last = position.history[-1]
     return TrainResult(
         train_loss=last.train_loss,

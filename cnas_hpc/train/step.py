@@ -48,7 +48,7 @@ from cnas_hpc.config.train import TrainConfig
 from cnas_hpc.distributed.collectives import any_across_ranks, average_gradients, is_distributed
 from cnas_hpc.models.networks import ProxyNetwork
 from cnas_hpc.ssl.augment import BatchAugment
-from cnas_hpc.ssl.losses import MemoryBankNCE, nt_xent_loss
+from cnas_hpc.ssl.registry import ContrastiveLoss, LossSetup, build_loss
 from cnas_hpc.train.outcome import TrainingAbortedError
 from cnas_hpc.train.plan import StepPlan
 from cnas_hpc.train.schedule import warmup_cosine
@@ -136,16 +136,12 @@ class ContrastiveStep:
         )
         self.augment = BatchAugment(task.augment, task.image_size)
         self.generator = torch.Generator(device=device)
-        self.membank: MemoryBankNCE | None = None
-        if cfg.loss == "membank_nce":
-            self.membank = MemoryBankNCE(
-                n_train,
-                model.proj_dim,
-                temperature=cfg.temperature,
-                num_negatives=cfg.membank_negatives,
-                momentum=cfg.membank_momentum,
-                seed=task.seed,
-            ).to(device)
+        # The loss by its config name (cnas_hpc.ssl.registry); a stateful one (the memory
+        # bank) keeps its state on the device and in this stepper's state_dict.
+        self.criterion: ContrastiveLoss = build_loss(
+            cfg.loss,
+            LossSetup(cfg, n_train=n_train, dim=model.proj_dim, seed=task.seed, device=device),
+        )
 
     # -- the pieces of a step -------------------------------------------------------------------
 
@@ -178,13 +174,11 @@ class ContrastiveStep:
     def loss(self, z1: torch.Tensor, z2: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The contrastive loss of this rank's slice (negatives gathered from every rank).
 
-        Computed in float32 outside autocast; the batch indices come from
-        :func:`~cnas_hpc.data.splits.epoch_batches`, valid by construction, so the memory bank
-        does not check them (a check would read them back from the device).
+        Computed in float32 outside autocast by the registered ``train.loss``; the batch indices
+        come from :func:`~cnas_hpc.data.splits.epoch_batches`, valid by construction, which is
+        what the registry's contract asks of them.
         """
-        if self.membank is not None:
-            return self.membank(z1.float(), z2.float(), index, check_index=False)
-        return nt_xent_loss(z1.float(), z2.float(), self.task.train.temperature)
+        return self.criterion(z1.float(), z2.float(), index)
 
     def flag_non_finite(self, loss: torch.Tensor) -> None:
         """Remember, on the device, whether ``loss`` is not finite (no host sync)."""
@@ -265,22 +259,16 @@ class ContrastiveStep:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def state_dict(self) -> dict[str, Any]:
-        """The optimizer, scheduler, scaler and memory-bank state (CPU tensors where large).
+        """The optimizer, scheduler, scaler and the loss's own state (``extra``: the memory bank).
 
         Optimizer state keeps the plan's memory layout; loading it under another plan is fine
         (``copy_`` converts layouts).
         """
-        extra: dict[str, Any] = {}
-        if self.membank is not None:
-            extra = {
-                "bank": self.membank.bank.detach().cpu(),
-                "negatives_rng": self.membank.negatives_generator().get_state(),
-            }
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "extra": extra,
+            "extra": self.criterion.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], *, steps_done: int) -> None:
@@ -293,7 +281,4 @@ class ContrastiveStep:
         else:
             for _ in range(steps_done):
                 self.scheduler.step()
-        extra = state.get("extra") or {}
-        if self.membank is not None and "bank" in extra:
-            self.membank.bank.copy_(extra["bank"].to(self.device))
-            self.membank.negatives_generator().set_state(extra["negatives_rng"])
+        self.criterion.load_state_dict(state.get("extra") or {})

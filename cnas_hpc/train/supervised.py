@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ from cnas_hpc.models.imagenet import NetworkImageNet
 from cnas_hpc.models.networks import NetworkCIFAR
 from cnas_hpc.space.genotype import Genotype
 from cnas_hpc.ssl.augment import BatchAugment
-from cnas_hpc.train.checkpoint import TrainState
+from cnas_hpc.train.checkpoint import SaveClock, TrainState
 from cnas_hpc.train.outcome import TrainingAbortedError
 from cnas_hpc.train.step import step_seed
 
@@ -420,7 +421,7 @@ class _Trainer:
         self.steps_per_epoch = full if cap is None else min(full, cap)
         self.stepper = SupervisedStep(model, task, device)
         self.progress = self._restore(checkpointing.resume if checkpointing else None)
-        self.started = self.last_save = time.perf_counter()
+        self.clock = SaveClock(checkpointing.every_s if checkpointing else math.inf)
 
     def _restore(self, resume: TrainState | None) -> _Progress:
         if resume is None:
@@ -438,7 +439,7 @@ class _Trainer:
 
     def save(self) -> None:
         """Persist the state BEFORE the next step (rank 0), with this epoch's partial sums."""
-        self.last_save = time.perf_counter()
+        self.clock.saved()
         ckpt = self.checkpointing
         if ckpt is None or ckpt.save is None:
             return
@@ -456,7 +457,7 @@ class _Trainer:
                 scaler={},
                 extra=self._epoch_sums(),
                 history=[dataclasses.asdict(h) for h in p.history],
-                wall_s=p.prior_wall_s + time.perf_counter() - self.started,
+                wall_s=p.prior_wall_s + self.clock.elapsed_s(),
                 scheduler=state["scheduler"],
                 plan=self.task.layout_record(self.device),
             )
@@ -488,14 +489,13 @@ class _Trainer:
         )[: self.steps_per_epoch]  # fmt: skip
         # One host-to-device copy per epoch, not one per step.
         batches = torch.stack(order).to(self.device)
-        every_s = self.checkpointing.every_s if self.checkpointing else float("inf")
         start_at = p.step_in_epoch
         for position in range(start_at, len(batches)):
             # Decided before the step: a checkpoint holds the state "before this step".
             stop, save_due = agree_across_ranks(
                 (
                     should_stop() if should_stop is not None else False,
-                    time.perf_counter() - self.last_save >= every_s,
+                    self.clock.due(),
                 ),
                 self.device,
             )
@@ -587,7 +587,7 @@ def train_supervised(
         if p.epoch < task.protocol.epochs:
             trainer.save()
     last = p.history[-1]
-    wall = time.perf_counter() - trainer.started
+    wall = trainer.clock.elapsed_s()
     assert last.test_accuracy is not None and last.test_loss is not None
     return SupervisedResult(
         test_accuracy=last.test_accuracy,
