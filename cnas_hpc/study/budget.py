@@ -6,12 +6,16 @@ Contract:
       next to a SQLite file): inside it, stale trials are failed (and re-enqueued with the same
       parameters; see :mod:`cnas_hpc.study.stale`, which asks SLURM before the lock whether a
       stale trial's job still exists), the trials are counted, and a new trial is asked only while
-      ``COMPLETE + RUNNING + WAITING < n_trials``. Two workers can therefore never overshoot the
-      budget, and no worker waits for another between trials (the lock is held for one ask).
+      :func:`free_slots` is positive (``COMPLETE + RUNNING + WAITING < n_trials``). Two workers
+      can therefore never overshoot the budget, and no worker waits for another between trials
+      (the lock is held for one ask).
     * A WAITING trial (a retry of a stale one) is always handed out: it already holds its slot.
     * When every remaining slot is held by a running trial the claim says ``WAIT``: the worker
       polls, because a running trial may still fail and free its slot (no undershoot).
     * Only global rank 0 of a worker calls anything here.
+    * The free-slot rule exists once: :data:`SLOT_STATES` and :func:`free_slots`. The Python
+      claim, the one-transaction SQL reservation (which receives :data:`SLOT_STATES` as a
+      parameter) and the report's forecast (:mod:`cnas_hpc.analysis.report`) all use them.
 """
 
 from __future__ import annotations
@@ -54,6 +58,30 @@ from cnas_hpc.study.stale import (
 log = logging.getLogger(__name__)
 
 
+#: The trial states that hold a slot of the budget. COMPLETE: the slot is spent. RUNNING: the
+#: slot is held while the trial runs (it frees it by failing or being pruned). WAITING: a retry
+#: of a stale trial, enqueued with the same parameters, holds the slot of the trial it replaces.
+#: FAIL and PRUNED trials hold none. The one-transaction SQL reservation counts exactly these
+#: states (:func:`~cnas_hpc.study.optuna_internals.reserve_trial_row` takes them as a
+#: parameter), so the SQL and the Python rule cannot drift apart.
+SLOT_STATES: tuple[str, ...] = ("COMPLETE", "RUNNING", "WAITING")
+
+
+def free_slots(n_trials: int, by_state: Mapping[str, int]) -> int:
+    """The budget's slots nobody holds: ``max(0, n_trials - sum of by_state over SLOT_STATES)``.
+
+    The one budget rule: a claim may create a NEW trial only while this is positive (a WAITING
+    trial is handed out regardless: it already holds its slot), and the report forecasts a
+    resume's new trials with it. Pure; states missing from ``by_state`` count 0, states outside
+    :data:`SLOT_STATES` are ignored.
+
+    Args:
+        n_trials: the budget of COMPLETE trials (``search.n_trials``).
+        by_state: trials per state name (``"COMPLETE"``, ``"RUNNING"``, ...).
+    """
+    return max(0, n_trials - sum(by_state.get(state, 0) for state in SLOT_STATES))
+
+
 class ClaimStatus(enum.Enum):
     """Outcome of :func:`claim_trial`."""
 
@@ -71,8 +99,10 @@ class BudgetCount:
     waiting: int
 
     def remaining(self, n_trials: int) -> int:
-        """Slots nobody holds yet."""
-        return max(0, n_trials - self.complete - self.running - self.waiting)
+        """Slots nobody holds yet (:func:`free_slots` of these counts)."""
+        return free_slots(
+            n_trials, {"COMPLETE": self.complete, "RUNNING": self.running, "WAITING": self.waiting}
+        )
 
 
 @dataclass(frozen=True)
@@ -242,7 +272,7 @@ def _claim_in_one_transaction(
     """The usual claim (no stale trial, no retry waiting, no orphan) in one transaction that
     holds the claim lock for a few milliseconds; None when the full claim must run."""
     counts, created = reserve_trial_row(
-        handle, _lock_key(handle.name), n_trials, dict(identity or {})
+        handle, _lock_key(handle.name), n_trials, dict(identity or {}), slot_states=SLOT_STATES
     )
     count = _budget_of(counts)
     if created is None:
