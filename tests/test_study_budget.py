@@ -20,7 +20,8 @@ from cnas_hpc.config.study import StudyConfig
 from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.search.owner import TrialOwner
 from cnas_hpc.space.encoding import encoding_from_config
-from cnas_hpc.study.budget import SLOT_STATES, ClaimStatus, claim_trial, free_slots
+from cnas_hpc.study.budget import SLOT_STATES, free_slots
+from cnas_hpc.study.claim import ClaimStatus, claim_trial
 from cnas_hpc.study.handle import StudyHandle
 from cnas_hpc.study.lifecycle import bootstrap_study, load_study
 from cnas_hpc.study.optuna_internals import (
