@@ -42,7 +42,7 @@ from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.search.owner import TrialOwner
 from cnas_hpc.space.encoding import compact_hash
 from cnas_hpc.space.genotype import genotype_to_json
-from cnas_hpc.study.budget import study_lock
+from cnas_hpc.study.claim import study_lock
 from cnas_hpc.study.handle import StudyHandle
 from cnas_hpc.study.heartbeat import Heartbeat
 from cnas_hpc.study.lifecycle import bootstrap_study, load_study

@@ -155,6 +155,17 @@ def test_the_worker_knows_trackers_only_through_its_protocol() -> None:
         assert not reached & {"tracking", "analysis", "cli"}, module
 
 
+#: The claim's internals: the search reaches them only through ``study.claim``.
+CLAIM_INTERNALS = {f"cnas_hpc.study.{name}" for name in ("budget", "stale", "proposal", "sampler")}
+
+
+def test_the_search_claims_only_through_study_claim() -> None:
+    graph = _graph()
+    assert "cnas_hpc.study.claim" in graph["cnas_hpc.search.owner"]
+    for module in (m for m in graph if _package(m) == "search"):
+        assert not graph[module] & CLAIM_INTERNALS, module
+
+
 @pytest.mark.parametrize("folder", ["train", "search"])
 def test_no_function_over_80_lines(folder: str) -> None:
     long = []

@@ -23,7 +23,8 @@ from cnas_hpc.config import Settings
 from cnas_hpc.search.worker import run_worker
 from cnas_hpc.space.encoding import compact_hash, encoding_from_config
 from cnas_hpc.space.genotype import DARTS_V2, PC_DARTS, genotype_from_json
-from cnas_hpc.study.budget import ClaimStatus, claim_trial, count_budget
+from cnas_hpc.study.budget import count_budget
+from cnas_hpc.study.claim import ClaimStatus, claim_trial
 from cnas_hpc.study.lifecycle import bootstrap_study, load_study
 from cnas_hpc.study.sampler import make_sampler, worker_seed
 from tests.helpers import tiny_settings

@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from cnas_hpc.config.study import StudyConfig
 from cnas_hpc.study import optuna_internals as internals
 from cnas_hpc.study import optuna_schema
+from cnas_hpc.study.budget import SLOT_STATES
 from cnas_hpc.study.handle import StudyHandle
 from cnas_hpc.study.storage import make_storage
 
@@ -316,7 +317,9 @@ def test_the_one_round_trip_reservation_makes_the_trial_optuna_would(
         pytest.skip("PostgreSQL only (SQLite claims take the file lock and Optuna's calls)")
     done = handle.study.ask()
     handle.study.tell(done, 1.0)
-    counts, created = internals.reserve_trial_row(handle, 42, 3, {"who": "w"})
+    counts, created = internals.reserve_trial_row(
+        handle, 42, 3, {"who": "w"}, slot_states=SLOT_STATES
+    )
     assert counts == {"COMPLETE": 1} and created is not None
     trial_id, number = created
     assert number == 1 and trial_id_of(handle, number) == trial_id
@@ -324,5 +327,5 @@ def test_the_one_round_trip_reservation_makes_the_trial_optuna_would(
     assert stock.state == TrialState.RUNNING and stock.user_attrs == {"who": "w"}
     assert stock.datetime_start is not None
     assert set(internals.heartbeat_ages(handle)) == {number}
-    counts, created = internals.reserve_trial_row(handle, 42, 2, {})
+    counts, created = internals.reserve_trial_row(handle, 42, 2, {}, slot_states=SLOT_STATES)
     assert created is None and counts == {"COMPLETE": 1, "RUNNING": 1}  # the budget is held

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from cnas_hpc.common import attrs
 from cnas_hpc.config.study import StudyConfig
 from cnas_hpc.distributed.jobs import job_is_held, job_state
-from cnas_hpc.study.budget import ClaimStatus, claim_trial
+from cnas_hpc.study.claim import ClaimStatus, claim_trial
 from cnas_hpc.study.handle import StudyHandle
 from cnas_hpc.study.optuna_internals import open_handle
 from cnas_hpc.study.stale import stale_candidates

@@ -52,6 +52,7 @@ from cnas_hpc.config.report import ReportConfig
 from cnas_hpc.search.pending import PendingResults
 from cnas_hpc.space.genotype import Genotype
 from cnas_hpc.space.primitives import CELL_KINDS
+from cnas_hpc.study.budget import free_slots
 from cnas_hpc.study.handle import StudyHandle
 from cnas_hpc.study.lifecycle import load_study
 from cnas_hpc.study.optuna_internals import heartbeat_ages
@@ -338,7 +339,12 @@ def collect_status(
     )
     alive = len(running) - len(stale)
     retries = counts["WAITING"] + stale_retried if to_complete else 0
-    new_trials = max(0, to_complete - alive - retries)
+    # The claim's own rule (free_slots), on the study as the next claim will see it: a stale
+    # trial with retries left is failed and re-enqueued (a WAITING retry that keeps its slot),
+    # one without is failed (its slot freed); live RUNNING trials keep theirs.
+    new_trials = free_slots(
+        n_trials, {"COMPLETE": counts["COMPLETE"], "RUNNING": alive, "WAITING": retries}
+    )
 
     complete = sorted(
         complete_trials(study), key=lambda t: (t.datetime_complete or datetime.min, t.number)

@@ -41,23 +41,24 @@ from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.search.pending import PendingResults
 from cnas_hpc.space.encoding import CellEncoding, compact_hash
 from cnas_hpc.space.genotype import Genotype, genotype_to_json
-from cnas_hpc.study.budget import (
+from cnas_hpc.study.claim import (
     Claim,
     ClaimStatus,
     KnownArchitectures,
     claim_trial,
     commit_proposal,
+    give_back_duplicate,
+    propose,
+    sampler_factory,
 )
 from cnas_hpc.study.lifecycle import load_study
 from cnas_hpc.study.optuna_internals import open_trial, set_constraints, write_trial_rows
-from cnas_hpc.study.proposal import propose
 from cnas_hpc.study.retry import (
     DatabaseUnavailableError,
     describe_failure,
     is_transient,
     with_db_retry,
 )
-from cnas_hpc.study.sampler import make_sampler
 from cnas_hpc.study.storage import release_connections
 
 log = logging.getLogger(__name__)
@@ -220,7 +221,7 @@ class TrialOwner:
     def claim(self) -> tuple[Assignment, int]:
         """Claim the next trial; returns the assignment and the study's COMPLETE count.
 
-        Three steps (see :mod:`cnas_hpc.study.budget`): reserve a slot under the claim lock
+        Three steps (see :mod:`cnas_hpc.study.claim`): reserve a slot under the claim lock
         (stale trials failed, budget counted, a trial asked with its first heartbeat and this
         worker's identity); propose its architecture OUTSIDE the lock (TPE's cost); write it
         under the lock unless another trial already has it (then the slot is given back as a
@@ -257,7 +258,8 @@ class TrialOwner:
         duplicate = self._retry(commit, "commit a trial")
         if duplicate is None:
             return genotype
-        self._retry(partial(self._give_back, trial, trial_id, duplicate), "skip a duplicate")
+        give_back = partial(give_back_duplicate, self.handle, trial, trial_id, duplicate)
+        self._retry(give_back, "skip a duplicate")
         return None
 
     def _reserve(self) -> Claim:
@@ -266,16 +268,10 @@ class TrialOwner:
             self.settings.search.n_trials,
             keep=self._has_pending_result,
             max_retry=self.settings.study.max_retry,
-            sampler_for=self._sampler_for,
+            sampler_for=sampler_factory(
+                self.settings.study.sampler, self.settings.worker, self.encoding.distributions()
+            ),
             identity=self._identity(),
-        )
-
-    def _sampler_for(self, number: int) -> optuna.samplers.BaseSampler:
-        return make_sampler(
-            self.settings.study.sampler,
-            worker=self.settings.worker,
-            number=number,
-            search_space=self.encoding.distributions(),
         )
 
     def _has_pending_result(self, trial: FrozenTrial) -> bool:
@@ -304,15 +300,6 @@ class TrialOwner:
             user_attrs={attrs.GENOTYPE: genotype_to_json(genotype), attrs.ARCH_HASH: arch_hash},
             known=self._known,
         )
-
-    def _give_back(self, trial: optuna.Trial, trial_id: int, duplicate: int) -> None:
-        write_trial_rows(
-            self.handle,
-            trial_id,
-            user_attrs={attrs.FAIL_REASON: f"duplicate of trial {duplicate}"},
-        )
-        self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        log.info("trial %d duplicates trial %d: skipped", trial.number, duplicate)
 
     def _identity(self) -> dict[str, Any]:
         """What every claimed trial records about the worker that runs it."""

@@ -26,7 +26,7 @@ import datetime
 import json
 import json.scanner
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import optuna
@@ -648,7 +648,7 @@ WITH counts AS (
 ), free AS (
     SELECT 1 WHERE (SELECT n FROM orphans) = 0
     AND NOT EXISTS (SELECT 1 FROM counts WHERE state = 'WAITING')
-    AND (SELECT COALESCE(SUM(n), 0) FROM counts WHERE state IN ('COMPLETE', 'RUNNING')) < %(n)s
+    AND (SELECT COALESCE(SUM(n), 0) FROM counts WHERE state = ANY(%(held)s::text[])) < %(n)s
 ), created AS (
     INSERT INTO trials (number, study_id, state, datetime_start)
     SELECT (SELECT COALESCE(SUM(n), 0) FROM counts), %(s)s, 'RUNNING', %(now)s FROM free
@@ -666,16 +666,24 @@ SELECT (SELECT json_object_agg(state, n) FROM counts), (SELECT n FROM orphans),
 
 
 def reserve_trial_row(
-    handle: StudyHandle, lock_key: int, n_trials: int, identity: dict[str, Any]
+    handle: StudyHandle,
+    lock_key: int,
+    n_trials: int,
+    identity: dict[str, Any],
+    *,
+    slot_states: Sequence[str],
 ) -> tuple[dict[str, int], tuple[int, int] | None]:
     """The whole reservation of a claim in ONE PostgreSQL transaction (a few milliseconds of
     lock), when nothing unusual is in the study.
 
     Under the transaction-level advisory lock ``lock_key`` (the claim lock) and Optuna's own
     trial-creation lock (the study row, ``FOR UPDATE``): count trials by state; when a slot is
-    free, no trial WAITs (a retry to hand out) and no RUNNING trial lacks a heartbeat (an
-    orphan to fail), insert the RUNNING trial exactly as ``RDBStorage.create_new_trial`` does
-    (its number: the count of the study's earlier trials), its first heartbeat and ``identity``.
+    free (the trials in ``slot_states`` number fewer than ``n_trials``: the budget rule of
+    :func:`cnas_hpc.study.budget.free_slots`, whose :data:`~cnas_hpc.study.budget.SLOT_STATES`
+    the claim passes here, so the SQL never restates it), no trial WAITs (a retry to hand out)
+    and no RUNNING trial lacks a heartbeat (an orphan to fail), insert the RUNNING trial exactly
+    as ``RDBStorage.create_new_trial`` does (its number: the count of the study's earlier
+    trials), its first heartbeat and ``identity``.
     The lock ends with the transaction: a holder that dies releases it.
 
     Returns:
@@ -687,6 +695,7 @@ def reserve_trial_row(
         "k": lock_key,
         "s": handle.study_id,
         "n": n_trials,
+        "held": list(slot_states),
         "now": datetime.datetime.now(datetime.UTC).replace(tzinfo=None),
         "keys": list(identity),
         "jsons": [json.dumps(value) for value in identity.values()],
