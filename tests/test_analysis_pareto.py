@@ -70,6 +70,11 @@ def test_a_multi_objective_study_reports_its_front_everywhere_users_look(
     assert data["directions"] == {"val_contrastive_loss": "minimize", "params": "minimize",
                                   "macs": "minimize"}  # fmt: skip
     assert data["sort_by"] == "params" and [e["trial"] for e in data["front"]] == [0, 1, 3]
+    # Mean ranks (score, params) of trained feasible trials 0-5: 3, 3, 4, 3, 4, 4; of the three
+    # tied at 3 trial 3 has the best score.
+    assert data["best_mean_rank"] == {"trial": 3, "mean_rank": 3.0, "cells": 6}
+    assert "best mean rank over the objectives: trial 3 (mean rank 3.0 of 6 trained cells)" \
+        in printed  # fmt: skip
     study = optuna.load_study(study_name=settings.study.name, storage=settings.study.storage)
     for entry in data["front"]:
         trial = study.trials[entry["trial"]]
@@ -101,7 +106,9 @@ def test_a_single_objective_study_with_costs_gets_a_front_of_score_against_each_
     assert "params M (min)" in header and "latency_ms (min)" in header
     for cost in ("params", "macs", "latency_ms"):
         _png(out / f"pareto_{cost}.png")
-    front = json.loads((out / "pareto.json").read_text())["front"]
+    data = json.loads((out / "pareto.json").read_text())
+    front = data["front"]
+    assert data["best_mean_rank"] is None  # one objective: no pick
     assert [e["trial"] for e in front] == [0, 1, 3]
     assert front[0]["values"] == {"val_contrastive_loss": 5.0}
     assert front[0]["costs"] == {"params": 2e6, "macs": 3e8, "latency_ms": 1.0}

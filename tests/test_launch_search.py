@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +190,6 @@ def test_a_constrained_multi_objective_search_never_trains_a_cell_over_its_limit
         assert trial.system_attrs["constraints"][0] > 0
         assert "cnas:epochs_done" not in trial.user_attrs
     assert {t.number for t in study.best_trials} <= {t.number for t in complete}
+    # The printed pick (best mean rank over both objectives) is one of the front's cells.
+    pick = re.search(r"Best mean rank over the objectives: trial (\d+) \(mean rank", result.stdout)
+    assert pick is not None and int(pick.group(1)) in {t.number for t in study.best_trials}

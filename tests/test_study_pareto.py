@@ -9,7 +9,9 @@ from optuna.trial import TrialState, create_trial
 from cnas_hpc.common import attrs
 from cnas_hpc.space.genotype import DARTS_V2, genotype_to_json
 from cnas_hpc.study.pareto import (
+    best_mean_rank,
     is_feasible,
+    mean_ranks,
     non_dominated,
     objectives_of,
     pareto_view,
@@ -133,3 +135,52 @@ def test_objectives_and_the_primary_ranking_of_a_multi_objective_study() -> None
     unnamed = optuna.create_study(directions=["minimize", "maximize"])
     assert objectives_of(unnamed) == ("objective_0", "objective_1")
     assert non_dominated([], ("a",), {}) == []
+
+
+def test_the_best_mean_rank_is_worked_out_by_hand_and_lies_on_the_front() -> None:
+    # Score (min) and NASWOT (max) of four trained cells; ranks 1 = best:
+    #   trial  score  naswot  rank score  rank naswot  mean
+    #   0      5.0    800     1           4            2.5
+    #   1      5.2    850     3           1            2.0   <- best mean
+    #   2      5.1    820     2           3            2.5
+    #   3      5.3    840     4           2            3.0   (dominated by 1)
+    cells = [Cell((5.0, 800.0)), Cell((5.2, 850.0)), Cell((5.1, 820.0)), Cell((5.3, 840.0))]
+    study = make_study(None, "s", ("val_contrastive_loss", "naswot"),
+                       ("minimize", "maximize"), cells)  # fmt: skip
+    view = pareto_view(study)
+    assert view is not None
+    assert mean_ranks(view) == {0: 2.5, 1: 2.0, 2: 2.5, 3: 3.0}
+    pick = best_mean_rank(view)
+    assert pick is not None and pick.number == 1
+    assert pick.number in {p.number for p in view.front}
+    assert 3 not in {p.number for p in view.front}
+
+
+def test_tied_values_share_their_mean_rank_and_infeasible_cells_take_no_rank() -> None:
+    study = make_study(None, "s", OBJ, ("minimize", "minimize"), SCORE_PARAMS)
+    view = pareto_view(study)
+    assert view is not None
+    ranks = mean_ranks(view)
+    # Only trained feasible cells are ranked (6 is infeasible, 7 never trained).
+    assert sorted(ranks) == [0, 1, 2, 3, 4, 5]
+    # Ranks of n cells on two objectives average to (n + 1) / 2 whatever the ties.
+    assert sum(ranks.values()) / len(ranks) == pytest.approx(3.5)
+    pick = best_mean_rank(view)
+    assert pick is not None and pick.number in {p.number for p in view.front}
+    tied = make_study(None, "t", OBJ, ("minimize", "minimize"),
+                      [Cell((5.0, 2.0e6)), Cell((5.0, 2.0e6)), Cell((4.0, 3.0e6))])  # fmt: skip
+    tied_view = pareto_view(tied)
+    assert tied_view is not None
+    # score ranks 2.5, 2.5, 1 and params ranks 1.5, 1.5, 3: every mean is 2.0; the tie goes to
+    # the better score.
+    assert mean_ranks(tied_view) == {0: 2.0, 1: 2.0, 2: 2.0}
+    tied_pick = best_mean_rank(tied_view)
+    assert tied_pick is not None and tied_pick.number == 2
+
+
+def test_a_single_objective_study_has_no_mean_rank_pick() -> None:
+    cells = [Cell((5.0,), params=2_000_000), Cell((4.0,), params=3_000_000)]
+    study = make_study(None, "s", ("val_contrastive_loss",), ("minimize",), cells)
+    view = pareto_view(study)
+    assert view is not None and not view.multi_objective
+    assert mean_ranks(view) == {} and best_mean_rank(view) is None

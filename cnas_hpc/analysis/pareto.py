@@ -31,7 +31,15 @@ from tabulate import tabulate
 from cnas_hpc.analysis.cells import draw_genotype
 from cnas_hpc.analysis.plots import new_figure, save_figure
 from cnas_hpc.space.genotype import genotype_from_json, genotype_to_dict
-from cnas_hpc.study.pareto import COST_ATTRS, ParetoView, Point, non_dominated, spread_along
+from cnas_hpc.study.pareto import (
+    COST_ATTRS,
+    ParetoView,
+    Point,
+    best_mean_rank,
+    mean_ranks,
+    non_dominated,
+    spread_along,
+)
 
 #: At most this many front cells are drawn (two pictures each).
 MAX_DRAWN: Final = 6
@@ -215,6 +223,13 @@ def format_front(view: ParetoView) -> str:
     lines.append(
         tabulate(rows, headers, tablefmt="simple", disable_numparse=True, stralign="right")
     )
+    pick = best_mean_rank(view)
+    if pick is not None:
+        rank = mean_ranks(view)[pick.number]
+        lines.append(
+            f"  best mean rank over the objectives: trial {pick.number} "
+            f"(mean rank {rank:.1f} of {len(mean_ranks(view))} trained cells)"
+        )
     return "\n".join(lines)
 
 
@@ -235,13 +250,22 @@ def front_entries(view: ParetoView) -> list[dict[str, Any]]:
     return out
 
 
+def _best_mean_rank_entry(view: ParetoView) -> dict[str, Any] | None:
+    pick = best_mean_rank(view)
+    if pick is None:
+        return None
+    ranks = mean_ranks(view)
+    return {"trial": pick.number, "mean_rank": ranks[pick.number], "cells": len(ranks)}
+
+
 def write_pareto_json(view: ParetoView, path: str | Path) -> Path:
     """Write ``pareto.json`` (atomically) and return its path.
 
     Format: ``{"study", "objectives", "directions": {name: "minimize"|"maximize"}, "axes",
     "sort_by", "front": [{"trial", "values", "costs", "cost_device", "cost_network",
-    "genotype"}, ...]}``, cheapest first; ``genotype`` loads with
-    :func:`cnas_hpc.space.genotype.genotype_from_dict`.
+    "genotype"}, ...], "best_mean_rank": {"trial", "mean_rank", "cells"} | null}``, the front
+    cheapest first; ``genotype`` loads with :func:`cnas_hpc.space.genotype.genotype_from_dict`;
+    ``best_mean_rank`` is :func:`cnas_hpc.study.pareto.best_mean_rank` (null for one objective).
     """
     payload = {
         "study": view.study_name,
@@ -253,6 +277,7 @@ def write_pareto_json(view: ParetoView, path: str | Path) -> Path:
         "axes": list(view.axes),
         "sort_by": view.sort_by,
         "front": front_entries(view),
+        "best_mean_rank": _best_mean_rank_entry(view),
     }
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -83,6 +83,7 @@ from cnas_hpc.distributed.jobs import array_tasks_held
 from cnas_hpc.search.observer import TrialObserver
 from cnas_hpc.search.worker import run_worker
 from cnas_hpc.study.lifecycle import arrays_of, bootstrap_study, load_study
+from cnas_hpc.study.pareto import best_mean_rank, mean_ranks, pareto_view
 from cnas_hpc.study.retry import DatabaseUnavailableError
 from cnas_hpc.tracking.progress import SearchProgress
 from cnas_hpc.tracking.wandb_tracker import WandbTracker
@@ -290,7 +291,8 @@ class BootstrapCallback(Callback):
 def print_front(study: optuna.Study, settings: Settings) -> None:
     """A multi-objective study's end: its Pareto front (Optuna's ``best_trials``: feasible
     trials only when constrained), one line per cell; ``launch/report.py`` draws it and writes
-    ``pareto.json``."""
+    ``pareto.json``; then the front cell with the best mean rank over the objectives
+    (:func:`cnas_hpc.study.pareto.best_mean_rank`)."""
     names = list(settings.search.values)
     front = sorted(study.best_trials, key=lambda t: t.number)
     rows = [
@@ -298,6 +300,13 @@ def print_front(study: optuna.Study, settings: Settings) -> None:
     ]
     print(f"\nPareto front of study {study.study_name!r} ({len(front)} cells, {', '.join(names)}):")
     print(tabulate(rows, ["trial", *names], tablefmt="simple", disable_numparse=True))
+    view = pareto_view(study)
+    pick = best_mean_rank(view) if view is not None else None
+    if view is not None and pick is not None:
+        print(
+            f"Best mean rank over the objectives: trial {pick.number} "
+            f"(mean rank {mean_ranks(view)[pick.number]:.1f} of {len(mean_ranks(view))} cells)"
+        )
     print("Draw it and write pareto.json with: launch/report.py (same study settings)", flush=True)
 
 

@@ -21,6 +21,9 @@ Contract:
       candidates; a genotype that several trials share counts once (its lowest trial number).
     * The front is sorted by :attr:`ParetoView.sort_by` (the first cost among the axes, else
       the second axis), ties by the primary objective (better first), then the trial number.
+    * One pick of a multi-objective study's front (:func:`best_mean_rank`): the candidate whose
+      ranks among all candidates, averaged over the objectives, are best. It is always on the
+      front (a cell that beats it on every objective has better ranks on every objective).
     * Read-only: nothing here writes to the study.
 """
 
@@ -221,6 +224,16 @@ def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
     )
 
 
+def _candidates(points: Sequence[Point], axes: Sequence[str]) -> list[Point]:
+    """Trained feasible points with a genotype and every axis value; a genotype shared by
+    several counts once (its lowest trial number)."""
+    unique: dict[str, Point] = {}
+    for p in sorted(points, key=lambda p: p.number):
+        if p.trained and p.feasible and p.genotype_json and all(a in p.values for a in axes):
+            unique.setdefault(p.genotype_json, p)
+    return list(unique.values())
+
+
 def non_dominated(
     points: Sequence[Point], axes: Sequence[str], directions: dict[str, StudyDirection]
 ) -> list[Point]:
@@ -230,11 +243,7 @@ def non_dominated(
     genotype shared by several of them counts once (its lowest trial number).
     """
     signs = [-1.0 if directions.get(a) == StudyDirection.MAXIMIZE else 1.0 for a in axes]
-    unique: dict[str, Point] = {}
-    for p in sorted(points, key=lambda p: p.number):
-        if p.trained and p.feasible and p.genotype_json and all(a in p.values for a in axes):
-            unique.setdefault(p.genotype_json, p)
-    candidates = list(unique.values())
+    candidates = _candidates(points, axes)
     keyed = [(p, [s * p.values[a] for s, a in zip(signs, axes, strict=True)]) for p in candidates]
     return [p for p, key in keyed if not any(_dominates(other, key) for _, other in keyed)]
 
@@ -302,6 +311,45 @@ def spread_along(view: ParetoView, k: int) -> list[Point]:
         return [min(front, key=lambda p: (sign * p.values[view.primary], p.number))]
     ranks = [math.floor(i * (n - 1) / (k - 1) + 0.5) for i in range(k)]
     return [front[r] for r in ranks]
+
+
+def mean_ranks(view: ParetoView) -> dict[int, float]:
+    """Per candidate (trial number): its rank on each objective among all candidates (1 = best;
+    ties share their mean rank), averaged over the objectives. Empty for one objective.
+
+    A statistic of the SET of trained cells, not of one trial: a new trial can change every
+    value. Why it is offered: two label-free signals that disagree on size, the contrastive
+    loss and NASWOT, ranked 600-epoch accuracies best by this mean (README "Does the proxy
+    work?"); a search with ``search.objectives=[score,naswot]`` ends with it.
+    """
+    if not view.multi_objective:
+        return {}
+    candidates = _candidates(view.points, view.objectives)
+    total = {p.number: 0.0 for p in candidates}
+    for name in view.objectives:
+        sign = -1.0 if view.maximize(name) else 1.0
+        ordered = sorted(candidates, key=lambda p: sign * p.values[name])
+        start = 0
+        while start < len(ordered):  # average ranks over a run of equal values
+            end = start
+            value = ordered[start].values[name]
+            while end + 1 < len(ordered) and ordered[end + 1].values[name] == value:
+                end += 1
+            for p in ordered[start : end + 1]:
+                total[p.number] += (start + end) / 2.0 + 1.0
+            start = end + 1
+    return {n: t / len(view.objectives) for n, t in total.items()}
+
+
+def best_mean_rank(view: ParetoView) -> Point | None:
+    """The front point with the best (lowest) :func:`mean_ranks` value; ties by the primary
+    objective (better first), then the trial number. None for one objective or no front."""
+    ranks = mean_ranks(view)
+    on_front = [p for p in view.front if p.number in ranks]
+    if not on_front:
+        return None
+    sign = -1.0 if view.maximize(view.primary) else 1.0
+    return min(on_front, key=lambda p: (ranks[p.number], sign * p.values[view.primary], p.number))
 
 
 def primary_ranking(study: optuna.Study) -> list[FrozenTrial]:
