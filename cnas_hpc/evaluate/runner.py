@@ -321,16 +321,7 @@ class CellRunner:
             )
             value = {
                 key: self.results.get(key)
-                for key in (
-                    "test_accuracy",
-                    "test_error",
-                    "probe_knn_accuracy",
-                    "probe_linear_accuracy",
-                    "params",
-                    "macs",
-                    "epochs_done",
-                    "wall_s",
-                )
+                for key in store.TRIAL_RESULT_COLUMNS
                 if self.results.get(key) is not None
             }
             value["protocol"] = row.protocol_name
