@@ -145,15 +145,8 @@ def build_eval_network(
     auxiliary = protocol.auxiliary_weight > 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if protocol.network == "imagenet":
-            return NetworkImageNet(
-                genotype,
-                C=protocol.channels,
-                num_classes=num_classes,
-                layers=protocol.cells,
-                auxiliary=auxiliary,
-            )
-        return NetworkCIFAR(
+        network = NetworkImageNet if protocol.network == "imagenet" else NetworkCIFAR
+        return network(
             genotype,
             C=protocol.channels,
             num_classes=num_classes,
