@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 from cnas_hpc.common.errors import ConfigError
 
@@ -34,3 +35,10 @@ def check_positive(section: str, obj: object, names: tuple[str, ...]) -> None:
         value = getattr(obj, name)
         if value <= 0:
             raise ConfigError(f"{section}.{name} must be > 0, got {value}")
+
+
+def check_choice(key: str, value: str, choices: Collection[str]) -> None:
+    """``value`` must be one of ``choices`` (a mapping's keys count); the error lists them in
+    their order."""
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
