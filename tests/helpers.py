@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from sqlalchemy.engine import make_url
 
 from cnas_hpc.config import Settings, settings_from_config
+from cnas_hpc.space.genotype import Genotype
 from hydra_plugins.cnas_hpc_launcher.cluster_launcher import HELD_STATES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +44,17 @@ QUICK_EVAL = (
     "protocol.memory_format=contiguous",
     "data=digits",
 )
+
+
+def two_node_genotype() -> Genotype:
+    """A small valid genotype: two nodes per cell, every input and op kind used once or more
+    (a fresh one each call: tests mutate it to break one rule at a time)."""
+    return Genotype(
+        normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("skip_connect", 0), ("avg_pool_3x3", 2)],
+        normal_concat=[2, 3],
+        reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1)],
+        reduce_concat=[2, 3],
+    )
 
 
 def compose_config(overrides: Sequence[str] = ()) -> dict[str, Any]:
