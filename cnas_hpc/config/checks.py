@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
 from cnas_hpc.common.errors import ConfigError
 
@@ -27,6 +27,15 @@ def check_positive_ints(**values: object) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_positive_int_attrs(section: str, obj: object, names: Iterable[str]) -> None:
+    """Each named attribute of ``obj`` must be an integer ``>= 1`` (``bool`` is refused); the
+    error names the first that is not as ``section.name``."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{section}.{name} must be an integer >= 1, got {value!r}")
 
 
 def check_positive(section: str, obj: object, names: tuple[str, ...]) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from cnas_hpc.common.errors import ConfigError
-from cnas_hpc.config.checks import check_choice
+from cnas_hpc.config.checks import check_choice, check_positive_int_attrs
 
 #: The evaluation networks: DARTS's CIFAR network (32x32) and its ImageNet (mobile) network.
 NETWORKS: Final[tuple[str, ...]] = ("cifar", "imagenet")
@@ -67,10 +67,9 @@ class ProtocolConfig:
 
     def __post_init__(self) -> None:
         integers = ("cells", "channels", "epochs", "batch_size", "image_size", "eval_batch_size")
-        for key in (*integers, "test_every_epochs", "log_every_steps"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"protocol.{key} must be an integer >= 1, got {value!r}")
+        check_positive_int_attrs(
+            "protocol", self, (*integers, "test_every_epochs", "log_every_steps")
+        )
         check_choice("protocol.network", self.network, NETWORKS)
         check_choice("protocol.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.lr <= 0 or not 0.0 <= self.min_lr <= self.lr:
