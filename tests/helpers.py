@@ -9,16 +9,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+import sqlalchemy
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from sqlalchemy.engine import make_url
 
 from cnas_hpc.config import Settings, settings_from_config
+from cnas_hpc.space.genotype import Genotype
 from hydra_plugins.cnas_hpc_launcher.cluster_launcher import HELD_STATES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +31,30 @@ TINY = (
     "debug=tiny",
     "search.poll_seconds=0.5",
 )
+
+
+#: A toy evaluation protocol on the embedded digits: seconds per cell on one CPU thread.
+QUICK_EVAL = (
+    "protocol=debug",
+    "protocol.cells=3",
+    "protocol.channels=6",
+    "protocol.epochs=2",
+    "protocol.max_steps_per_epoch=4",
+    "protocol.amp=none",
+    "protocol.memory_format=contiguous",
+    "data=digits",
+)
+
+
+def two_node_genotype() -> Genotype:
+    """A small valid genotype: two nodes per cell, every input and op kind used once or more
+    (a fresh one each call: tests mutate it to break one rule at a time)."""
+    return Genotype(
+        normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("skip_connect", 0), ("avg_pool_3x3", 2)],
+        normal_concat=[2, 3],
+        reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1)],
+        reduce_concat=[2, 3],
+    )
 
 
 def compose_config(overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -95,6 +121,41 @@ def sacct_array_tasks(array_job_id: str, timeout: float = 120.0) -> list[str]:
         if not settling or time.monotonic() > deadline:
             return tasks
         time.sleep(1.0)
+
+
+def query_rows(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    """All rows of ``sql`` (with bound ``params``) on the database at ``url``; the engine is
+    disposed before returning, so no test leaves a connection open."""
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(sqlalchemy.text(sql), params)]
+    finally:
+        engine.dispose()
+
+
+def completed_array(stdout: str, n_tasks: int) -> str:
+    """The id of the one SLURM array a multirun's ``stdout`` says it submitted, asserting that
+    it ran ``n_tasks`` tasks and that every one COMPLETED (:func:`sacct_array_tasks`)."""
+    (array_id,) = {line.split()[-4] for line in stdout.splitlines() if "submitted array" in line}
+    tasks = sacct_array_tasks(array_id)
+    assert len(tasks) == n_tasks and all(t.endswith("|COMPLETED") for t in tasks), tasks
+    return array_id
+
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], what: str, timeout: float = 300, poll_s: float = 0.5) -> T:
+    """Poll ``condition`` every ``poll_s`` s and return its first truthy value; fail the test
+    with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    pytest.fail(f"timed out waiting for {what}")
 
 
 #: The real CIFAR-10 arrays shared with the project (``../shared/data/cifar10``).

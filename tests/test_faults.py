@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -31,7 +31,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from cnas_hpc.common import attrs
-from tests.helpers import ROOT, DatabaseProxy
+from tests.helpers import ROOT, DatabaseProxy, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.postgres, pytest.mark.slow]
 
@@ -104,16 +104,6 @@ def trials(url: str) -> list[FrozenTrial]:
         return optuna.load_study(study_name=STUDY, storage=url).get_trials(deepcopy=False)
     except KeyError:  # the submitting side has not bootstrapped the study yet
         return []
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 300) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def early_checkpoints(home: Path) -> list[int]:

@@ -15,25 +15,21 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-import sqlalchemy
 from PIL import Image
 
-from tests.helpers import ROOT, TINY, run_evaluate, run_launch, run_search
+from tests.helpers import (
+    QUICK_EVAL,
+    ROOT,
+    TINY,
+    query_rows,
+    run_evaluate,
+    run_launch,
+    run_search,
+)
 from tests.mo_studies import SCORE_PARAMS, Cell, make_study
 from tests.wandb_offline import offline_runs
 
 STUDY = "cnas-digits-compact"
-#: A toy protocol on the embedded digits: seconds per cell on one CPU thread.
-QUICK = (
-    "protocol=debug",
-    "protocol.cells=3",
-    "protocol.channels=6",
-    "protocol.epochs=2",
-    "protocol.max_steps_per_epoch=4",
-    "protocol.amp=none",
-    "protocol.memory_format=contiguous",
-    "data=digits",
-)
 #: One CPU allotted, as to an array task on a shared node: the app sizes torch's threads from it.
 ENV = {"OMP_NUM_THREADS": "1", "SLURM_CPUS_PER_TASK": "1"}
 #: What the one CPU-thread policy (``distributed.env.size_cpu_threads``) logs for that allocation.
@@ -52,7 +48,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_best_trials_are_trained_beside_a_preset_and_recorded_where_users_look(
     searched: Path,
 ) -> None:
-    args = [*QUICK, f"eval.from_study={STUDY}", "eval.top_k=2", "eval.presets=[DARTS_V2]"]
+    args = [*QUICK_EVAL, f"eval.from_study={STUDY}", "eval.top_k=2", "eval.presets=[DARTS_V2]"]
     result = run_evaluate(args, home=searched, env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     name = f"{STUDY}-debug-supervised"
@@ -79,21 +75,16 @@ def test_the_best_trials_are_trained_beside_a_preset_and_recorded_where_users_lo
 
 def test_the_label_free_probe_gives_a_number_without_training_on_labels(searched: Path) -> None:
     args = [
-        *QUICK, "eval.presets=[PC_DARTS]", "eval.method=probe", "probe.cells=3",
+        *QUICK_EVAL, "eval.presets=[PC_DARTS]", "eval.method=probe", "probe.cells=3",
         "probe.channels=4", "probe.epochs=1", "probe.batch_size=64", "probe.linear_epochs=10",
     ]  # fmt: skip
     result = run_evaluate(args, home=searched, env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
-    engine = sqlalchemy.create_engine(f"sqlite:///{searched / 'cnas.db'}")
-    with engine.connect() as conn:
-        row = conn.execute(
-            sqlalchemy.text(
-                "SELECT probe_knn_accuracy, probe_linear_accuracy, test_accuracy, state "
-                "FROM evaluations WHERE name = 'cells-debug-probe'"
-            )
-        ).one()
-    engine.dispose()
-    knn, linear, supervised, state = row
+    ((knn, linear, supervised, state),) = query_rows(
+        f"sqlite:///{searched / 'cnas.db'}",
+        "SELECT probe_knn_accuracy, probe_linear_accuracy, test_accuracy, state "
+        "FROM evaluations WHERE name = 'cells-debug-probe'",
+    )
     assert state == "COMPLETE" and supervised is None
     assert 0.0 < knn <= 1.0 and 0.0 < linear <= 1.0
 
@@ -130,7 +121,7 @@ def test_bad_input_is_refused_with_one_line_before_anything_runs(
         ],
         "nothing": [],
     }[case]
-    result = run_evaluate(["-m", *QUICK, *extra, "eval.name=refused"], home=searched)
+    result = run_evaluate(["-m", *QUICK_EVAL, *extra, "eval.name=refused"], home=searched)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0], result.stderr[-2000:]
@@ -141,7 +132,7 @@ def test_each_cell_writes_a_w_and_b_evaluation_run_grouped_with_its_study(
     searched: Path,
 ) -> None:
     root = searched / "wb"
-    args = [*QUICK, f"eval.from_study={STUDY}", "eval.top_k=1", "eval.name=tracked",
+    args = [*QUICK_EVAL, f"eval.from_study={STUDY}", "eval.top_k=1", "eval.name=tracked",
             "wandb=offline", f"wandb.dir={root}"]  # fmt: skip
     result = run_evaluate(args, home=searched, env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -181,8 +172,8 @@ def test_ctrl_c_checkpoints_the_cell_and_the_same_command_resumes_it(tmp_path: P
     # Enough epochs that Ctrl-C, sent once epoch 1 is checkpointed, lands while the cell trains
     # (an epoch is ~1 s here); the test split is scored once, at the end.
     args = [
-        *QUICK, "protocol.epochs=10", "protocol.test_every_epochs=10", "eval.presets=[PC_DARTS]",
-        "eval.name=interrupted", "data.fraction=0.5",
+        *QUICK_EVAL, "protocol.epochs=10", "protocol.test_every_epochs=10",
+        "eval.presets=[PC_DARTS]", "eval.name=interrupted", "data.fraction=0.5",
     ]  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "launch" / "evaluate.py"), *args],
@@ -203,11 +194,10 @@ def test_ctrl_c_checkpoints_the_cell_and_the_same_command_resumes_it(tmp_path: P
     assert "Traceback" not in out + err
     (line,) = [x for x in err.splitlines() if x.startswith("interrupted")]
     assert line.startswith("interrupted: cell 0 (PC_DARTS) checkpointed") and "resume" in line
-    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'cnas.db'}")
-    with engine.connect() as conn:
-        state, done = conn.execute(
-            sqlalchemy.text("SELECT state, epochs_done FROM evaluations WHERE name='interrupted'")
-        ).one()
+    url = f"sqlite:///{tmp_path / 'cnas.db'}"
+    ((state, done),) = query_rows(
+        url, "SELECT state, epochs_done FROM evaluations WHERE name='interrupted'"
+    )
     assert state == "PENDING" and done is not None and done >= 1  # free for the next run
     # The log said how many images the fraction kept (the digits: 1,797, a tenth held out).
     assert "808 training image(s) (data.fraction=0.5 of 1617)" in out + err
@@ -215,11 +205,7 @@ def test_ctrl_c_checkpoints_the_cell_and_the_same_command_resumes_it(tmp_path: P
     again = run_evaluate(args, home=tmp_path, env=ENV)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed at epoch" in again.stdout + again.stderr
-    with engine.connect() as conn:
-        (state,) = conn.execute(
-            sqlalchemy.text("SELECT state FROM evaluations WHERE name='interrupted'")
-        ).one()
-    engine.dispose()
+    ((state,),) = query_rows(url, "SELECT state FROM evaluations WHERE name='interrupted'")
     assert state == "COMPLETE"
     results = (tmp_path / "evaluations" / "interrupted" / "results.md").read_text()
     assert "Data `digits` (data.fraction=0.5" in results and "protocol `debug` (3 cells" in results
@@ -239,7 +225,7 @@ def test_cells_spread_along_the_front_are_trained_and_reported_beside_their_cost
     tmp_path: Path,
 ) -> None:
     _cost_aware_home(tmp_path)
-    result = run_evaluate([*QUICK, "eval.from_study=mo", "eval.from_front=2"], home=tmp_path,
+    result = run_evaluate([*QUICK_EVAL, "eval.from_study=mo", "eval.from_front=2"], home=tmp_path,
                           env=ENV)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     name = "mo-front2-debug-supervised"
@@ -262,20 +248,16 @@ def test_cells_spread_along_the_front_are_trained_and_reported_beside_their_cost
 
 def test_from_front_makes_one_task_per_front_cell_with_m(tmp_path: Path) -> None:
     storage = _cost_aware_home(tmp_path)
-    args = ["-m", *QUICK, "eval.from_study=mo", "eval.from_front=3", "eval.name=front-array"]
+    args = ["-m", *QUICK_EVAL, "eval.from_study=mo", "eval.from_front=3", "eval.name=front-array"]
     result = run_evaluate(args, home=tmp_path, env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     tasks = sorted(p.name for p in tmp_path.glob("hydra/evaluate/multirun/*/cell*"))
     assert tasks == ["cell0", "cell1", "cell2"]
-    engine = sqlalchemy.create_engine(storage)
-    with engine.connect() as conn:
-        planned = conn.execute(
-            sqlalchemy.text(
-                "SELECT trial_number, state FROM evaluations WHERE name = 'front-array' "
-                "ORDER BY cell_index"
-            )
-        ).all()
-    engine.dispose()
+    planned = query_rows(
+        storage,
+        "SELECT trial_number, state FROM evaluations WHERE name = 'front-array' "
+        "ORDER BY cell_index",
+    )
     assert [tuple(row) for row in planned] == [(0, "COMPLETE"), (1, "COMPLETE"), (3, "COMPLETE")]
 
 
@@ -291,7 +273,7 @@ def test_a_front_that_cannot_be_had_is_refused_before_anything_runs(
     tmp_path: Path, extra: list[str], needle: str
 ) -> None:
     _cost_aware_home(tmp_path)
-    result = run_evaluate(["-m", *QUICK, *extra, "eval.name=refused"], home=tmp_path)
+    result = run_evaluate(["-m", *QUICK_EVAL, *extra, "eval.name=refused"], home=tmp_path)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0], result.stderr[-2000:]

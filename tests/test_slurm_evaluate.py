@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +22,15 @@ import sqlalchemy
 import torch
 
 from tests.helpers import (
+    QUICK_EVAL,
     ROOT,
     cifar10_npz,
+    completed_array,
+    query_rows,
     run_evaluate,
     run_launch,
     run_search,
-    sacct_array_tasks,
+    wait_for,
 )
 from tests.mo_studies import SCORE_PARAMS, make_study
 
@@ -72,28 +73,9 @@ def _debug_cifar(url: str, home: Path) -> list[str]:
 
 
 def _rows(url: str, name: str) -> list[dict[str, object]]:
-    engine = sqlalchemy.create_engine(url)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sqlalchemy.text(
-                "SELECT cell_key, state, test_accuracy, epochs_done, worker FROM evaluations "
-                "WHERE name = :n ORDER BY cell_index"
-            ),
-            {"n": name},
-        ).mappings()
-        out = [dict(row) for row in rows]
-    engine.dispose()
-    return out
-
-
-def _wait(condition: Callable[[], object], what: str, timeout: float = 400) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(1.0)
-    pytest.fail(f"timed out waiting for {what}")
+    columns = ("cell_key", "state", "test_accuracy", "epochs_done", "worker")
+    sql = f"SELECT {', '.join(columns)} FROM evaluations WHERE name = :n ORDER BY cell_index"
+    return [dict(zip(columns, row, strict=True)) for row in query_rows(url, sql, n=name)]
 
 
 def _checkpoint_at_epoch(home: Path, name: str) -> int | None:
@@ -134,11 +116,7 @@ def test_the_top_cells_and_a_preset_train_as_one_array_and_resume_after_a_kill(
     args = ["-m", *common, f"eval.from_study={STUDY}", "eval.top_k=2", "eval.presets=[DARTS_V2]"]
     result = run_evaluate(args, home=tmp_path, env=ENV, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (array_id,) = {
-        line.split()[-4] for line in result.stdout.splitlines() if "submitted array" in line
-    }
-    tasks = sacct_array_tasks(array_id)
-    assert len(tasks) == 3 and all(t.endswith("|COMPLETED") for t in tasks), tasks
+    completed_array(result.stdout, 3)
     name = f"{STUDY}-debug-supervised"
     rows = _rows(fresh_pg_url, name)
     assert [r["state"] for r in rows] == ["COMPLETE"] * 3
@@ -160,7 +138,9 @@ def test_the_top_cells_and_a_preset_train_as_one_array_and_resume_after_a_kill(
     # The same cell under another name, killed once its first epoch is checkpointed.
     again = [*common, "eval.presets=[DARTS_V2]", "eval.name=killed"]
     proc = _start(again, tmp_path)
-    _wait(lambda: _checkpoint_at_epoch(tmp_path, "killed"), "a checkpoint after epoch 1")
+    wait_for(
+        lambda: _checkpoint_at_epoch(tmp_path, "killed"), "a checkpoint after epoch 1", 400, 1.0
+    )
     (row,) = _rows(fresh_pg_url, "killed")
     job = str(row["worker"]).split(":", 1)[1]
     subprocess.run(["scancel", "--signal=KILL", job], check=True)
@@ -180,18 +160,7 @@ def test_the_top_cells_and_a_preset_train_as_one_array_and_resume_after_a_kill(
 
 
 #: Seconds-long cells on the embedded digits (the point is the array, not the accuracy).
-QUICK_DIGITS = (
-    "hydra/launcher=slurm_cpu",
-    "protocol=debug",
-    "protocol.cells=3",
-    "protocol.channels=6",
-    "protocol.epochs=2",
-    "protocol.max_steps_per_epoch=4",
-    "protocol.amp=none",
-    "protocol.memory_format=contiguous",
-    "data=digits",
-    "study=postgres",
-)
+QUICK_DIGITS = ("hydra/launcher=slurm_cpu", *QUICK_EVAL, "study=postgres")
 
 
 def _arrays(url: str, name: str) -> list[str]:
@@ -215,7 +184,7 @@ def test_a_rerun_while_the_evaluation_s_array_runs_is_refused_and_submits_nothin
     args = [*QUICK_DIGITS, f"study.storage={fresh_pg_url}", "eval.presets=[DARTS_V2,PC_DARTS]"]
     name = "cells-debug-supervised"
     first = _start(args, tmp_path)
-    recorded = _wait(lambda: _arrays(fresh_pg_url, name), "the array recorded", timeout=120)
+    recorded = wait_for(lambda: _arrays(fresh_pg_url, name), "the array recorded", 120, 1.0)
     assert isinstance(recorded, list)
     (array,) = recorded
     rerun = run_evaluate(["-m", *args], home=tmp_path, env=ENV, timeout=300)
@@ -245,11 +214,7 @@ def test_cells_spread_along_a_front_train_as_one_array(fresh_pg_url: str, tmp_pa
     ]  # fmt: skip
     result = run_evaluate(args, home=tmp_path, env=ENV, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (array_id,) = {
-        line.split()[-4] for line in result.stdout.splitlines() if "submitted array" in line
-    }
-    tasks = sacct_array_tasks(array_id)
-    assert len(tasks) == 3 and all(t.endswith("|COMPLETED") for t in tasks), tasks
+    completed_array(result.stdout, 3)
     rows = _rows(fresh_pg_url, "mo-front-front3-debug-supervised")
     assert [(r["cell_key"], r["state"]) for r in rows] == [
         ("mo-front:trial-0", "COMPLETE"), ("mo-front:trial-1", "COMPLETE"),

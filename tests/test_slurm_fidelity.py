@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-import sqlalchemy
 
-from tests.helpers import run_launch, sacct_array_tasks
+from tests.helpers import completed_array, query_rows, run_launch
 
 pytestmark = [pytest.mark.slurm, pytest.mark.postgres, pytest.mark.slow]
 
@@ -26,20 +25,13 @@ def test_the_measurements_run_as_one_array_and_a_rerun_submits_nothing(
     ]  # fmt: skip
     result = run_launch("fidelity.py", args, home=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    (array_id,) = {
-        line.split()[-4] for line in result.stdout.splitlines() if "submitted array" in line
-    }
-    tasks = sacct_array_tasks(array_id)
     # 3 cells x (accuracy, zero-cost proxies, contrastive score): one task each
-    assert len(tasks) == 9 and all(t.endswith("|COMPLETED") for t in tasks), tasks
+    array_id = completed_array(result.stdout, 9)
     # Recorded for the rerun guard (no "could not record array": the study.name error is gone),
     # and every measurement was claimed by a task of that array.
     assert "could not record array" not in result.stdout + result.stderr
-    engine = sqlalchemy.create_engine(fresh_pg_url)
-    with engine.connect() as conn:
-        recorded = conn.execute(sqlalchemy.text("SELECT app, array_job_id FROM cnas_arrays")).all()
-        workers = conn.execute(sqlalchemy.text("SELECT worker FROM fidelity_measurements")).all()
-    engine.dispose()
+    recorded = query_rows(fresh_pg_url, "SELECT app, array_job_id FROM cnas_arrays")
+    workers = query_rows(fresh_pg_url, "SELECT worker FROM fidelity_measurements")
     assert [tuple(r) for r in recorded] == [("fidelity", array_id)]
     assert {str(w[0]).split(":")[1].split("_")[0] for w in workers} == {array_id}
     (folder,) = (tmp_path / "fidelity").iterdir()

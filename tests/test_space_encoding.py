@@ -34,6 +34,7 @@ from cnas_hpc.space.genotype import (
     validate_genotype,
 )
 from cnas_hpc.space.primitives import CELL_KINDS, EDGE_OPS, PRIMITIVES
+from tests.helpers import two_node_genotype
 
 FAST = settings(max_examples=100, deadline=None)
 
@@ -334,7 +335,7 @@ def test_make_encoding_rejects_bad_arguments(kwargs: dict[str, Any], message: st
 @pytest.mark.parametrize("name", ["compact", "csnas"])
 def test_from_params_names_missing_unknown_and_bad_values(name: str) -> None:
     encoding = make_encoding(name, n_nodes=2)
-    good = encoding.to_params(encoding.from_params(encoding.to_params(_two_node())))
+    good = encoding.to_params(encoding.from_params(encoding.to_params(two_node_genotype())))
     first = next(iter(encoding.distributions()))
     missing = {k: v for k, v in good.items() if k != first}
     with pytest.raises(ValueError, match=f"lack 1 of .* first '{first}'"):
@@ -345,18 +346,9 @@ def test_from_params_names_missing_unknown_and_bad_values(name: str) -> None:
         encoding.from_params({**good, first: "conv_7x7"})
 
 
-def _two_node() -> Genotype:
-    return Genotype(
-        normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("skip_connect", 0), ("avg_pool_3x3", 2)],
-        normal_concat=[2, 3],
-        reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1)],
-        reduce_concat=[2, 3],
-    )
-
-
 @pytest.mark.parametrize("name", ["compact", "csnas"])
 def test_to_params_refuses_what_the_space_cannot_express(name: str) -> None:
-    genotype = _two_node()
+    genotype = two_node_genotype()
     make_encoding(name, n_nodes=2).to_params(genotype)  # the base genotype is expressible
     with pytest.raises(ValueError, match=r"genotype has 2 nodes per cell but this \w+ space has 4"):
         make_encoding(name).to_params(genotype)

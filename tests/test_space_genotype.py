@@ -29,6 +29,7 @@ from cnas_hpc.space.genotype import (
     validate_genotype,
 )
 from cnas_hpc.space.primitives import EDGE_OPS
+from tests.helpers import two_node_genotype
 
 #: The other fields of a genotype dict, for tests that break only ``normal``.
 EMPTY: dict[str, Any] = {"normal_concat": [], "reduce": [], "reduce_concat": []}
@@ -221,12 +222,7 @@ def test_random_valid_genotypes_validate(genotype: Genotype) -> None:
 
 def _base() -> Genotype:
     # Two nodes per cell; every mutation below breaks exactly one rule.
-    return Genotype(
-        normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("skip_connect", 0), ("avg_pool_3x3", 2)],
-        normal_concat=[2, 3],
-        reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1)],
-        reduce_concat=[2, 3],
-    )
+    return two_node_genotype()
 
 
 def _set_edge(cell: str, k: int, edge: tuple[str, int]) -> Callable[[Genotype], Genotype]:

@@ -25,6 +25,7 @@ from cnas_hpc.space.encoding import compact_hash, encoding_from_config
 from cnas_hpc.space.genotype import DARTS_V2, PC_DARTS, genotype_from_json
 from cnas_hpc.study.budget import count_budget
 from cnas_hpc.study.claim import ClaimStatus, claim_trial
+from cnas_hpc.study.handle import StudyHandle
 from cnas_hpc.study.lifecycle import bootstrap_study, load_study
 from cnas_hpc.study.sampler import make_sampler, worker_seed
 from tests.helpers import tiny_settings
@@ -39,6 +40,14 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def settings_for(tmp_path: Path, url: str, *overrides: str) -> Settings:
     return tiny_settings(tmp_path, f"study.storage={url}", "study.name=t", *overrides)
+
+
+def short_grace_study(tmp_path: Path, url: str) -> StudyHandle:
+    """A bootstrapped study, opened by worker 0, whose trials go stale quickly: heartbeats
+    every 1 s, declared dead after 2 s without one."""
+    s = settings_for(tmp_path, url, "study.heartbeat_interval=1", "study.grace_period=2")
+    bootstrap_study(s)
+    return load_study(s, worker=0)
 
 
 def test_plain_postgresql_urls_get_the_psycopg2_driver() -> None:
@@ -263,9 +272,7 @@ def test_concurrent_claims_never_overshoot_the_budget(storage_url: str, tmp_path
 def test_a_stale_trial_is_failed_and_retried_with_the_same_params(
     storage_url: str, tmp_path: Path
 ) -> None:
-    s = settings_for(tmp_path, storage_url, "study.heartbeat_interval=1", "study.grace_period=2")
-    bootstrap_study(s)
-    handle = load_study(s, worker=0)
+    handle = short_grace_study(tmp_path, storage_url)
     study = handle.study
     claimed = claim_trial(handle, 3)
     dead = claimed.trial
@@ -308,9 +315,7 @@ def test_a_retried_known_cell_keeps_its_identity_and_the_one_arch_hash(tmp_path:
 def test_a_trial_that_never_sent_a_heartbeat_is_failed_as_orphaned(
     storage_url: str, tmp_path: Path
 ) -> None:
-    s = settings_for(tmp_path, storage_url, "study.heartbeat_interval=1", "study.grace_period=2")
-    bootstrap_study(s)
-    handle = load_study(s, worker=0)
+    handle = short_grace_study(tmp_path, storage_url)
     study = handle.study
     orphan = study.ask()  # a worker lost the database right after asking: no heartbeat ever
     # At once, no grace period: a claim records its first heartbeat inside the lock, so under

@@ -22,13 +22,14 @@ from cnas_hpc.search.trial import proxy_task
 from cnas_hpc.space.genotype import DARTS_V2, PC_DARTS, genotype_to_json
 from cnas_hpc.train import checkpoint as checkpoint_module
 from cnas_hpc.train.checkpoint import (
+    Checkpointing,
     SaveClock,
     TrainState,
     checkpoint_path,
     load_checkpoint,
     save_checkpoint,
 )
-from cnas_hpc.train.loop import Checkpointing, build_candidate, train_candidate
+from cnas_hpc.train.loop import build_candidate, train_candidate
 from cnas_hpc.train.outcome import TrainingAbortedError
 from cnas_hpc.train.plan import StepPlan, plan_from_record, plan_record
 from tests.helpers import tiny_settings

@@ -15,10 +15,9 @@ from cnas_hpc.config.protocol import ProtocolConfig
 from cnas_hpc.data.labeled import LabeledData, load_labeled
 from cnas_hpc.distributed.env import DistEnv, distributed_session
 from cnas_hpc.space.genotype import DARTS_V2, genotype_to_json
-from cnas_hpc.train.checkpoint import TrainState
+from cnas_hpc.train.checkpoint import Checkpointing, TrainState
 from cnas_hpc.train.outcome import TrainingAbortedError
 from cnas_hpc.train.supervised import (
-    SupervisedCheckpointing,
     SupervisedResult,
     SupervisedTask,
     build_eval_network,
@@ -68,14 +67,14 @@ def test_a_stopped_run_resumes_to_exactly_the_unbroken_result(digits: LabeledDat
         _train(
             digits,
             should_stop=stop,
-            checkpointing=SupervisedCheckpointing(saved.append, 1e9, None, 0, GENOTYPE),
+            checkpointing=Checkpointing(saved.append, 1e9, None, 0, GENOTYPE),
         )
     assert info.value.reason == "stopped"
     state = saved[-1]
     assert (state.epoch, state.step_in_epoch) == (1, 7)
     # It says how its steps ran, so a resumed cell keeps that layout (evaluate.speed).
     assert state.plan == {"device": "cpu", "memory_format": "contiguous", "amp": "none"}
-    resumed = _train(digits, checkpointing=SupervisedCheckpointing(None, 1e9, state, 0, GENOTYPE))
+    resumed = _train(digits, checkpointing=Checkpointing(None, 1e9, state, 0, GENOTYPE))
     assert resumed.resumed_from_epoch == 1
     assert resumed.test_accuracy == unbroken.test_accuracy
     assert resumed.test_loss == unbroken.test_loss

@@ -29,7 +29,7 @@ from optuna.study import StudyDirection
 from tabulate import tabulate
 
 from cnas_hpc.analysis.cells import draw_genotype
-from cnas_hpc.analysis.plots import new_figure, save_figure
+from cnas_hpc.analysis.plots import mark_along_foot, new_figure, save_figure
 from cnas_hpc.space.genotype import genotype_from_json, genotype_to_dict
 from cnas_hpc.study.pareto import (
     COST_ATTRS,
@@ -114,16 +114,11 @@ def plot_front(view: ParetoView, cost: str, path: str | Path) -> Path:
             )
     untrained = [p for p in has if not p.trained]
     if untrained:
-        ax.plot(
+        mark_along_foot(
+            ax,
             [_scaled(cost, p.values[cost]) for p in untrained],
-            [0.0] * len(untrained),
-            linestyle="none",
-            marker="|",
+            f"broke a limit, never trained ({len(untrained)})",
             markersize=14,
-            color="#c0392b",
-            transform=ax.get_xaxis_transform(),
-            clip_on=False,
-            label=f"broke a limit, never trained ({len(untrained)})",
         )
     _draw_fronts(ax, view, cost, trained)
     if cost in view.limits:

@@ -63,6 +63,23 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     return out
 
 
+def mark_along_foot(ax: Axes, xs: Sequence[float], label: str, markersize: float) -> None:
+    """Red ticks at the foot of ``ax`` (in axes height, so off any data scale) at ``xs``: the
+    points that have no value to plot (failed trials, cells never trained), with ``label`` in
+    the legend."""
+    ax.plot(
+        xs,
+        [0.0] * len(xs),
+        linestyle="none",
+        marker="|",
+        markersize=markersize,
+        color="#c0392b",
+        transform=ax.get_xaxis_transform(),
+        clip_on=False,
+        label=label,
+    )
+
+
 def _placeholder(ax: Axes, message: str) -> None:
     ax.set_axis_off()
     ax.text(
@@ -157,17 +174,7 @@ def plot_history(study: optuna.Study, path: str | Path) -> Path:
     )
     failed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
     if failed:
-        ax.plot(
-            failed,
-            [0.0] * len(failed),
-            linestyle="none",
-            marker="|",
-            markersize=12,
-            color="#c0392b",
-            transform=ax.get_xaxis_transform(),
-            clip_on=False,
-            label=f"failed ({len(failed)})",
-        )
+        mark_along_foot(ax, failed, f"failed ({len(failed)})", markersize=12)
         ax.legend(loc="best", fontsize=9)
     _retitle(ax, f"{study.study_name}: objective per trial")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from functools import partial
-from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -38,11 +35,10 @@ from cnas_hpc.cli.common import (
     check_config_secrets,
     check_launcher,
     fail,
-    is_slurm_launcher,
     refuse_live_arrays,
     resolved,
 )
-from cnas_hpc.cli.multirun import OUTCOME
+from cnas_hpc.cli.multirun import PlanningCallback
 from cnas_hpc.cli.overrides import checked_command
 from cnas_hpc.common.storage_url import mask_url
 from cnas_hpc.config.evaluate import EvalSettings, eval_settings_from_config
@@ -134,32 +130,22 @@ def planned_cells(cfg: DictConfig) -> list[int]:
     return [row.cell_index for row in rows if row.state != store.COMPLETE]
 
 
-class EvalCallback(Callback):
+class EvalCallback(PlanningCallback):
     """Hydra callback: validate and plan once, in the submitting process; summarise at the end."""
 
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if DistEnv.from_environment().global_rank != 0:
-            return
-        self._plan(config, launcher=None)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        launcher = config.hydra.get("launcher")
-        slurm = is_slurm_launcher(launcher)
-        self._plan(config, launcher if "tasks_per_node" in launcher else None, slurm=slurm)
-        OUTCOME.recorder = partial(record_eval_array, config)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            print_results(eval_settings_of(config))
-        except Exception as exc:
-            log.warning("could not summarise the evaluation: %s", exc)
+    report_what = "summarise the evaluation"
 
     @staticmethod
-    def _plan(config: DictConfig, launcher: DictConfig | None, slurm: bool = False) -> None:
-        try:
-            plan_evaluation(config, launcher, slurm=slurm)
-        except USER_ERRORS as exc:
-            fail(str(exc))
+    def plan(config: DictConfig, launcher: DictConfig | None, *, slurm: bool) -> None:
+        plan_evaluation(config, launcher, slurm=slurm)
+
+    @staticmethod
+    def record_array(config: DictConfig, array_job_id: str) -> None:
+        record_eval_array(config, array_job_id)
+
+    @staticmethod
+    def report(config: DictConfig) -> None:
+        print_results(eval_settings_of(config))
 
 
 def record_eval_array(cfg: DictConfig, array_job_id: str) -> None:

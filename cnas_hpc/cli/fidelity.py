@@ -15,13 +15,11 @@ Contract:
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import Any
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -33,11 +31,10 @@ from cnas_hpc.cli.common import (
     check_launcher,
     check_space,
     fail,
-    is_slurm_launcher,
     refuse_live_arrays,
     resolved,
 )
-from cnas_hpc.cli.multirun import OUTCOME
+from cnas_hpc.cli.multirun import PlanningCallback
 from cnas_hpc.cli.overrides import checked_command
 from cnas_hpc.config.fidelity import FidelitySettings, fidelity_settings_from_config
 from cnas_hpc.data.datasets import check_available
@@ -181,32 +178,22 @@ def report_fidelity(settings: FidelitySettings) -> str:
     return text
 
 
-class FidelityCallback(Callback):
+class FidelityCallback(PlanningCallback):
     """Hydra callback: validate and plan once in the submitting process; report at the end."""
 
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if DistEnv.from_environment().global_rank != 0:
-            return
-        self._plan(config, None)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        launcher = config.hydra.get("launcher")
-        slurm = is_slurm_launcher(launcher)
-        self._plan(config, launcher if "tasks_per_node" in launcher else None, slurm=slurm)
-        OUTCOME.recorder = partial(record_fidelity_array, config)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            report_fidelity(fidelity_settings_of(config))
-        except Exception as exc:
-            log.warning("could not write the fidelity report: %s", exc)
+    report_what = "write the fidelity report"
 
     @staticmethod
-    def _plan(config: DictConfig, launcher: DictConfig | None, slurm: bool = False) -> None:
-        try:
-            plan_fidelity(config, launcher, slurm=slurm)
-        except USER_ERRORS as exc:
-            fail(str(exc))
+    def plan(config: DictConfig, launcher: DictConfig | None, *, slurm: bool) -> None:
+        plan_fidelity(config, launcher, slurm=slurm)
+
+    @staticmethod
+    def record_array(config: DictConfig, array_job_id: str) -> None:
+        record_fidelity_array(config, array_job_id)
+
+    @staticmethod
+    def report(config: DictConfig) -> None:
+        report_fidelity(fidelity_settings_of(config))
 
 
 def record_fidelity_array(cfg: DictConfig, array_job_id: str) -> None:

@@ -7,18 +7,27 @@ After Hydra's ``on_multirun_end`` has printed the study's summary,
 :func:`cnas_hpc.cli.search.BootstrapCallback.on_multirun_end` names the dead workers and exits
 with status :data:`EXIT_WORKERS_DIED` (the launcher and the callbacks share this process; this
 module is their only channel). It imports little (no tracker, no plotting): Hydra imports the
-launcher plugin, hence this module, in every worker.
+launcher plugin, hence this module, in every worker. The callback that the evaluation and the
+fidelity study share (plan, record the array, report: :class:`PlanningCallback`) lives here too,
+next to the channel it sets.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cnas_hpc.cli.common import settings_of
+from cnas_hpc.cli.common import USER_ERRORS, fail, is_slurm_launcher, settings_of
+from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.study.lifecycle import record_array as record_study_array
+
+log = logging.getLogger(__name__)
 
 #: Exit status of a multirun in which at least one worker died.
 EXIT_WORKERS_DIED = 1
@@ -89,3 +98,57 @@ def record_array(cfg: DictConfig, array_job_id: str) -> None:
         StudyError: the database cannot be written.
     """
     record_study_array(settings_of(cfg), array_job_id)
+
+
+class PlanningCallback(Callback):
+    """Hydra callback of an app that plans its rows (the evaluation, the fidelity study): plan
+    once in the submitting process, record the submitted array, report at the end.
+
+    A subclass names the app's three steps: :meth:`plan` (validates and plans; a user error
+    becomes one ``error:`` line and exit 2), :meth:`record_array` (the launcher calls it through
+    :data:`OUTCOME` with the array's id) and :meth:`report` (a failure to report is logged, not
+    raised: the work is done).
+    """
+
+    #: what :meth:`report` does, for the warning when it fails ("summarise the evaluation").
+    report_what = "report"
+
+    @staticmethod
+    def plan(config: DictConfig, launcher: DictConfig | None, *, slurm: bool) -> None:
+        """Validate and plan ``config``'s rows (``launcher``: the multirun's, when it places
+        tasks on nodes)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def record_array(config: DictConfig, array_job_id: str) -> None:
+        """Record the submitted array of ``config``'s rows."""
+        raise NotImplementedError
+
+    @staticmethod
+    def report(config: DictConfig) -> None:
+        """Summarise the rows once the multirun ended."""
+        raise NotImplementedError
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # A single run may itself be one rank of a torchrun job: only rank 0 plans.
+        if DistEnv.from_environment().global_rank != 0:
+            return
+        self._plan(config, None)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        launcher = config.hydra.get("launcher")
+        slurm = is_slurm_launcher(launcher)
+        self._plan(config, launcher if "tasks_per_node" in launcher else None, slurm=slurm)
+        OUTCOME.recorder = partial(self.record_array, config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self.report(config)
+        except Exception as exc:
+            log.warning("could not %s: %s", self.report_what, exc)
+
+    def _plan(self, config: DictConfig, launcher: DictConfig | None, slurm: bool = False) -> None:
+        try:
+            self.plan(config, launcher, slurm=slurm)
+        except USER_ERRORS as exc:
+            fail(str(exc))

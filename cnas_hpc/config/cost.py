@@ -20,6 +20,7 @@ import yaml
 
 from cnas_hpc.common.errors import ConfigError
 from cnas_hpc.config.build import build_section
+from cnas_hpc.config.checks import check_choice
 from cnas_hpc.config.protocol import ProtocolConfig
 
 #: Where latency is measured: the worker's CPU (its allocation's threads) or its GPU.
@@ -35,8 +36,7 @@ def protocol_named(name: str) -> ProtocolConfig:
     """
     folder = resources.files("cnas_hpc.configs") / "protocol"
     options = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
-    if name not in options:
-        raise ConfigError(f"cost.protocol must be one of {', '.join(options)}, got {name!r}")
+    check_choice("cost.protocol", name, options)
     values = yaml.safe_load((folder / f"{name}.yaml").read_text())
     return build_section(ProtocolConfig, f"protocol {name}", values)
 
@@ -73,10 +73,7 @@ class CostConfig:
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or value < 1):
                 raise ConfigError(f"cost.{key} must be null or an integer >= 1, got {value!r}")
-        if self.device not in COST_DEVICES:
-            raise ConfigError(
-                f"cost.device must be one of {', '.join(COST_DEVICES)}, got {self.device!r}"
-            )
+        check_choice("cost.device", self.device, COST_DEVICES)
         for key, minimum in (("batch_size", 1), ("warmup", 0), ("repeats", 1)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

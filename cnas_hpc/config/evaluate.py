@@ -17,6 +17,7 @@ from cnas_hpc.common.errors import ConfigError
 from cnas_hpc.config.augment import AugmentConfig
 from cnas_hpc.config.build import build_section
 from cnas_hpc.config.checkpoint import CheckpointConfig
+from cnas_hpc.config.checks import check_choice, check_positive_int_attrs
 from cnas_hpc.config.data import DataConfig
 from cnas_hpc.config.protocol import ProtocolConfig
 from cnas_hpc.config.study import StudyConfig
@@ -76,10 +77,7 @@ class EvalConfig:
                     "eval.from_front needs the study whose front it spreads along: "
                     "set eval.from_study=<study>"
                 )
-        if self.method not in METHODS:
-            raise ConfigError(
-                f"eval.method must be one of {', '.join(METHODS)}, got {self.method!r}"
-            )
+        check_choice("eval.method", self.method, METHODS)
         if self.cell is not None and (isinstance(self.cell, bool) or self.cell < 0):
             raise ConfigError(f"eval.cell must be null or an integer >= 0, got {self.cell!r}")
         if self.from_study is None and not self.genotypes and not self.presets:
@@ -118,10 +116,9 @@ class ProbeConfig:
     linear_lr: float = 0.1
 
     def __post_init__(self) -> None:
-        for key in ("cells", "channels", "epochs", "batch_size", "knn_k", "linear_epochs"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"probe.{key} must be an integer >= 1, got {value!r}")
+        check_positive_int_attrs(
+            "probe", self, ("cells", "channels", "epochs", "batch_size", "knn_k", "linear_epochs")
+        )
         if self.lr <= 0 or self.temperature <= 0 or self.linear_lr <= 0:
             raise ConfigError("probe.lr, probe.temperature and probe.linear_lr must be > 0")
 

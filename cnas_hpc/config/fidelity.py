@@ -18,6 +18,7 @@ from typing import Any
 from cnas_hpc.common.errors import ConfigError
 from cnas_hpc.common.objectives import is_zero_cost
 from cnas_hpc.config.build import build_section
+from cnas_hpc.config.checks import check_positive_int_attrs
 from cnas_hpc.config.data import DataConfig
 from cnas_hpc.config.protocol import ProtocolConfig
 from cnas_hpc.config.scoring import scoring_setup, setup_digest
@@ -72,10 +73,9 @@ class FidelityConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"fidelity.{key} must be an integer >= 0, got {value!r}")
-        for key in ("bootstrap", "top_k", "reference_cells", "reference_channels"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"fidelity.{key} must be an integer >= 1, got {value!r}")
+        check_positive_int_attrs(
+            "fidelity", self, ("bootstrap", "top_k", "reference_cells", "reference_channels")
+        )
         if not 0.0 < self.accuracy_fraction <= 1.0:
             raise ConfigError(
                 f"fidelity.accuracy_fraction must be in (0, 1], got {self.accuracy_fraction}"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from cnas_hpc.common.errors import ConfigError
+from cnas_hpc.config.checks import check_choice, check_positive_int_attrs
 
 #: The evaluation networks: DARTS's CIFAR network (32x32) and its ImageNet (mobile) network.
 NETWORKS: Final[tuple[str, ...]] = ("cifar", "imagenet")
@@ -66,19 +67,11 @@ class ProtocolConfig:
 
     def __post_init__(self) -> None:
         integers = ("cells", "channels", "epochs", "batch_size", "image_size", "eval_batch_size")
-        for key in (*integers, "test_every_epochs", "log_every_steps"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"protocol.{key} must be an integer >= 1, got {value!r}")
-        if self.network not in NETWORKS:
-            raise ConfigError(
-                f"protocol.network must be one of {', '.join(NETWORKS)}, got {self.network!r}"
-            )
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(
-                f"protocol.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
-                f"got {self.lr_schedule!r}"
-            )
+        check_positive_int_attrs(
+            "protocol", self, (*integers, "test_every_epochs", "log_every_steps")
+        )
+        check_choice("protocol.network", self.network, NETWORKS)
+        check_choice("protocol.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.lr <= 0 or not 0.0 <= self.min_lr <= self.lr:
             raise ConfigError(f"protocol.lr must be > 0 and min_lr in [0, lr], got {self.lr}")
         if not 0.0 <= self.drop_path < 1.0:
@@ -89,15 +82,8 @@ class ProtocolConfig:
             )
         if self.cutout < 0 or self.auxiliary_weight < 0:
             raise ConfigError("protocol.cutout and protocol.auxiliary_weight must be >= 0")
-        if self.amp not in AMP_CHOICES:
-            raise ConfigError(
-                f"protocol.amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}"
-            )
-        if self.memory_format not in MEMORY_FORMATS:
-            raise ConfigError(
-                f"protocol.memory_format must be one of {', '.join(MEMORY_FORMATS)}, "
-                f"got {self.memory_format!r}"
-            )
+        check_choice("protocol.amp", self.amp, AMP_CHOICES)
+        check_choice("protocol.memory_format", self.memory_format, MEMORY_FORMATS)
         if self.network == "cifar" and self.auxiliary_weight > 0 and self.image_size != 32:
             raise ConfigError(
                 "protocol.auxiliary_weight > 0 needs protocol.image_size=32 on the CIFAR network "

@@ -15,6 +15,7 @@ from cnas_hpc.common.objectives import (
     is_trained,
     is_zero_cost,
 )
+from cnas_hpc.config.checks import check_choice
 
 #: ``none``, or the zero-cost proxy that screens proposals before contrastive training.
 SCREENS = ("none", "naswot", "synflow")
@@ -142,10 +143,7 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.n_trials <= 0:
             raise ConfigError(f"search.n_trials must be > 0, got {self.n_trials}")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(
-                f"search.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"
-            )
+        check_choice("search.objective", self.objective, OBJECTIVES)
         if len(self.enqueue) > self.n_trials:
             raise ConfigError(
                 f"search.enqueue lists {len(self.enqueue)} cells, more than search.n_trials="
@@ -155,20 +153,14 @@ class SearchConfig:
             raise ConfigError(
                 f"search.max_consecutive_failures must be >= 1, got {self.max_consecutive_failures}"
             )
-        if self.screen not in SCREENS:
-            raise ConfigError(
-                f"search.screen must be one of {', '.join(SCREENS)}, got {self.screen!r}"
-            )
+        check_choice("search.screen", self.screen, SCREENS)
         if not 0.0 < self.screen_keep <= 1.0:
             raise ConfigError(f"search.screen_keep must be in (0, 1], got {self.screen_keep}")
         if isinstance(self.screen_startup, bool) or self.screen_startup < 0:
             raise ConfigError(
                 f"search.screen_startup must be an integer >= 0, got {self.screen_startup!r}"
             )
-        if self.pruner not in PRUNERS:
-            raise ConfigError(
-                f"search.pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}"
-            )
+        check_choice("search.pruner", self.pruner, PRUNERS)
         for key, minimum in (
             ("pruner_startup_trials", 0),
             ("pruner_warmup_epochs", 0),

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from cnas_hpc.common.errors import ConfigError
 from cnas_hpc.common.storage_url import normalize_storage_url
+from cnas_hpc.config.checks import check_choice
 
 #: A study name: it names folders (``<output_dir>/<name>/``, Hydra's run folders), so one
 #: plain path component: letters, digits, ``.``, ``_``, ``-``, not starting with a dot.
@@ -33,10 +34,7 @@ class SamplerConfig:
     max_history: int | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in SAMPLERS:
-            raise ConfigError(
-                f"study.sampler.kind must be one of {', '.join(SAMPLERS)}, got {self.kind!r}"
-            )
+        check_choice("study.sampler.kind", self.kind, SAMPLERS)
         if self.max_history is not None and self.max_history < max(4 * self.n_startup_trials, 40):
             raise ConfigError(
                 f"study.sampler.max_history must be null or >= "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cnas_hpc.common.errors import ConfigError
-from cnas_hpc.config.checks import check_positive
+from cnas_hpc.config.checks import check_choice, check_positive
 
 #: ``train.loss`` values: the names of ``cnas_hpc.ssl.registry`` (this floor cannot import it;
 #: ``tests/test_ssl_loss_contract.py`` keeps the two equal).
@@ -71,14 +71,9 @@ class TrainConfig:
             )
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"train.optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.loss not in LOSSES:
-            raise ConfigError(f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.amp not in AMP_MODES:
-            raise ConfigError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        if self.perf not in PERF_MODES:
-            raise ConfigError(
-                f"train.perf must be one of {', '.join(PERF_MODES)}, got {self.perf!r}"
-            )
+        check_choice("train.loss", self.loss, LOSSES)
+        check_choice("train.amp", self.amp, AMP_MODES)
+        check_choice("train.perf", self.perf, PERF_MODES)
         if not 0.0 <= self.membank_momentum < 1.0:
             raise ConfigError(
                 f"train.membank_momentum must be in [0, 1), got {self.membank_momentum}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -56,6 +57,35 @@ def _no_labels(what: str) -> ValueError:
     )
 
 
+def _has_class_folders(folder: Path) -> bool:
+    """Whether an image folder holds one sub-folder per class (the labels)."""
+    return any(child.is_dir() for child in folder.iterdir())
+
+
+def _check_labeled_paths(
+    paths: Sequence[tuple[str, str | None]],
+    what: str,
+    exists: Callable[[Path], bool],
+    labeled: Callable[[Path], bool],
+    why: str = "",
+) -> None:
+    """Check each set path of ``(config key, value)`` (``None``: not set, skipped): it
+    ``exists`` and is ``labeled``.
+
+    Raises:
+        FileNotFoundError: ``what`` at a path does not exist (the message names its key).
+        ValueError: ``what`` at a path has no labels (``why`` says what is missing).
+    """
+    for key, value in paths:
+        if value is None:
+            continue
+        path = Path(value).expanduser().absolute()
+        if not exists(path):
+            raise FileNotFoundError(f"{what} {path} not found ({key})")
+        if not labeled(path):
+            raise _no_labels(f"{what} {path} ({key}{why})")
+
+
 def _npz_has_labels(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
@@ -77,23 +107,13 @@ def check_labeled(cfg: DataConfig) -> None:
     if cfg.source == "stl10" and cfg.split in ("unlabeled", "train+unlabeled"):
         raise _no_labels(f"STL-10 split {cfg.split!r}")
     if cfg.source == "npz":
-        for key, value in (("data.path", cfg.path), ("data.test_path", cfg.test_path)):
-            if value is None:
-                continue
-            path = Path(value).expanduser().absolute()
-            if not path.is_file():
-                raise FileNotFoundError(f"npz file {path} not found ({key})")
-            if not _npz_has_labels(path):
-                raise _no_labels(f"npz file {path} ({key})")
+        paths = (("data.path", cfg.path), ("data.test_path", cfg.test_path))
+        _check_labeled_paths(paths, "npz file", Path.is_file, _npz_has_labels)
     if cfg.source == "folder":
-        for key, value in (("data.root", cfg.root), ("data.test_path", cfg.test_path)):
-            if value is None:
-                continue
-            folder = Path(value).expanduser().absolute()
-            if not folder.is_dir():
-                raise FileNotFoundError(f"image folder {folder} not found ({key})")
-            if not any(child.is_dir() for child in folder.iterdir()):
-                raise _no_labels(f"image folder {folder} ({key}: no class sub-folders)")
+        paths = (("data.root", cfg.root), ("data.test_path", cfg.test_path))
+        _check_labeled_paths(
+            paths, "image folder", Path.is_dir, _has_class_folders, ": no class sub-folders"
+        )
     if _holds_out_test(cfg) and cfg.val_fraction <= 0:
         raise ValueError(
             f"data.source={cfg.source} has no test split: set data.test_path or a "

@@ -40,20 +40,20 @@ from cnas_hpc.ssl.augment import BatchAugment
 from cnas_hpc.study.optuna_internals import set_user_attr_of_finished_trial
 from cnas_hpc.study.storage import make_storage
 from cnas_hpc.train.checkpoint import (
+    Checkpointing,
     TrainState,
     checkpoint_path,
     load_checkpoint,
     remove_checkpoint,
     save_checkpoint,
 )
-from cnas_hpc.train.loop import Checkpointing, build_candidate, train_candidate
+from cnas_hpc.train.loop import build_candidate, train_candidate
 from cnas_hpc.train.memory import release_memory
 from cnas_hpc.train.outcome import TrainingAbortedError
 from cnas_hpc.train.probe import encoder_features, knn_accuracy, linear_probe_accuracy
 from cnas_hpc.train.step import ProxyTask
 from cnas_hpc.train.supervised import (
     EvalEpoch,
-    SupervisedCheckpointing,
     SupervisedTask,
     build_eval_network,
     train_supervised,
@@ -201,13 +201,13 @@ class CellRunner:
             return None
         return lambda state: save_checkpoint(state, path)
 
-    def _supervised_checkpointing(self, resume: TrainState | None) -> SupervisedCheckpointing:
+    def _supervised_checkpointing(self, resume: TrainState | None) -> Checkpointing:
         every = self.settings.checkpoint.every_minutes * 60
-        return SupervisedCheckpointing(
+        return Checkpointing(
             save=self._saver(self.supervised_path),
             every_s=every if self.settings.checkpoint.enabled else math.inf,
             resume=resume,
-            key=self.row.cell_index,
+            trial=self.row.cell_index,
             genotype_json=self.row.genotype,
         )
 
@@ -321,16 +321,7 @@ class CellRunner:
             )
             value = {
                 key: self.results.get(key)
-                for key in (
-                    "test_accuracy",
-                    "test_error",
-                    "probe_knn_accuracy",
-                    "probe_linear_accuracy",
-                    "params",
-                    "macs",
-                    "epochs_done",
-                    "wall_s",
-                )
+                for key in store.TRIAL_RESULT_COLUMNS
                 if self.results.get(key) is not None
             }
             value["protocol"] = row.protocol_name

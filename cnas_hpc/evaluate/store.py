@@ -82,21 +82,20 @@ EVALUATIONS = Table(
 
 #: States of a row.
 PENDING, RUNNING, COMPLETE, FAIL = "PENDING", "RUNNING", "COMPLETE", "FAIL"
-#: Result columns a finished row fills (see :func:`finish`).
-RESULT_COLUMNS = (
+#: The results also recorded on a study cell's source trial (its ``cnas:eval/<name>`` user
+#: attribute, see ``evaluate.runner``), in the order they are written there.
+TRIAL_RESULT_COLUMNS = (
     "test_accuracy",
     "test_error",
-    "test_loss",
     "probe_knn_accuracy",
     "probe_linear_accuracy",
     "params",
     "macs",
     "epochs_done",
     "wall_s",
-    "images_per_s",
-    "fail_reason",
-    "worker",
 )
+#: Result columns a finished row fills (see :func:`finish`).
+RESULT_COLUMNS = (*TRIAL_RESULT_COLUMNS, "test_loss", "images_per_s", "fail_reason", "worker")
 
 
 @dataclass(frozen=True)

@@ -58,13 +58,14 @@ from cnas_hpc.space.genotype import Genotype, genotype_from_json
 from cnas_hpc.study.heartbeat import Heartbeat
 from cnas_hpc.study.retry import DatabaseUnavailableError, RetryStoppedError
 from cnas_hpc.train.checkpoint import (
+    Checkpointing,
     TrainState,
     checkpoint_path,
     load_checkpoint,
     remove_checkpoint,
     save_checkpoint,
 )
-from cnas_hpc.train.loop import Checkpointing, build_candidate, train_candidate
+from cnas_hpc.train.loop import build_candidate, train_candidate
 from cnas_hpc.train.memory import memory_mb, release_memory
 from cnas_hpc.train.outcome import EpochMetrics, TrainingAbortedError, TrainResult
 from cnas_hpc.train.step import ProxyTask

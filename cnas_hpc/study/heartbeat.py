@@ -16,6 +16,7 @@ import logging
 import threading
 from collections.abc import Callable
 from types import TracebackType
+from typing import Self
 
 from optuna.storages import RDBStorage
 
@@ -24,7 +25,40 @@ from cnas_hpc.study.retry import describe_failure
 log = logging.getLogger(__name__)
 
 
-class Heartbeat:
+class BeatThread:
+    """Context manager running :meth:`_run` on a daemon thread between entry and exit.
+
+    The base of every heartbeat (a trial's, :class:`Heartbeat`; a claimed row's,
+    ``study.row_claims.RowHeartbeat``). A subclass implements :meth:`_run`, which must return
+    soon after :attr:`_stop` is set. Exit sets it and waits at most 10 s for the thread: a beat
+    stuck on an unreachable database must not hold the worker (the thread is a daemon).
+
+    Args:
+        name: the thread's name (shown in stack dumps).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+class Heartbeat(BeatThread):
     """Context manager recording heartbeats of one RUNNING trial every ``interval`` seconds."""
 
     def __init__(
@@ -39,9 +73,8 @@ class Heartbeat:
         self._interval = interval
         #: called after each beat: a trial that trains for hours holds no idle connection
         self._release = release
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cnas-heartbeat", daemon=True)
         self.failures = 0
+        super().__init__("cnas-heartbeat")
 
     def _beat(self) -> None:
         try:
@@ -65,16 +98,3 @@ class Heartbeat:
             wait = self._interval if self.failures == 0 else min(self._interval, 2.0)
             if self._stop.wait(wait):
                 return
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)

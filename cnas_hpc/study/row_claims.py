@@ -25,15 +25,14 @@ import datetime
 import logging
 import os
 import socket
-import threading
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import sqlalchemy
 from sqlalchemy import ColumnElement, Table
 
 from cnas_hpc.distributed.jobs import job_is_held, job_state
+from cnas_hpc.study.heartbeat import BeatThread
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +195,7 @@ def beat_row(
         return bool(conn.execute(update).rowcount == 1)
 
 
-class RowHeartbeat:
+class RowHeartbeat(BeatThread):
     """Context manager: :func:`beat_row` every ``interval`` s while a claimed row trains.
 
     A database error is logged and retried at the next beat (an outage shorter than the grace
@@ -215,9 +214,8 @@ class RowHeartbeat:
     ) -> None:
         self._engine, self._table, self._key, self._what = engine, table, key, what
         self._worker, self._interval = worker, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cnas-row-heartbeat", daemon=True)
         self.lost = False
+        super().__init__("cnas-row-heartbeat")
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -229,16 +227,3 @@ class RowHeartbeat:
             if not held and not self.lost:
                 self.lost = True
                 log.error("%s was taken over while %s trained it", self._what, self._worker)
-
-    def __enter__(self) -> RowHeartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)

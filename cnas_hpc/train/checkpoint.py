@@ -20,13 +20,15 @@ Contract:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Self, TypeVar
 
 import torch
 
@@ -107,6 +109,131 @@ class SaveClock:
     def elapsed_s(self) -> float:
         """Seconds since the clock was created (this process's share of the run)."""
         return time.perf_counter() - self.started
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """How a trainer saves and resumes (rank 0 saves, every rank resumes): one shape for both
+    trainers (``train.loop.train_candidate`` and ``train.supervised.train_supervised``).
+
+    Attributes:
+        save: called on rank 0 with the state to persist (None on other ranks: nothing to do).
+        every_s: also save within an epoch when this many seconds passed since the last save.
+        resume: the state to continue from (loaded by every rank), or None for a fresh start.
+        trial: the number recorded in saved states (:attr:`TrainState.trial`): a search trial's
+            original number, or a cell's index in its evaluation.
+        genotype_json: the architecture recorded in saved states.
+    """
+
+    save: Callable[[TrainState], None] | None
+    every_s: float
+    resume: TrainState | None
+    trial: int
+    genotype_json: str
+
+
+#: The type of a trainer's per-epoch metrics record (a dataclass, stored as a dict).
+MetricsT = TypeVar("MetricsT")
+
+
+@dataclass
+class TrainPosition(Generic[MetricsT]):
+    """Where a trainer stands: the next epoch and step, and what the run did so far.
+
+    ``loss_sum`` is the current epoch's partial loss sum of a trainer that keeps it on the host
+    (the contrastive loop; the supervised trainer keeps its sums in ``TrainState.extra`` and
+    leaves it 0).
+    """
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    step: int = 0
+    loss_sum: float = 0.0
+    prior_wall_s: float = 0.0
+    history: list[MetricsT] = field(default_factory=list)
+    resumed_from: int | None = None
+
+    @classmethod
+    def of(cls, resume: TrainState, metrics: Callable[..., MetricsT]) -> Self:
+        """The position ``resume`` was saved at; ``metrics(**entry)`` rebuilds each history
+        entry (the inverse of ``dataclasses.asdict``)."""
+        return cls(
+            epoch=resume.epoch,
+            step_in_epoch=resume.step_in_epoch,
+            step=resume.step,
+            loss_sum=resume.loss_sum,
+            prior_wall_s=resume.wall_s,
+            history=[metrics(**h) for h in resume.history],
+            resumed_from=resume.epoch,
+        )
+
+    def totals(self, images_seen: int, elapsed_s: float) -> dict[str, Any]:
+        """The fields both trainers' results report of the run: ``epochs_done``, ``steps``,
+        ``wall_s`` (every session's, the resumed ones' included), ``images_per_s`` (this
+        session's ``images_seen`` over its ``elapsed_s``), ``history`` and
+        ``resumed_from_epoch``."""
+        return {
+            "epochs_done": len(self.history),
+            "steps": self.step,
+            "wall_s": self.prior_wall_s + elapsed_s,
+            "images_per_s": images_seen / max(elapsed_s, 1e-9),
+            "history": self.history,
+            "resumed_from_epoch": self.resumed_from,
+        }
+
+
+class PositionSaver:
+    """Saves a trainer's position (rank 0) at the save points the trainer agrees on.
+
+    Shared by both trainers: owns the :class:`SaveClock` of ``checkpointing.every_s`` (never
+    due without checkpointing) and builds the :class:`TrainState` from a position.
+
+    Args:
+        checkpointing: where states go and how often, or None (nothing is saved).
+        model: the network whose weights are saved (copied to the CPU).
+        parts: the trainer's own entries of the state (``optimizer``, ``scaler``, ``extra``,
+            ``scheduler``, ``plan``); called only on the rank that writes, since it may copy
+            tensors from the device.
+    """
+
+    def __init__(
+        self,
+        checkpointing: Checkpointing | None,
+        model: torch.nn.Module,
+        parts: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.checkpointing = checkpointing
+        self.model = model
+        self.parts = parts
+        self.clock = SaveClock(checkpointing.every_s if checkpointing is not None else math.inf)
+
+    def due(self) -> bool:
+        """Whether a time-based save is due (this rank's clock; the trainer agrees it)."""
+        return self.clock.due()
+
+    def save(self, position: TrainPosition[Any]) -> None:
+        """Persist ``position`` (the state BEFORE its next step) through ``checkpointing.save``.
+
+        Every rank calls it (its clock restarts); only a rank with a ``save`` callable writes.
+        """
+        self.clock.saved()
+        ckpt = self.checkpointing
+        if ckpt is None or ckpt.save is None:
+            return
+        ckpt.save(
+            TrainState(
+                trial=ckpt.trial,
+                genotype_json=ckpt.genotype_json,
+                epoch=position.epoch,
+                step_in_epoch=position.step_in_epoch,
+                step=position.step,
+                loss_sum=position.loss_sum,
+                model={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                history=[dataclasses.asdict(h) for h in position.history],
+                wall_s=position.prior_wall_s + self.clock.elapsed_s(),
+                **self.parts(),
+            )
+        )
 
 
 def checkpoint_path(root: Path, study_name: str, trial_key: int) -> Path:

@@ -21,11 +21,10 @@ and scores the epoch (:mod:`cnas_hpc.train.scoring`).
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -41,7 +40,7 @@ from cnas_hpc.distributed.collectives import (
 )
 from cnas_hpc.models.networks import ProxyNetwork, build_proxy
 from cnas_hpc.space.genotype import Genotype
-from cnas_hpc.train.checkpoint import SaveClock, TrainState
+from cnas_hpc.train.checkpoint import Checkpointing, PositionSaver, TrainPosition, TrainState
 from cnas_hpc.train.outcome import EpochMetrics, TrainingAbortedError, TrainResult
 from cnas_hpc.train.plan import StepPlan, plan_record
 from cnas_hpc.train.plan_tuning import choose_plan, stored_plan
@@ -75,38 +74,11 @@ def steps_per_epoch(n_train: int, cfg: TrainConfig) -> int:
     return full if cfg.max_steps_per_epoch is None else min(full, cfg.max_steps_per_epoch)
 
 
-@dataclass(frozen=True)
-class Checkpointing:
-    """How :func:`train_candidate` saves and resumes (rank 0 saves, every rank resumes).
-
-    Attributes:
-        save: called on rank 0 with the state to persist (None on other ranks: nothing to do).
-        every_s: also save within an epoch when this many seconds passed since the last save.
-        resume: the state to continue from (loaded by every rank), or None for a fresh start;
-            its step plan is reused when it fits (see :func:`train_candidate`).
-        trial: the trial number recorded in saved states.
-        genotype_json: the architecture recorded in saved states.
-    """
-
-    save: Callable[[TrainState], None] | None
-    every_s: float
-    resume: TrainState | None
-    trial: int
-    genotype_json: str
-
-
 @dataclass
-class _Position:
-    """Where training stands: the next epoch and step, and what the run did so far."""
+class _Position(TrainPosition[EpochMetrics]):
+    """Where training stands (:class:`~cnas_hpc.train.checkpoint.TrainPosition`), plus the
+    learning rate of the last step taken (the epoch's metrics report it)."""
 
-    epoch: int = 0
-    step_in_epoch: int = 0
-    step: int = 0
-    loss_sum: float = 0.0
-    prior_wall_s: float = 0.0
-    history: list[EpochMetrics] = field(default_factory=list)
-    resumed_from: int | None = None
-    #: the learning rate of the last step taken.
     last_lr: float = 0.0
 
 
@@ -123,54 +95,24 @@ def _restore(model: ProxyNetwork, stepper: ContrastiveStep, resume: TrainState |
         },
         steps_done=resume.step,
     )
-    return _Position(
-        epoch=resume.epoch,
-        step_in_epoch=resume.step_in_epoch,
-        step=resume.step,
-        loss_sum=resume.loss_sum,
-        prior_wall_s=resume.wall_s,
-        history=[EpochMetrics(**h) for h in resume.history],  # type: ignore[arg-type]
-        resumed_from=resume.epoch,
-    )
+    return _Position.of(resume, EpochMetrics)
 
 
-class _Saver:
-    """Saves the training state (rank 0) at the points the loop agrees on."""
+def _saver(checkpointing: Checkpointing | None, stepper: ContrastiveStep) -> PositionSaver:
+    """The saver of ``stepper``'s training: its optimizer, scheduler, scaler, loss state and
+    step plan go with the position."""
 
-    def __init__(self, checkpointing: Checkpointing | None, stepper: ContrastiveStep) -> None:
-        self.checkpointing = checkpointing
-        self.stepper = stepper
-        self.clock = SaveClock(checkpointing.every_s if checkpointing is not None else math.inf)
+    def parts() -> dict[str, Any]:
+        state = stepper.state_dict()
+        return {
+            "optimizer": state["optimizer"],
+            "scaler": state["scaler"],
+            "extra": state["extra"],
+            "scheduler": state["scheduler"],
+            "plan": plan_record(stepper.plan, stepper.device),
+        }
 
-    def due(self) -> bool:
-        return self.clock.due()
-
-    def save(self, position: _Position) -> None:
-        """Persist ``position`` (the state BEFORE its next step) through ``checkpointing.save``."""
-        self.clock.saved()
-        ckpt = self.checkpointing
-        if ckpt is None or ckpt.save is None:
-            return
-        state = self.stepper.state_dict()
-        model = self.stepper.model
-        ckpt.save(
-            TrainState(
-                trial=ckpt.trial,
-                genotype_json=ckpt.genotype_json,
-                epoch=position.epoch,
-                step_in_epoch=position.step_in_epoch,
-                step=position.step,
-                loss_sum=position.loss_sum,
-                model={k: v.detach().cpu() for k, v in model.state_dict().items()},
-                optimizer=state["optimizer"],
-                scaler=state["scaler"],
-                extra=state["extra"],
-                history=[dataclasses.asdict(h) for h in position.history],
-                wall_s=position.prior_wall_s + self.clock.elapsed_s(),
-                scheduler=state["scheduler"],
-                plan=plan_record(self.stepper.plan, self.stepper.device),
-            )
-        )
+    return PositionSaver(checkpointing, stepper.model, parts)
 
 
 def _run_epoch(
@@ -178,7 +120,7 @@ def _run_epoch(
     batches: torch.Tensor,
     position: _Position,
     stepper: ContrastiveStep,
-    saver: _Saver,
+    saver: PositionSaver,
     should_stop: StopCheck | None,
     on_step: StepCallback | None,
 ) -> torch.Tensor:
@@ -285,7 +227,8 @@ def train_candidate(
         should_stop: polled once per step on every rank; if it returns True on ANY rank, all
             ranks stop together (a checkpoint is saved first) and
             :class:`~cnas_hpc.train.outcome.TrainingAbortedError` (reason ``stopped``) is raised.
-        checkpointing: periodic saves and resume (see :class:`Checkpointing`).
+        checkpointing: periodic saves and resume (see
+            :class:`~cnas_hpc.train.checkpoint.Checkpointing`).
 
     Returns:
         The reduced result, identical on every rank.
@@ -310,7 +253,7 @@ def train_candidate(
             warmup_steps=round(task.train.warmup_epochs * per_epoch), rank=get_rank(), plan=plan,
         )  # fmt: skip
         position = _restore(model, stepper, resume)
-        saver = _Saver(checkpointing, stepper)
+        saver = _saver(checkpointing, stepper)
         images_seen = 0
         while position.epoch < task.train.epochs:
             batches = _epoch_grid(images.shape[0], task, position.epoch, per_epoch, device)
@@ -331,18 +274,14 @@ def train_candidate(
     return _result(position, saver, images_seen, plan)
 
 
-def _result(position: _Position, saver: _Saver, images_seen: int, plan: StepPlan) -> TrainResult:
-    wall = saver.clock.elapsed_s()
+def _result(
+    position: _Position, saver: PositionSaver, images_seen: int, plan: StepPlan
+) -> TrainResult:
     last = position.history[-1]
     return TrainResult(
         train_loss=last.train_loss,
         val_loss=last.val_loss,
         knn_accuracy=last.knn_accuracy,
-        epochs_done=len(position.history),
-        steps=position.step,
-        wall_s=position.prior_wall_s + wall,
-        images_per_s=images_seen / max(wall, 1e-9),
-        history=position.history,
-        resumed_from_epoch=position.resumed_from,
         plan=plan.name,
+        **position.totals(images_seen, saver.clock.elapsed_s()),
     )

@@ -20,8 +20,6 @@ Contract:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,7 +56,7 @@ from cnas_hpc.models.imagenet import NetworkImageNet
 from cnas_hpc.models.networks import NetworkCIFAR
 from cnas_hpc.space.genotype import Genotype
 from cnas_hpc.ssl.augment import BatchAugment
-from cnas_hpc.train.checkpoint import SaveClock, TrainState
+from cnas_hpc.train.checkpoint import Checkpointing, PositionSaver, TrainPosition, TrainState
 from cnas_hpc.train.outcome import TrainingAbortedError
 from cnas_hpc.train.step import step_seed
 
@@ -147,15 +145,8 @@ def build_eval_network(
     auxiliary = protocol.auxiliary_weight > 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if protocol.network == "imagenet":
-            return NetworkImageNet(
-                genotype,
-                C=protocol.channels,
-                num_classes=num_classes,
-                layers=protocol.cells,
-                auxiliary=auxiliary,
-            )
-        return NetworkCIFAR(
+        network = NetworkImageNet if protocol.network == "imagenet" else NetworkCIFAR
+        return network(
             genotype,
             C=protocol.channels,
             num_classes=num_classes,
@@ -369,35 +360,6 @@ EpochCallback = Callable[[EvalEpoch], None]
 StopCheck = Callable[[], bool]
 
 
-@dataclass(frozen=True)
-class SupervisedCheckpointing:
-    """Saves (rank 0) and resume (every rank) of a cell's training.
-
-    Attributes:
-        save: persists a state (None on ranks other than 0).
-        every_s: also save within an epoch after this many seconds since the last save.
-        resume: the state to continue from, or None.
-        key: the number recorded in saved states (the cell's index in its evaluation).
-        genotype_json: the architecture recorded in saved states.
-    """
-
-    save: Callable[[TrainState], None] | None
-    every_s: float
-    resume: TrainState | None
-    key: int
-    genotype_json: str
-
-
-@dataclass
-class _Progress:
-    epoch: int = 0
-    step_in_epoch: int = 0
-    step: int = 0
-    prior_wall_s: float = 0.0
-    history: list[EvalEpoch] = field(default_factory=list)
-    resumed_from: int | None = None
-
-
 class _Trainer:
     """The epoch loop of :func:`train_supervised` (see its docstring)."""
 
@@ -407,7 +369,7 @@ class _Trainer:
         data: LabeledData,
         task: SupervisedTask,
         device: torch.device,
-        checkpointing: SupervisedCheckpointing | None,
+        checkpointing: Checkpointing | None,
     ) -> None:
         protocol = task.protocol
         check_global_batch(protocol.batch_size, get_world_size(), len(data.train))
@@ -421,47 +383,29 @@ class _Trainer:
         self.steps_per_epoch = full if cap is None else min(full, cap)
         self.stepper = SupervisedStep(model, task, device)
         self.progress = self._restore(checkpointing.resume if checkpointing else None)
-        self.clock = SaveClock(checkpointing.every_s if checkpointing else math.inf)
+        self.saver = PositionSaver(checkpointing, model, self._state_parts)
 
-    def _restore(self, resume: TrainState | None) -> _Progress:
+    def _restore(self, resume: TrainState | None) -> TrainPosition[EvalEpoch]:
         if resume is None:
-            return _Progress()
+            return TrainPosition()
         self.model.load_state_dict(resume.model)
         self.stepper.load_state_dict({"optimizer": resume.optimizer, "scheduler": resume.scheduler})
-        return _Progress(
-            epoch=resume.epoch,
-            step_in_epoch=resume.step_in_epoch,
-            step=resume.step,
-            prior_wall_s=resume.wall_s,
-            history=[EvalEpoch(**h) for h in resume.history],  # type: ignore[arg-type]
-            resumed_from=resume.epoch,
-        )
+        return TrainPosition.of(resume, EvalEpoch)
+
+    def _state_parts(self) -> dict[str, Any]:
+        """The stepper's entries of a saved state, with this epoch's partial sums."""
+        state = self.stepper.state_dict()
+        return {
+            "optimizer": state["optimizer"],
+            "scaler": {},
+            "extra": self._epoch_sums(),
+            "scheduler": state["scheduler"],
+            "plan": self.task.layout_record(self.device),
+        }
 
     def save(self) -> None:
         """Persist the state BEFORE the next step (rank 0), with this epoch's partial sums."""
-        self.clock.saved()
-        ckpt = self.checkpointing
-        if ckpt is None or ckpt.save is None:
-            return
-        p, state = self.progress, self.stepper.state_dict()
-        ckpt.save(
-            TrainState(
-                trial=ckpt.key,
-                genotype_json=ckpt.genotype_json,
-                epoch=p.epoch,
-                step_in_epoch=p.step_in_epoch,
-                step=p.step,
-                loss_sum=0.0,
-                model={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                optimizer=state["optimizer"],
-                scaler={},
-                extra=self._epoch_sums(),
-                history=[dataclasses.asdict(h) for h in p.history],
-                wall_s=p.prior_wall_s + self.clock.elapsed_s(),
-                scheduler=state["scheduler"],
-                plan=self.task.layout_record(self.device),
-            )
-        )
+        self.saver.save(self.progress)
 
     def _epoch_sums(self) -> dict[str, torch.Tensor]:
         s = self.stepper
@@ -495,7 +439,7 @@ class _Trainer:
             stop, save_due = agree_across_ranks(
                 (
                     should_stop() if should_stop is not None else False,
-                    self.clock.due(),
+                    self.saver.due(),
                 ),
                 self.device,
             )
@@ -551,7 +495,7 @@ def train_supervised(
     *,
     on_epoch: EpochCallback | None = None,
     should_stop: StopCheck | None = None,
-    checkpointing: SupervisedCheckpointing | None = None,
+    checkpointing: Checkpointing | None = None,
 ) -> SupervisedResult:
     """Train ``model`` from scratch on ``data.train`` with labels and test it on ``data.test``.
 
@@ -563,7 +507,7 @@ def train_supervised(
         on_epoch: called on every rank after each epoch with reduced metrics.
         should_stop: polled every step on every rank; True on ANY rank stops all ranks after a
             checkpoint (:class:`TrainingAbortedError` with reason ``stopped``).
-        checkpointing: saves and resume (:class:`SupervisedCheckpointing`).
+        checkpointing: saves and resume (:class:`~cnas_hpc.train.checkpoint.Checkpointing`).
 
     Raises:
         TrainingAbortedError: non-finite loss, out of memory (any rank), or a stop request.
@@ -587,16 +531,10 @@ def train_supervised(
         if p.epoch < task.protocol.epochs:
             trainer.save()
     last = p.history[-1]
-    wall = trainer.clock.elapsed_s()
     assert last.test_accuracy is not None and last.test_loss is not None
     return SupervisedResult(
         test_accuracy=last.test_accuracy,
         test_loss=last.test_loss,
         train_accuracy=last.train_accuracy,
-        epochs_done=len(p.history),
-        steps=p.step,
-        wall_s=p.prior_wall_s + wall,
-        images_per_s=images_seen / max(wall, 1e-9),
-        history=p.history,
-        resumed_from_epoch=p.resumed_from,
+        **p.totals(images_seen, trainer.saver.clock.elapsed_s()),
     )
