@@ -300,9 +300,10 @@ def test_a_worker_waits_for_the_database_and_stops_while_it_waits(
     proxy.up()
     wait_for(lambda: any(t.state == TrialState.COMPLETE for t in trials(fresh_pg_url)), "trial 0")
     proxy.down()
-    # The outage meets the next claim, or (a fast candidate trained meanwhile) the tell of
-    # trial 1, whose result is then kept on disk and told after the requeue.
-    waiting = r"(claim a trial|record trial \d+)"
+    # The outage meets the next claim (its reservation, its proposal or the commit of its
+    # genotype), or (a fast candidate trained meanwhile) the tell of trial 1, whose result is
+    # then kept on disk and told after the requeue.
+    waiting = r"(claim a trial|propose a trial|commit a trial|record trial \d+)"
     wait_for(lambda: re.search(waiting + r" failed \(", worker_logs(tmp_path)), "a waiting call")
     subprocess.run(["scancel", "--signal=USR2", str(job)], check=True)
     wait_for(lambda: "PENDING" in squeue_state(str(job)), "the requeue", 60)
