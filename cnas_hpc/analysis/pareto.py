@@ -218,12 +218,12 @@ def format_front(view: ParetoView) -> str:
     lines.append(
         tabulate(rows, headers, tablefmt="simple", disable_numparse=True, stralign="right")
     )
-    pick = best_mean_rank(view)
+    ranks = mean_ranks(view)
+    pick = best_mean_rank(view, ranks)
     if pick is not None:
-        rank = mean_ranks(view)[pick.number]
         lines.append(
             f"  best mean rank over the objectives: trial {pick.number} "
-            f"(mean rank {rank:.1f} of {len(mean_ranks(view))} trained cells)"
+            f"(mean rank {ranks[pick.number]:.1f} of {len(ranks)} trained cells)"
         )
     return "\n".join(lines)
 
@@ -246,10 +246,10 @@ def front_entries(view: ParetoView) -> list[dict[str, Any]]:
 
 
 def _best_mean_rank_entry(view: ParetoView) -> dict[str, Any] | None:
-    pick = best_mean_rank(view)
+    ranks = mean_ranks(view)
+    pick = best_mean_rank(view, ranks)
     if pick is None:
         return None
-    ranks = mean_ranks(view)
     return {"trial": pick.number, "mean_rank": ranks[pick.number], "cells": len(ranks)}
 
 

@@ -301,11 +301,12 @@ def print_front(study: optuna.Study, settings: Settings) -> None:
     print(f"\nPareto front of study {study.study_name!r} ({len(front)} cells, {', '.join(names)}):")
     print(tabulate(rows, ["trial", *names], tablefmt="simple", disable_numparse=True))
     view = pareto_view(study)
-    pick = best_mean_rank(view) if view is not None else None
-    if view is not None and pick is not None:
+    ranks = mean_ranks(view) if view is not None else {}
+    pick = best_mean_rank(view, ranks) if view is not None else None
+    if pick is not None:
         print(
             f"Best mean rank over the objectives: trial {pick.number} "
-            f"(mean rank {mean_ranks(view)[pick.number]:.1f} of {len(mean_ranks(view))} cells)"
+            f"(mean rank {ranks[pick.number]:.1f} of {len(ranks)} cells)"
         )
     print("Draw it and write pareto.json with: launch/report.py (same study settings)", flush=True)
 

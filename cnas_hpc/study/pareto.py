@@ -341,10 +341,11 @@ def mean_ranks(view: ParetoView) -> dict[int, float]:
     return {n: t / len(view.objectives) for n, t in total.items()}
 
 
-def best_mean_rank(view: ParetoView) -> Point | None:
-    """The front point with the best (lowest) :func:`mean_ranks` value; ties by the primary
-    objective (better first), then the trial number. None for one objective or no front."""
-    ranks = mean_ranks(view)
+def best_mean_rank(view: ParetoView, ranks: dict[int, float] | None = None) -> Point | None:
+    """The front point with the best (lowest) :func:`mean_ranks` value (``ranks``, when the
+    caller already computed them); ties by the primary objective (better first), then the trial
+    number. None for one objective or no front."""
+    ranks = mean_ranks(view) if ranks is None else ranks
     on_front = [p for p in view.front if p.number in ranks]
     if not on_front:
         return None
