@@ -30,7 +30,12 @@ from scipy import stats
 from tabulate import tabulate
 
 from cnas_hpc.analysis.plots import new_figure, save_figure, write_html
-from cnas_hpc.common.objectives import ZERO_COST_OBJECTIVES, direction_of, is_zero_cost
+from cnas_hpc.common.objectives import (
+    OBJECTIVES,
+    ZERO_COST_OBJECTIVES,
+    direction_of,
+    is_zero_cost,
+)
 from cnas_hpc.fidelity.app import FidelityPlan
 from cnas_hpc.fidelity.reference import Reference
 from cnas_hpc.fidelity.store import COMPLETE, FAIL, Measurement
@@ -151,6 +156,9 @@ class FidelitySummary:
     failures: list[str]
     rows: list[CellRow]
     rankings: list[RankingRow] = field(default_factory=list)
+    #: The ranking the search picks by when it has several label-free objectives (the default
+    #: ``search.objectives=[score, naswot]``: the mean of each cell's ranks), else None.
+    search_ranking: RankingRow | None = None
 
 
 def _sign(objective: str) -> float:
@@ -303,6 +311,12 @@ def _file_ranking(name: str) -> Callable[[CellRow], float | None]:
 COMBINED = (("val_contrastive_loss", "naswot"), ("train_contrastive_loss", "naswot"))
 
 
+def _ranks_by_mean(objectives: Sequence[str]) -> bool:
+    """Several label-free objectives (no cost): the search ranks its cells by their rank mean
+    (:func:`cnas_hpc.study.pareto.primary_ranking`)."""
+    return len(objectives) > 1 and all(name in OBJECTIVES for name in objectives)
+
+
 def _rank_mean(rows: Sequence[CellRow], names: Sequence[str]) -> Callable[[CellRow], float | None]:
     """Per cell: the mean over ``names`` of its rank among the cells measured on all of them
     (each objective made "higher is better" first). A statistic of the SET of cells, not of one
@@ -328,8 +342,10 @@ def ranking_rows(
     *,
     device: str,
     reference: Reference | None = None,
+    combined: Sequence[tuple[str, ...]] = COMBINED,
 ) -> list[RankingRow]:
-    """Every ranking of the cells side by side (see :class:`RankingRow`), cheapest first."""
+    """Every ranking of the cells side by side (see :class:`RankingRow`), cheapest first;
+    ``combined``: the label-free sets whose per-cell rank mean is one more ranking."""
     costs = {"score": _mean_wall(plan.scores), "zero_cost": _mean_wall(plan.zero_cost)}
     out: list[RankingRow | None] = []
     for name in (*SCORE_OBJECTIVES, *ZERO_COST_OBJECTIVES):
@@ -347,7 +363,7 @@ def ranking_rows(
                 noise_share=_noise_share(rows, name, sign),
             )
         )
-    for names in COMBINED:
+    for names in combined:
         cost = [costs["zero_cost" if is_zero_cost(n) else "score"] for n in names]
         out.append(
             _ranking(
@@ -359,7 +375,7 @@ def ranking_rows(
                 labels=False,
                 cost_s=None if None in cost else sum(c for c in cost if c is not None),
                 device=device,
-                note="mean of the two ranks among these cells",
+                note=f"mean of the {len(names)} ranks among these cells",
             )
         )
     for name, attribute in (("params", "params"), ("MACs", "macs")):
@@ -405,8 +421,13 @@ def summarise(
     confidence: float,
     reference: Reference | None = None,
     device: str = "CPU",
+    search_objectives: Sequence[str] = (),
 ) -> FidelitySummary:
-    """The statistics of a fidelity study (see the module docstring)."""
+    """The statistics of a fidelity study (see the module docstring).
+
+    ``search_objectives``: the search's objectives (``search.values``); several label-free
+    ones are ranked by their per-cell rank mean, reported as :attr:`FidelitySummary.search_ranking`.
+    """
     rows, failures = collect_rows(plan, objective, base_seed)
     sign = _sign(objective)
     measured = [r for r in rows if r.score is not None and r.accuracy is not None]
@@ -423,6 +444,16 @@ def summarise(
         interval = _tau_of(rows, _at_epoch(objective, e), sign, 1, confidence)
         by_epoch.append(interval.value if interval is not None else math.nan)
     noisy = [np.std(r.score_seeds) for r in rows if len(r.score_seeds) > 1]
+    search = tuple(search_objectives) if _ranks_by_mean(search_objectives) else ()
+    combined = COMBINED if not search or search in COMBINED else (*COMBINED, search)
+    rankings = ranking_rows(
+        plan,
+        rows,
+        _Stats(resamples, confidence, top_k),
+        device=device,
+        reference=reference,
+        combined=combined,
+    )
     return FidelitySummary(
         objective=objective,
         n_cells=len(rows),
@@ -444,13 +475,10 @@ def summarise(
         score_spread=float(np.std(better)) if measured else None,
         failures=failures,
         rows=rows,
-        rankings=ranking_rows(
-            plan,
-            rows,
-            _Stats(resamples, confidence, top_k),
-            device=device,
-            reference=reference,
-        ),
+        rankings=rankings,
+        search_ranking=next((r for r in rankings if r.name == " + ".join(search)), None)
+        if search
+        else None,
     )
 
 
@@ -518,6 +546,13 @@ def format_summary(summary: FidelitySummary, confidence: float) -> str:
         else "top-k overlap -",
         f"parameter count alone: tau {summary.params_tau}" if summary.params_tau else "",
     ]
+    search = summary.search_ranking
+    if search is not None and search.tau is not None:
+        lines.insert(
+            1,
+            f"the search's ranking: {search.name} (mean of the cells' ranks, "
+            f"search.objectives): Kendall tau {search.tau}, Spearman rho {search.rho}",
+        )
     if summary.noise_std is not None and summary.score_spread:
         share = summary.noise_std / summary.score_spread
         lines.append(

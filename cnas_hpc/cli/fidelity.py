@@ -125,8 +125,10 @@ def setup_of(settings: FidelitySettings) -> dict[str, Any]:
     )
     return {
         "objective": search.search.objective,
+        "objectives": ", ".join(search.search.values),
         "proxy": f"{search.model.cells}x{search.model.channels}",
         "epochs": search.train.epochs,
+        "max_steps_per_epoch": search.train.max_steps_per_epoch,
         "loss": search.train.loss,
         "temperature": search.train.temperature,
         "batch_size": search.train.batch_size,
@@ -165,6 +167,7 @@ def report_fidelity(settings: FidelitySettings) -> str:
         confidence=fidelity.confidence,
         reference=load_reference(fidelity.reference) if fidelity.reference else None,
         device=device_label(settings.search.device),
+        search_objectives=settings.search.search.values,
     )
     paths = write_report(
         summary,

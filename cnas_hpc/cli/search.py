@@ -83,7 +83,7 @@ from cnas_hpc.distributed.jobs import array_tasks_held
 from cnas_hpc.search.observer import TrialObserver
 from cnas_hpc.search.worker import run_worker
 from cnas_hpc.study.lifecycle import arrays_of, bootstrap_study, load_study
-from cnas_hpc.study.pareto import best_mean_rank, mean_ranks, pareto_view
+from cnas_hpc.study.pareto import best_mean_rank, mean_ranks, pareto_view, ranks_by_mean
 from cnas_hpc.study.retry import DatabaseUnavailableError
 from cnas_hpc.tracking.progress import SearchProgress
 from cnas_hpc.tracking.wandb_tracker import WandbTracker
@@ -312,12 +312,17 @@ def print_front(study: optuna.Study, settings: Settings) -> None:
 
 
 def print_summary(settings: Settings, k: int = 5) -> Path | None:
-    """Print the best trials and write ``<output_dir>/<study>/best_genotype.json`` (a
-    multi-objective study: its front, :func:`print_front`)."""
+    """Print the best trials and write ``<output_dir>/<study>/best_genotype.json``.
+
+    A multi-objective study prints its front first (:func:`print_front`); one of label-free
+    objectives only (the default ``[score, naswot]``) then ranks its best trials by their mean
+    rank (:func:`cnas_hpc.study.pareto.primary_ranking`); a cost-aware one stops at the front.
+    """
     study = load_study(settings, worker=settings.worker).study
     if settings.search.multi_objective:
         print_front(study, settings)
-        return None
+        if not ranks_by_mean(study):
+            return None
     ranked = best_trials(study, k)
     if not ranked:
         log.warning("study %r has no COMPLETE trial yet", study.study_name)
@@ -325,7 +330,10 @@ def print_summary(settings: Settings, k: int = 5) -> Path | None:
     path = Path(settings.output_dir) / study.study_name / "best_genotype.json"
     write_best_genotypes(ranked, path, study_name=study.study_name)
     best = ranked[0]
-    print(f"\nBest trials of study {study.study_name!r} ({settings.search.objective}):")
+    order = settings.search.objective
+    if ranks_by_mean(study):
+        order = f"mean rank over {', '.join(settings.search.values)}; value: {order}"
+    print(f"\nBest trials of study {study.study_name!r} ({order}):")
     print(format_table(ranked, settings.search.objective))
     print(f"\nBest genotype (trial {best.number}):\n{best.genotype}")
     print(f"Written to {path}", flush=True)

@@ -180,19 +180,27 @@ class SearchConfig:
         if self.multi_objective and self.pruner != "none":
             raise ConfigError(
                 f"search.pruner={self.pruner} needs one objective (Optuna's pruners compare one "
-                f"value), got search.objectives={list(self.objectives)}: set search.pruner=none"
+                f"value), got search.objectives={list(self.objectives)}: set search.objectives=[] "
+                "(the score alone) or search.pruner=none"
             )
 
     def _resolve_objectives(self) -> None:
-        """``score`` -> ``objective``; ``[score]`` -> ``()``; unknown or repeated names refused."""
+        """``score`` -> ``objective``; ``[score]`` -> ``()``; unknown or repeated names refused.
+
+        ``score`` naming an objective the list also names counts once (``search.objective=naswot``
+        with the default ``[score, naswot]`` is the one objective ``naswot``).
+        """
         resolved = []
-        for name in self.objectives:
-            name = self.objective if name == SCORE_ALIAS else str(name)
+        aliased = self.objective if SCORE_ALIAS in self.objectives else None
+        for raw in self.objectives:
+            name = self.objective if raw == SCORE_ALIAS else str(raw)
             if name not in SEARCH_OBJECTIVES:
                 raise ConfigError(
                     f"search.objectives: unknown {name!r} (known: {SCORE_ALIAS}, "
                     f"{', '.join(SEARCH_OBJECTIVES)})"
                 )
+            if name in resolved and name == aliased:
+                continue
             if name in resolved:
                 raise ConfigError(f"search.objectives lists {name!r} twice")
             resolved.append(name)

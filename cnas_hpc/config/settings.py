@@ -67,7 +67,8 @@ class Settings:
         if self.search.multi_objective and self.study.sampler.max_history is not None:
             raise ConfigError(
                 "study.sampler.max_history keeps the best trials of ONE objective: set it to "
-                f"null with search.objectives={list(self.search.objectives)}"
+                f"null with search.objectives={list(self.search.objectives)}, or set "
+                "search.objectives=[] (the score alone)"
             )
         if self.study.heartbeat_interval >= self.study.grace_period:
             raise ConfigError(

@@ -313,6 +313,21 @@ def spread_along(view: ParetoView, k: int) -> list[Point]:
     return [front[r] for r in ranks]
 
 
+def tied_ranks(keys: Sequence[float]) -> list[float]:
+    """1-based ranks of ``keys`` (lower is better); equal keys share their mean rank."""
+    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    ranks = [0.0] * len(keys)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and keys[order[end + 1]] == keys[order[start]]:
+            end += 1
+        for i in order[start : end + 1]:
+            ranks[i] = (start + end) / 2.0 + 1.0
+        start = end + 1
+    return ranks
+
+
 def mean_ranks(view: ParetoView) -> dict[int, float]:
     """Per candidate (trial number): its rank on each objective among all candidates (1 = best;
     ties share their mean rank), averaged over the objectives. Empty for one objective.
@@ -328,16 +343,9 @@ def mean_ranks(view: ParetoView) -> dict[int, float]:
     total = {p.number: 0.0 for p in candidates}
     for name in view.objectives:
         sign = -1.0 if view.maximize(name) else 1.0
-        ordered = sorted(candidates, key=lambda p: sign * p.values[name])
-        start = 0
-        while start < len(ordered):  # average ranks over a run of equal values
-            end = start
-            value = ordered[start].values[name]
-            while end + 1 < len(ordered) and ordered[end + 1].values[name] == value:
-                end += 1
-            for p in ordered[start : end + 1]:
-                total[p.number] += (start + end) / 2.0 + 1.0
-            start = end + 1
+        ranks = tied_ranks([sign * p.values[name] for p in candidates])
+        for p, rank in zip(candidates, ranks, strict=True):
+            total[p.number] += rank
     return {n: t / len(view.objectives) for n, t in total.items()}
 
 
@@ -353,11 +361,35 @@ def best_mean_rank(view: ParetoView, ranks: dict[int, float] | None = None) -> P
     return min(on_front, key=lambda p: (ranks[p.number], sign * p.values[view.primary], p.number))
 
 
-def primary_ranking(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE feasible trials with a genotype, best primary objective first (ties: number).
+def ranks_by_mean(study: optuna.Study) -> bool:
+    """Whether the study's "best trials" are ranked by their mean rank over the objectives:
+    several objectives, none of them a cost (label-free scores only, e.g. the default
+    ``[val_contrastive_loss, naswot]``). A cost-aware study ranks by its primary objective."""
+    objectives = objectives_of(study)
+    return len(objectives) > 1 and not any(o in COST_ATTRS for o in objectives)
 
-    The ranking a multi-objective study's "best trials" use (a single-objective study: its
-    objective, as before); infeasible trials are left out.
+
+def _mean_rank_order(trials: list[FrozenTrial], study: optuna.Study) -> dict[int, float]:
+    """Per trial number: its rank on each objective among ``trials`` (1 = best, ties share
+    their mean rank), averaged over the objectives."""
+    total = {t.number: 0.0 for t in trials}
+    for index, direction in enumerate(study.directions):
+        sign = -1.0 if direction == StudyDirection.MAXIMIZE else 1.0
+        ranks = tied_ranks([sign * float(t.values[index]) for t in trials])
+        for t, rank in zip(trials, ranks, strict=True):
+            total[t.number] += rank
+    return {n: v / len(study.directions) for n, v in total.items()}
+
+
+def primary_ranking(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE feasible trials with a genotype, best first (ties: primary objective, number).
+
+    The ranking every "best trials" reader uses (search summary, ``best_genotype.json``,
+    ``eval.top_k``, the report): a single-objective study by its objective; a study of several
+    label-free objectives (:func:`ranks_by_mean`, the default ``[score, naswot]``) by the mean
+    of each trial's ranks over the objectives among these trials (README "Does the proxy
+    work?": the loss and NASWOT disagree on size, their rank mean ranks 600-epoch accuracy
+    best); a cost-aware study by its primary objective. Infeasible trials are left out.
     """
     objectives = objectives_of(study)
     index = objectives.index(primary_of(objectives))
@@ -367,9 +399,10 @@ def primary_ranking(study: optuna.Study) -> list[FrozenTrial]:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if t.values is not None
         and len(t.values) == len(objectives)
-        and math.isfinite(float(t.values[index]))
+        and all(math.isfinite(float(v)) for v in t.values)
         and attrs.GENOTYPE in t.user_attrs
         and is_feasible(t)
     ]
-    done.sort(key=lambda t: (sign * float(t.values[index]), t.number))
+    ranks = _mean_rank_order(done, study) if ranks_by_mean(study) else {}
+    done.sort(key=lambda t: (ranks.get(t.number, 0.0), sign * float(t.values[index]), t.number))
     return done
