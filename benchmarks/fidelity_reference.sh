@@ -12,7 +12,9 @@
 #      mean of that loss and NASWOT;
 #   3. (VARIANTS=1) the variants the default was chosen against: 1 step, 8 steps, and the earlier
 #      default (2 whole epochs of 1,000 images, data.fraction=0.1);
-#   4. (LARGE=1) 2 whole epochs of 3,000 images (data.fraction=0.3: the README's earlier setting).
+#   4. (LARGE=1) 2 whole epochs of 3,000 images (data.fraction=0.3: the README's earlier setting);
+#   5. (SEEDS=1) the default's score under a second seed for EVERY cell (the noise share over 50
+#      cells, the seed-averaged tier, the default's tau under another seed; paired_tau.py).
 # Local runs, one process each (CPU). Measurements live in $CNAS_HOME/cnas.db: a rerun reuses
 # every one of them and only rewrites the reports. Reports: $CNAS_HOME/fidelity/*/, copied to
 # benchmarks/results/fidelity_reference/ (<name>.txt, .json, _tau_vs_cost.png; the README table:
@@ -52,4 +54,10 @@ fi
 if [ "${LARGE:-0}" = 1 ]; then
   run contrastive_3k "${CONTRASTIVE[@]}" data.fraction=0.3 train.epochs=2 \
     train.max_steps_per_epoch=null study.name=ref-contrastive-3k
+fi
+if [ "${SEEDS:-0}" = 1 ]; then
+  run contrastive_e1s4_seeds train.num_threads=1 train.perf=channels_last fidelity.noise_cells=50 \
+    fidelity.noise_seeds=1 study.name=ref-contrastive-e1s4-seeds
+  "$PY" benchmarks/paired_tau.py "$OUT/contrastive_e1s4_seeds.json" \
+    > "$OUT/contrastive_e1s4_seeds_paired.txt"
 fi

@@ -47,6 +47,16 @@ def seed_mean(name: str) -> Ranking:
     return values
 
 
+def seed_value(name: str, index: int) -> Ranking:
+    """``name`` under the cell's ``index``-th seed (0: the search's seed)."""
+    sign = -1.0 if name in LOWER_IS_BETTER else 1.0
+
+    def values(rows: Sequence[dict[str, Any]]) -> np.ndarray:
+        return np.array([sign * float(r["seeds"][name][index]) for r in rows])
+
+    return values
+
+
 def params(rows: Sequence[dict[str, Any]]) -> np.ndarray:
     return np.array([float(r["params"]) for r in rows])
 
@@ -113,6 +123,15 @@ def main() -> None:
             ],
             axis=0,
         )
+        for s in range(1, seeds):  # the default under another seed: how much of its tau is seed
+            rankings[f"val (seed +{s})"] = seed_value("val_contrastive_loss", s)
+            rankings[f"rank mean val (seed +{s}) + naswot"] = lambda rs, s=s: np.mean(
+                [
+                    stats.rankdata(seed_value("val_contrastive_loss", s)(rs)),
+                    stats.rankdata(objective("naswot")(rs)),
+                ],
+                axis=0,
+            )
     rng = np.random.default_rng(args.seed)
     draws = [rng.integers(0, len(rows), len(rows)) for _ in range(args.bootstrap)]
     boot = {n: np.array([tau([rows[i] for i in d], f) for d in draws]) for n, f in rankings.items()}

@@ -335,7 +335,7 @@ def mean_ranks(view: ParetoView) -> dict[int, float]:
     A statistic of the SET of trained cells, not of one trial: a new trial can change every
     value. Why it is offered: two label-free signals that disagree on size, the contrastive
     loss and NASWOT, ranked 600-epoch accuracies best by this mean (README "Does the proxy
-    work?"); a search with ``search.objectives=[score,naswot]`` ends with it.
+    work?"); the default search (``search.objectives=[score, naswot]``) ranks its cells by it.
     """
     if not view.multi_objective:
         return {}
