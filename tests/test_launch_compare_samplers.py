@@ -56,3 +56,13 @@ def test_a_bad_method_is_refused_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "'bayes-compact' is not <sampler>-<encoding>" in errors[0]
+
+
+def test_several_objectives_are_refused_with_one_line(tmp_path: Path) -> None:
+    result = run_launch(
+        "compare_samplers.py", [*QUICK, "search.objectives=[score,naswot]"], home=tmp_path
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "set search.objectives=[]" in errors[0]
+    assert not (tmp_path / "cnas.db").exists()  # refused before any study was made

@@ -50,6 +50,11 @@ def compare_of(cfg: DictConfig) -> tuple[Settings, CompareConfig]:
         ConfigError: one line naming the first invalid key.
     """
     base = settings_of(OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "compare"]))
+    if base.search.multi_objective:
+        raise ConfigError(
+            "compare-samplers compares the best value of ONE score over time: set "
+            f"search.objectives=[] (got {list(base.search.objectives)})"
+        )
     node = cfg.get("compare")
     values = OmegaConf.to_container(node, resolve=True) if node is not None else {}
     if not isinstance(values, dict):
