@@ -57,6 +57,21 @@ def seed_value(name: str, index: int) -> Ranking:
     return values
 
 
+def seed_rank_mean(index: int) -> Ranking:
+    """The rank mean of the validation loss under seed ``index`` and NASWOT."""
+
+    def values(rows: Sequence[dict[str, Any]]) -> np.ndarray:
+        return np.mean(
+            [
+                stats.rankdata(seed_value("val_contrastive_loss", index)(rows)),
+                stats.rankdata(objective("naswot")(rows)),
+            ],
+            axis=0,
+        )
+
+    return values
+
+
 def params(rows: Sequence[dict[str, Any]]) -> np.ndarray:
     return np.array([float(r["params"]) for r in rows])
 
@@ -125,13 +140,7 @@ def main() -> None:
         )
         for s in range(1, seeds):  # the default under another seed: how much of its tau is seed
             rankings[f"val (seed +{s})"] = seed_value("val_contrastive_loss", s)
-            rankings[f"rank mean val (seed +{s}) + naswot"] = lambda rs, s=s: np.mean(
-                [
-                    stats.rankdata(seed_value("val_contrastive_loss", s)(rs)),
-                    stats.rankdata(objective("naswot")(rs)),
-                ],
-                axis=0,
-            )
+            rankings[f"rank mean val (seed +{s}) + naswot"] = seed_rank_mean(s)
     rng = np.random.default_rng(args.seed)
     draws = [rng.integers(0, len(rows), len(rows)) for _ in range(args.bootstrap)]
     boot = {n: np.array([tau([rows[i] for i in d], f) for d in draws]) for n, f in rankings.items()}
