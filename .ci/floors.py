@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Dependencies whose floors are not installed: only the wheels on disk may be used.
 ON_DISK = frozenset({"torch", "torchvision"})
 #: The unit tests run at the floors: every direct dependency is exercised by at least one
-#: (optuna + sqlalchemy + psycopg2: study/* on SQLite and PostgreSQL, hydra: config,
+#: (optuna + sqlalchemy + psycopg2: study/* on SQLite and PostgreSQL, hydra + pydantic: config,
 #: hydra-submitit-launcher: the launcher's schema, submitit: the job environment, wandb:
 #: tracking, scikit-learn: probe, matplotlib + tabulate: analysis, tenacity: retry, tqdm:
 #: progress, numpy: everywhere), chosen to stay within a few minutes of the CI budget.

@@ -69,7 +69,7 @@ def test_csnas_paper_experiment_matches_the_reference_code() -> None:
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
-        ("search.n_trials=0", "search.n_trials must be > 0"),
+        ("search.n_trials=0", "search.n_trials must be an integer > 0"),
         ("search.objective=accuracy", "search.objective must be one of"),
         ("space.encoding=nope", "encoding"),
         ("space.ops=[sep_conv_3x3,conv_9x9]", "conv_9x9"),
@@ -79,7 +79,7 @@ def test_csnas_paper_experiment_matches_the_reference_code() -> None:
         ("data.fraction=1.5", "data.fraction must be in (0, 1]"),
         ("data.fraction=0", "data.fraction must be in (0, 1]"),
         ("train.loss=triplet", "train.loss must be one of"),
-        ("train.batch_size=0", "train.batch_size must be > 0"),
+        ("train.batch_size=0", "train.batch_size must be an integer > 0"),
         ("+train.unknown_key=1", "unknown key train.unknown_key"),
         ("search.objective=knn_accuracy", "needs labels"),
     ],

@@ -39,11 +39,11 @@ def _skip_unless_ci(reason: str) -> None:
         ({"fraction": 0.0}, "data.fraction must be in (0, 1], got 0.0"),
         ({"val_fraction": 1.0}, "data.val_fraction must be in [0, 1), got 1.0"),
         ({"labeled_fraction": -0.1}, "data.labeled_fraction must be in [0, 1], got -0.1"),
-        ({"image_size": 4}, "data.image_size must be >= 8, got 4"),
+        ({"image_size": 4}, "data.image_size must be an integer >= 8, got 4"),
         ({"image_size": 32.0}, "data.image_size must be an integer, got 32.0"),
         ({"image_size": True}, "data.image_size must be an integer, got True"),
-        ({"max_images": 0}, "data.max_images must be >= 1, got 0"),
-        ({"seed": -1}, "data.seed must be >= 0, got -1"),
+        ({"max_images": 0}, "data.max_images must be an integer >= 1, got 0"),
+        ({"seed": -1}, "data.seed must be an integer >= 0, got -1"),
         ({"fraction": "half"}, "data.fraction must be a number, got 'half'"),
         ({"source": "npz"}, "data.source=npz needs data.path (the .npz file)"),
         ({"source": "cifar10"}, "data.source=cifar10 needs data.root"),
@@ -344,7 +344,7 @@ def test_torchvision_sources_missing_give_the_prepare_command(tmp_path: Path) ->
     root = tmp_path / "data"
     for source, shown in (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100"), ("stl10", "STL-10")):
         with pytest.raises(FileNotFoundError) as info:
-            check_available(DataConfig(source=source, root=str(root)))
+            check_available(DataConfig(source=source, root=str(root)))  # type: ignore[arg-type]
         message = str(info.value)
         assert message.startswith(f"{shown} not found under {root}")
         assert f"run `python launch/prepare_data.py {source} --root {root}`" in message

@@ -107,7 +107,7 @@ def test_the_paper_preset_runs_end_to_end_with_tiny_overrides(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
-        ("search.n_trials=-1", "search.n_trials must be > 0"),
+        ("search.n_trials=-1", "search.n_trials must be an integer > 0"),
         ("space.ops=[conv_9x9]", "conv_9x9"),
         ("data.fraction=2", "data.fraction must be in (0, 1]"),
         ("data=npz", "data.path"),

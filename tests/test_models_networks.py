@@ -284,7 +284,7 @@ def test_build_proxy_and_reference_preset() -> None:
     ],
 )
 def test_proxy_config_rejects_bad_fields(field: str, value: object) -> None:
-    with pytest.raises(ValueError, match=rf"^{field} must be an integer >= 1, got"):
+    with pytest.raises(ValueError, match=rf"^model\.{field} must be an integer"):
         ProxyConfig(**{field: value})  # type: ignore[arg-type]
 
 

@@ -29,7 +29,7 @@ def test_each_pruner_is_built_from_its_settings() -> None:
     hyperband = make_pruner(SearchConfig(pruner="hyperband", pruner_reduction_factor=2), 10)
     assert isinstance(hyperband, optuna.pruners.HyperbandPruner)
     with pytest.raises(ConfigError, match=r"search\.pruner must be one of"):
-        SearchConfig(pruner="asha")
+        SearchConfig(pruner="asha")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"search\.pruner_reduction_factor must be"):
         SearchConfig(pruner="hyperband", pruner_reduction_factor=1)
 

@@ -103,7 +103,7 @@ def direct_tracker(tmp_path: Path, root: Path) -> WandbTracker:
 def test_wandb_config_validates_every_field() -> None:
     assert WandbConfig().mode == "disabled" and not WandbConfig().enabled
     with pytest.raises(ValueError, match=r"wandb\.mode must be one of"):
-        WandbConfig(mode="cloud")
+        WandbConfig(mode="cloud")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"wandb\.project"):
         WandbConfig(project=" ")
     with pytest.raises(ValueError, match=r"wandb\.tags"):

@@ -78,7 +78,7 @@ def test_auto_measures_layouts_and_cpu_threads_explicit_values_are_kept() -> Non
     assert compile_wanted(TrainConfig(), CPU) is False  # a CPU never measures compilation
     assert compile_wanted(TrainConfig(perf="nchw+compile"), CPU) is True
     with pytest.raises(ValueError, match=r"train\.perf must be one of"):
-        TrainConfig(perf="fast")
+        TrainConfig(perf="fast")  # type: ignore[arg-type]
 
 
 def test_the_measured_plan_is_cached_and_applied(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ def _images() -> torch.Tensor:
 
 
 def _stepper(loss: str, model: ProxyNetwork | None = None) -> ContrastiveStep:
-    cfg = TrainConfig(batch_size=8, lr=0.05, loss=loss, membank_negatives=8, grad_clip=5.0)
+    cfg = TrainConfig(batch_size=8, lr=0.05, loss=loss, membank_negatives=8, grad_clip=5.0)  # type: ignore[arg-type]
     task = ProxyTask(cfg, AugmentConfig(), image_size=16, seed=0)
     net = model or build_candidate(DARTS_V2, ProxyConfig(cells=3, channels=4), 0, CPU)
     return ContrastiveStep(net, task, CPU, n_train=N, total_steps=40, warmup_steps=0)

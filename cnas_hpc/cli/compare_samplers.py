@@ -33,7 +33,6 @@ from cnas_hpc.config import Settings
 from cnas_hpc.config.build import build_section
 from cnas_hpc.config.compare import CompareConfig, parse_method
 from cnas_hpc.config.space import SpaceConfig
-from cnas_hpc.config.study import SamplerConfig
 from cnas_hpc.data.datasets import check_available
 from cnas_hpc.distributed.env import DistEnv
 from cnas_hpc.search.worker import run_worker
@@ -59,7 +58,7 @@ def compare_of(cfg: DictConfig) -> tuple[Settings, CompareConfig]:
     values = OmegaConf.to_container(node, resolve=True) if node is not None else {}
     if not isinstance(values, dict):
         raise ConfigError("compare must be a mapping of settings")
-    return base, build_section(CompareConfig, "compare", values)
+    return base, build_section(CompareConfig, values)
 
 
 def run_settings(base: Settings, compare: CompareConfig, index: int) -> Settings:
@@ -73,15 +72,9 @@ def run_settings(base: Settings, compare: CompareConfig, index: int) -> Settings
         concat_last=base.space.concat_last,
     )
     sampler = dataclasses.replace(base.study.sampler, kind=sampler_kind, seed=seed)
-    study = dataclasses.replace(
-        base.study, name=compare.study_name(method, seed), sampler=_checked(sampler)
-    )
+    study = dataclasses.replace(base.study, name=compare.study_name(method, seed), sampler=sampler)
     search = dataclasses.replace(base.search, n_trials=compare.n_trials)
     return dataclasses.replace(base, space=space, study=study, search=search)
-
-
-def _checked(sampler: SamplerConfig) -> SamplerConfig:
-    return build_section(SamplerConfig, "study.sampler", dataclasses.asdict(sampler))
 
 
 def pending_runs(cfg: DictConfig) -> list[int]:

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field
+
+from cnas_hpc.common.errors import ConfigError
+from cnas_hpc.config.build import Share, section
+
+_Strength = Annotated[float, Field(ge=0)]
 
 
-def _pair(value: object, name: str) -> tuple[float, float]:
-    """A 2-sequence of numbers as a float tuple (Hydra hands lists)."""
-    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
-        raise ValueError(f"{name} must be a pair [lo, hi], got {value!r}")
-    lo, hi = (float(v) for v in value)
-    return lo, hi
-
-
-def _triple(value: object, name: str) -> tuple[float, float, float]:
-    """A 3-sequence of numbers (one per RGB channel) as a float tuple."""
-    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 3:
-        raise ValueError(f"{name} must have 3 values (R, G, B), got {value!r}")
-    r, g, b = (float(v) for v in value)
-    return r, g, b
-
-
-@dataclass
+@section("augment")
 class AugmentConfig:
     """Parameters of :class:`BatchAugment` (the ``augment`` config group).
 
@@ -40,43 +30,32 @@ class AugmentConfig:
         mean: Per-channel mean subtracted after augmentation (images scaled to ``[0, 1]``).
         std: Per-channel divisor after subtracting ``mean``, ``> 0``.
 
-    Sequences may be given as lists (Hydra) and are stored as tuples.
-
     Raises:
-        ValueError: On construction, with the first invalid field.
+        ConfigError: On construction, with the first invalid field.
     """
 
     crop_scale: tuple[float, float] = (0.2, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    grayscale_p: float = 0.2
+    flip_p: Share = 0.5
+    jitter_p: Share = 0.8
+    brightness: _Strength = 0.4
+    contrast: _Strength = 0.4
+    saturation: _Strength = 0.4
+    hue: Annotated[float, Field(ge=0, le=0.5)] = 0.1
+    grayscale_p: Share = 0.2
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     def __post_init__(self) -> None:
-        self.crop_scale = _pair(self.crop_scale, "crop_scale")
-        self.crop_ratio = _pair(self.crop_ratio, "crop_ratio")
-        self.mean = _triple(self.mean, "mean")
-        self.std = _triple(self.std, "std")
-        for name in ("flip_p", "jitter_p", "grayscale_p"):
-            p = float(getattr(self, name))
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
-            raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
+            raise ConfigError(
+                f"augment.crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}"
+            )
         lo, hi = self.crop_ratio
         if not 0.0 < lo <= hi:
-            raise ValueError(f"crop_ratio must satisfy 0 < lo <= hi, got {self.crop_ratio}")
-        for name in ("brightness", "contrast", "saturation"):
-            if float(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.hue <= 0.5:
-            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
+            raise ConfigError(
+                f"augment.crop_ratio must satisfy 0 < lo <= hi, got {self.crop_ratio}"
+            )
         if min(self.std) <= 0:
-            raise ValueError(f"std must be > 0 for every channel, got {self.std}")
+            raise ConfigError(f"augment.std must be > 0 for every channel, got {self.std}")

@@ -1,81 +1,109 @@
-"""Build a config section's dataclass from a plain mapping, with one-line errors."""
+"""Config sections as pydantic dataclasses, every validation error turned into one line.
+
+A section is declared with :func:`section`: a frozen pydantic dataclass in strict mode (``true``
+is no integer, ``"5"`` no number), unknown keys forbidden, bounds and choices in its annotations
+(``Annotated[int, Field(ge=1)]``, ``Literal[...]``), cross-field rules in ``__post_init__``
+(raising :class:`ConfigError`). Building one raises :class:`ConfigError` with one line naming
+``section.key`` and the bad value (``train.lr must be > 0, got 0``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import types
+import functools
 import typing
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal, TypeVar, dataclass_transform
+
+import pydantic.dataclasses
+from pydantic import ConfigDict, Field, ValidationError
 
 from cnas_hpc.common.errors import ConfigError
 
 T = TypeVar("T")
 
-#: Scalar annotations checked before a section is built: name -> what the message calls it.
-_SCALARS: dict[type, str] = {
-    bool: "true or false",
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-}
+#: An integer >= 1 / >= 0; a number in [0, 1] (a probability, a share).
+Count = Annotated[int, Field(ge=1)]
+Natural = Annotated[int, Field(ge=0)]
+Share = Annotated[float, Field(ge=0, le=1)]
+
+#: What a wrong type is called, by the first word of pydantic's error type (``int_type``).
+_WANTED = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string"}
+_BOUNDS = {"Gt": ("(", "> "), "Ge": ("[", ">= "), "Lt": (")", "< "), "Le": ("]", "<= ")}
 
 
-def _accepts(kind: type, value: object) -> bool:
-    if kind is bool:
-        return isinstance(value, bool)
-    if isinstance(value, bool):  # `true` where a number belongs is a typo, not 1
-        return False
-    if kind is float:
-        return isinstance(value, int | float)
-    return isinstance(value, kind)
+@dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field, Field))
+def section(name: str) -> Callable[[type[T]], type[T]]:
+    """Make ``cls`` the frozen, validated schema of config section ``name`` (``"train"``).
 
-
-def _check_type(section: str, key: str, annotation: object, value: object) -> None:
-    """Refuse a value of the wrong scalar type, naming the key (``search.n_trials=abc``).
-
-    Only plain scalars and their optional forms are checked (``int``, ``float | None``, ...);
-    the schema's ``__post_init__`` judges the value itself.
+    Lists given to its constructor (Hydra's) are stored as tuples (hashable, immutable).
     """
-    options: tuple[object, ...] = (annotation,)
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        options = typing.get_args(annotation)
-    if value is None and type(None) in options:
-        return
-    kinds = [kind for kind in options if isinstance(kind, type) and kind in _SCALARS]
-    if not kinds or len(kinds) != len([o for o in options if o is not type(None)]):
-        return  # not a plain scalar field: nested section, tuple, ...
-    if not any(_accepts(kind, value) for kind in kinds):
-        wanted = " or ".join(_SCALARS[kind] for kind in kinds)
-        raise ConfigError(f"{section}.{key} must be {wanted}, got {value!r}")
+
+    def wrap(cls: type[T]) -> type[T]:
+        config = ConfigDict(strict=True, extra="forbid")
+        built: Any = pydantic.dataclasses.dataclass(frozen=True, config=config)(cls)
+        validate = built.__init__
+
+        @functools.wraps(validate)
+        def init(self: Any, *args: Any, **kwargs: Any) -> None:
+            lists = {k: tuple(v) for k, v in kwargs.items() if isinstance(v, list)}
+            try:
+                validate(self, *args, **{**kwargs, **lists})
+            except ValidationError as exc:
+                raise ConfigError(_one_line(name, built, exc.errors()[0])) from None
+
+        built.__init__ = init
+        return built
+
+    return wrap
 
 
-def build_section(cls: type[T], section: str, values: Mapping[Any, Any] | None) -> T:
-    """Instantiate the dataclass ``cls`` from a mapping, turning every error into one line.
+def build_section(cls: Callable[..., T], values: Mapping[Any, Any] | None) -> T:
+    """Build a section from a composed (plain) mapping (``None``: the defaults)."""
+    return cls(**{str(key): value for key, value in (values or {}).items()})
 
-    Args:
-        cls: A config dataclass (its ``__post_init__`` validates the values).
-        section: The dotted config path of the section, for messages (``"train"``).
-        values: The section's values; lists become tuples. ``None`` gives the defaults.
 
-    Raises:
-        ConfigError: an unknown key, a wrong type or an invalid value, one line naming
-            ``section.key``.
-    """
-    values = {str(key): value for key, value in (values or {}).items()}
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown key {section}.{unknown[0]} (known: {', '.join(sorted(known))})")
-    hints = typing.get_type_hints(cls)
-    for key, value in values.items():
-        # Hydra hands lists; the dataclasses hold tuples (hashable, immutable).
-        if isinstance(value, list):
-            values[key] = tuple(value)
-        _check_type(section, key, hints.get(key), value)
-    try:
-        return cls(**values)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{section}: {exc}") from None
+def _one_line(name: str, cls: Any, error: Any) -> str:
+    """One pydantic error as the project's line, naming ``section.key`` and the value."""
+    if error["type"] == "value_error":  # a rule of __post_init__: its message names the key
+        return str(error["ctx"]["error"])
+    loc = error["loc"]
+    key = name + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    if error["type"] == "unexpected_keyword_argument":
+        known = ", ".join(sorted(f.name for f in dataclasses.fields(cls)))
+        return f"unknown key {key} (known: {known})"
+    info = cls.__pydantic_fields__.get(loc[0]) if loc else None
+    kind, metadata = _unwrap(info.annotation if info else None, info.metadata if info else [])
+    got = f", got {error['input']!r}"
+    if typing.get_origin(kind) is Literal:
+        return f"{key} must be one of {', '.join(map(str, typing.get_args(kind)))}{got}"
+    bounds = {type(m).__name__: m for m in metadata if type(m).__name__ in _BOUNDS}
+    if bounds and error["type"].startswith(("greater_than", "less_than")):
+        return f"{key} must be {'an integer ' if kind is int else ''}{_range(bounds)}{got}"
+    if error["type"] in ("string_too_short", "string_pattern_mismatch"):
+        return f"{key} must be a non-empty string{got}"
+    if error["type"] in ("too_short", "too_long"):
+        items = typing.get_args(kind)
+        size = "at least 1 value" if ... in items else f"{len(items)} values"
+        return f"{key} must hold {size}{got}"
+    wanted = _WANTED.get(error["type"].split("_")[0])
+    return f"{key} must be {wanted}{got}" if wanted else f"{key}: {error['msg']}{got}"
+
+
+def _unwrap(annotation: Any, metadata: list[Any]) -> tuple[Any, list[Any]]:
+    """A field's type without ``None`` and ``Annotated``, and its constraints."""
+    if typing.get_origin(annotation) in (typing.Union, type(int | None)):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is Annotated:  # an optional bounded value: Count | None
+        annotation, *extra = typing.get_args(annotation)
+        metadata = [*metadata, *(m for e in extra for m in getattr(e, "metadata", [e]))]
+    return annotation, metadata
+
+
+def _range(bounds: dict[str, Any]) -> str:
+    """``> 0``, ``>= 1`` or ``in (0, 1]`` from a field's annotated bounds."""
+    ends = [(kind, getattr(bounds[kind], kind.lower())) for kind in _BOUNDS if kind in bounds]
+    if len(ends) == 1:
+        return f"{_BOUNDS[ends[0][0]][1]}{ends[0][1]}"
+    (low, lo), (high, hi) = ends
+    return f"in {_BOUNDS[low][0]}{lo}, {hi}{_BOUNDS[high][0]}"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field
+
+from cnas_hpc.config.build import section
 
 
-@dataclass(frozen=True)
+@section("checkpoint")
 class CheckpointConfig:
     """Where and how often trial checkpoints are written.
 
@@ -17,8 +21,4 @@ class CheckpointConfig:
 
     enabled: bool = True
     dir: str | None = None
-    every_minutes: float = 10.0
-
-    def __post_init__(self) -> None:
-        if self.every_minutes <= 0:
-            raise ValueError(f"checkpoint.every_minutes must be > 0, got {self.every_minutes}")
+    every_minutes: Annotated[float, Field(gt=0)] = 10.0

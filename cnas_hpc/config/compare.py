@@ -7,17 +7,20 @@ seed, so they optimise the very same objective at the same budget.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+import typing
+from typing import Annotated, Final
+
+from pydantic import Field
 
 from cnas_hpc.common.errors import ConfigError
-from cnas_hpc.config.study import SAMPLERS
+from cnas_hpc.config.build import Count, section
+from cnas_hpc.config.study import SAMPLERS, SamplerKind
 
 #: Encodings a method may name (the space's ``encoding``).
 ENCODINGS: Final[tuple[str, ...]] = ("compact", "csnas")
 
 
-def parse_method(method: str) -> tuple[str, str]:
+def parse_method(method: str) -> tuple[SamplerKind, str]:
     """``"tpe-compact"`` -> ``("tpe", "compact")``.
 
     Raises:
@@ -29,10 +32,10 @@ def parse_method(method: str) -> tuple[str, str]:
             f"compare.methods: {method!r} is not <sampler>-<encoding> "
             f"(samplers: {', '.join(SAMPLERS)}; encodings: {', '.join(ENCODINGS)})"
         )
-    return sampler, encoding
+    return typing.cast("SamplerKind", sampler), encoding
 
 
-@dataclass(frozen=True)
+@section("compare")
 class CompareConfig:
     """Which searches to run and compare.
 
@@ -46,26 +49,18 @@ class CompareConfig:
         run: Which run THIS process makes (set by the array sweeper); None: every run.
     """
 
-    methods: tuple[str, ...] = ("tpe-compact", "random-compact", "tpe-csnas", "random-csnas")
-    seeds: tuple[int, ...] = (0, 1, 2)
-    n_trials: int = 16
+    methods: Annotated[tuple[str, ...], Field(min_length=1)] = (
+        "tpe-compact", "random-compact", "tpe-csnas", "random-csnas",
+    )  # fmt: skip
+    seeds: Annotated[tuple[int, ...], Field(min_length=1)] = (0, 1, 2)
+    n_trials: Count = 16
     target: float | None = None
     name: str = "compare"
     run: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.methods:
-            raise ConfigError("compare.methods must name at least one method")
         for method in self.methods:
             parse_method(method)
-        if not self.seeds:
-            raise ConfigError("compare.seeds must hold at least one seed")
-        if (
-            isinstance(self.n_trials, bool)
-            or not isinstance(self.n_trials, int)
-            or self.n_trials < 1
-        ):
-            raise ConfigError(f"compare.n_trials must be an integer >= 1, got {self.n_trials!r}")
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
             raise ConfigError(
                 f"compare.name may hold letters, digits, '-', '_', '.', got {self.name!r}"

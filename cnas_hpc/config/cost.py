@@ -11,20 +11,16 @@ out of the scoring setup, see :mod:`cnas_hpc.config.scoring`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from dataclasses import dataclass
 from importlib import resources
-from typing import Final
+from typing import Literal
 
 import yaml
 
 from cnas_hpc.common.errors import ConfigError
-from cnas_hpc.config.build import build_section
-from cnas_hpc.config.checks import check_choice
+from cnas_hpc.config.build import Count, Natural, build_section, section
 from cnas_hpc.config.protocol import ProtocolConfig
-
-#: Where latency is measured: the worker's CPU (its allocation's threads) or its GPU.
-COST_DEVICES: Final = ("cpu", "cuda")
 
 
 @functools.cache
@@ -36,12 +32,12 @@ def protocol_named(name: str) -> ProtocolConfig:
     """
     folder = resources.files("cnas_hpc.configs") / "protocol"
     options = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
-    check_choice("cost.protocol", name, options)
-    values = yaml.safe_load((folder / f"{name}.yaml").read_text())
-    return build_section(ProtocolConfig, f"protocol {name}", values)
+    if name not in options:
+        raise ConfigError(f"cost.protocol must be one of {', '.join(options)}, got {name!r}")
+    return build_section(ProtocolConfig, yaml.safe_load((folder / f"{name}.yaml").read_text()))
 
 
-@dataclass(frozen=True)
+@section("cost")
 class CostConfig:
     """How the cost objectives of a cell are measured.
 
@@ -59,36 +55,24 @@ class CostConfig:
     """
 
     protocol: str = "darts_cifar"
-    cells: int | None = None
-    channels: int | None = None
-    num_classes: int | None = None
-    device: str = "cpu"
-    batch_size: int = 1
-    warmup: int = 2
-    repeats: int = 5
+    cells: Count | None = None
+    channels: Count | None = None
+    num_classes: Count | None = None
+    #: Where latency is measured: the worker's CPU (its allocation's threads) or its GPU.
+    device: Literal["cpu", "cuda"] = "cpu"
+    batch_size: Count = 1
+    warmup: Natural = 2
+    repeats: Count = 5
 
     def __post_init__(self) -> None:
         protocol_named(self.protocol)
-        for key in ("cells", "channels", "num_classes"):
-            value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or value < 1):
-                raise ConfigError(f"cost.{key} must be null or an integer >= 1, got {value!r}")
-        check_choice("cost.device", self.device, COST_DEVICES)
-        for key, minimum in (("batch_size", 1), ("warmup", 0), ("repeats", 1)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(f"cost.{key} must be an integer >= {minimum}, got {value!r}")
 
     @property
     def network(self) -> ProtocolConfig:
         """The costed network's protocol (``cells`` / ``channels`` overrides applied)."""
         base = protocol_named(self.protocol)
-        return ProtocolConfig(
-            **{
-                **base.__dict__,
-                "cells": self.cells or base.cells,
-                "channels": self.channels or base.channels,
-            }
+        return dataclasses.replace(
+            base, cells=self.cells or base.cells, channels=self.channels or base.channels
         )
 
     @property

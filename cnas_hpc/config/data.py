@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+import typing
+from typing import Annotated, Final, Literal
 
-from cnas_hpc.config.checks import check_float, check_int
+from pydantic import Field
+
+from cnas_hpc.common.errors import ConfigError
+from cnas_hpc.config.build import Count, Natural, Share, section
 
 #: Every value ``DataConfig.source`` accepts.
-SOURCES: Final[tuple[str, ...]] = ("digits", "npz", "cifar10", "cifar100", "stl10", "folder")
+Source = Literal["digits", "npz", "cifar10", "cifar100", "stl10", "folder"]
+SOURCES: Final[tuple[str, ...]] = typing.get_args(Source)
 
 
 #: Sources read from torchvision's files (need ``root``; ``download`` applies).
@@ -23,7 +27,7 @@ SPLITS: Final[dict[str, tuple[str, ...]]] = {
 }
 
 
-@dataclass
+@section("data")
 class DataConfig:
     """Where the search images come from and how much of them the search uses.
 
@@ -48,59 +52,38 @@ class DataConfig:
             images as its test set. The search never reads it.
 
     Raises:
-        ValueError: on construction, one line naming the first invalid field.
+        ConfigError: on construction, one line naming the first invalid field.
     """
 
-    source: str = "digits"
+    source: Source = "digits"
     root: str | None = None
     path: str | None = None
     split: str = "train"
-    image_size: int = 32
-    fraction: float = 1.0
-    val_fraction: float = 0.2
-    labeled_fraction: float = 0.0
-    max_images: int | None = None
-    seed: int = 0
+    image_size: Annotated[int, Field(ge=8)] = 32
+    fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    labeled_fraction: Share = 0.0
+    max_images: Count | None = None
+    seed: Natural = 0
     download: bool = False
     test_path: str | None = None
 
     def __post_init__(self) -> None:
-        if self.source not in SOURCES:
-            raise ValueError(
-                f"data.source must be one of {', '.join(SOURCES)}, got {self.source!r}"
-            )
         if self.source == "npz" and not self.path:
-            raise ValueError("data.source=npz needs data.path (the .npz file)")
+            raise ConfigError("data.source=npz needs data.path (the .npz file)")
         if self.source in TORCHVISION_SOURCES and not self.root:
-            raise ValueError(
+            raise ConfigError(
                 f"data.source={self.source} needs data.root (the folder of the torchvision files)"
             )
         if self.source == "folder" and not self.root:
-            raise ValueError("data.source=folder needs data.root (the image folder)")
+            raise ConfigError("data.source=folder needs data.root (the image folder)")
         if self.source in SPLITS and self.split not in SPLITS[self.source]:
-            raise ValueError(
+            raise ConfigError(
                 f"data.split for {self.source} must be one of "
                 f"{', '.join(SPLITS[self.source])}, got {self.split!r}"
             )
-        check_int("data.image_size", self.image_size, minimum=8)
-        check_float("data.fraction", self.fraction)
-        if not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"data.fraction must be in (0, 1], got {self.fraction}")
-        check_float("data.val_fraction", self.val_fraction)
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
-        check_float("data.labeled_fraction", self.labeled_fraction)
-        if not 0.0 <= self.labeled_fraction <= 1.0:
-            raise ValueError(
-                f"data.labeled_fraction must be in [0, 1], got {self.labeled_fraction}"
-            )
-        if self.max_images is not None:
-            check_int("data.max_images", self.max_images, minimum=1)
-        check_int("data.seed", self.seed, minimum=0)
-        if not isinstance(self.download, bool):
-            raise ValueError(f"data.download must be true or false, got {self.download!r}")
         if self.test_path is not None and self.source not in ("npz", "folder"):
-            raise ValueError(
+            raise ConfigError(
                 f"data.test_path is for the npz and folder sources; {self.source} has its own "
                 "test split"
             )
@@ -109,7 +92,7 @@ class DataConfig:
             and self.split in ("unlabeled", "train+unlabeled")
             and self.labeled_fraction > 0
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"data.labeled_fraction={self.labeled_fraction} needs labels, but STL-10 "
                 f"split {self.split!r} has unlabeled images: use data.split=train"
             )

@@ -8,26 +8,31 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import Field
 
 from cnas_hpc.common.errors import ConfigError
 from cnas_hpc.config.augment import AugmentConfig
-from cnas_hpc.config.build import build_section
+from cnas_hpc.config.build import Count, build_section, section
 from cnas_hpc.config.checkpoint import CheckpointConfig
-from cnas_hpc.config.checks import check_choice, check_positive_int_attrs
 from cnas_hpc.config.data import DataConfig
 from cnas_hpc.config.protocol import ProtocolConfig
 from cnas_hpc.config.study import StudyConfig
 from cnas_hpc.config.wandb import WandbConfig
 
 #: What an evaluation measures: supervised training from scratch, the label-free probe, or both.
-METHODS: Final[tuple[str, ...]] = ("supervised", "probe", "both")
+Method = Literal["supervised", "probe", "both"]
+METHODS: Final[tuple[str, ...]] = typing.get_args(Method)
+
+_Positive = Annotated[int, Field(gt=0)]
 
 
-@dataclass(frozen=True)
+@section("eval")
 class EvalConfig:
     """The ``eval`` section: which cells an evaluation trains.
 
@@ -56,30 +61,21 @@ class EvalConfig:
     """
 
     from_study: str | None = None
-    top_k: int = 1
-    from_front: int | None = None
+    top_k: _Positive = 1
+    from_front: _Positive | None = None
     genotypes: tuple[str, ...] = ()
     presets: tuple[str, ...] = ()
     name: str | None = None
-    method: str = "supervised"
-    cell: int | None = None
+    method: Method = "supervised"
+    cell: Annotated[int, Field(ge=0)] | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k <= 0:
-            raise ConfigError(f"eval.top_k must be an integer > 0, got {self.top_k!r}")
-        if self.from_front is not None:
-            front = self.from_front
-            if isinstance(front, bool) or not isinstance(front, int) or front <= 0:
-                raise ConfigError(f"eval.from_front must be an integer > 0, got {front!r}")
-            if self.from_study is None:
-                raise ConfigError(
-                    "eval.from_front needs the study whose front it spreads along: "
-                    "set eval.from_study=<study>"
-                )
-        check_choice("eval.method", self.method, METHODS)
-        if self.cell is not None and (isinstance(self.cell, bool) or self.cell < 0):
-            raise ConfigError(f"eval.cell must be null or an integer >= 0, got {self.cell!r}")
+        if self.from_front is not None and self.from_study is None:
+            raise ConfigError(
+                "eval.from_front needs the study whose front it spreads along: "
+                "set eval.from_study=<study>"
+            )
         if self.from_study is None and not self.genotypes and not self.presets:
             raise ConfigError(
                 "nothing to evaluate: set eval.from_study=<study>, eval.genotypes=[file.json] "
@@ -95,7 +91,7 @@ def _safe_name(name: str) -> bool:
     return bool(name) and all(c.isalnum() or c in "-_." for c in name)
 
 
-@dataclass(frozen=True)
+@section("probe")
 class ProbeConfig:
     """The ``probe`` section: the label-free probe of a cell.
 
@@ -105,22 +101,15 @@ class ProbeConfig:
     test split. Cheap next to training from scratch, and the encoder never saw a label.
     """
 
-    cells: int = 8
-    channels: int = 16
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 0.3
-    temperature: float = 0.5
-    knn_k: int = 20
-    linear_epochs: int = 100
-    linear_lr: float = 0.1
-
-    def __post_init__(self) -> None:
-        check_positive_int_attrs(
-            "probe", self, ("cells", "channels", "epochs", "batch_size", "knn_k", "linear_epochs")
-        )
-        if self.lr <= 0 or self.temperature <= 0 or self.linear_lr <= 0:
-            raise ConfigError("probe.lr, probe.temperature and probe.linear_lr must be > 0")
+    cells: Count = 8
+    channels: Count = 16
+    epochs: Count = 20
+    batch_size: Count = 256
+    lr: Annotated[float, Field(gt=0)] = 0.3
+    temperature: Annotated[float, Field(gt=0)] = 0.5
+    knn_k: Count = 20
+    linear_epochs: Count = 100
+    linear_lr: Annotated[float, Field(gt=0)] = 0.1
 
 
 @dataclass(frozen=True)
@@ -210,14 +199,14 @@ def eval_settings_from_config(cfg: Mapping[str, Any]) -> EvalSettings:
             "name", None
         )  # unused (``study.name: null``): the source is eval.from_study
     return EvalSettings(
-        eval=build_section(EvalConfig, "eval", cfg.get("eval")),
-        protocol=build_section(ProtocolConfig, "protocol", cfg.get("protocol")),
-        probe=build_section(ProbeConfig, "probe", cfg.get("probe")),
-        data=build_section(DataConfig, "data", cfg.get("data")),
-        augment=build_section(AugmentConfig, "augment", cfg.get("augment")),
-        study=build_section(StudyConfig, "study", study_values),
-        checkpoint=build_section(CheckpointConfig, "checkpoint", cfg.get("checkpoint")),
-        wandb=build_section(WandbConfig, "wandb", cfg.get("wandb")),
+        eval=build_section(EvalConfig, cfg.get("eval")),
+        protocol=build_section(ProtocolConfig, cfg.get("protocol")),
+        probe=build_section(ProbeConfig, cfg.get("probe")),
+        data=build_section(DataConfig, cfg.get("data")),
+        augment=build_section(AugmentConfig, cfg.get("augment")),
+        study=build_section(StudyConfig, study_values),
+        checkpoint=build_section(CheckpointConfig, cfg.get("checkpoint")),
+        wandb=build_section(WandbConfig, cfg.get("wandb")),
         device=str(cfg.get("device", "auto")),
         output_dir=str(Path(str(cfg.get("output_dir", "runs"))).expanduser().absolute()),
     )

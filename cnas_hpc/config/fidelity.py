@@ -13,19 +13,20 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from cnas_hpc.common.errors import ConfigError
 from cnas_hpc.common.objectives import is_zero_cost
-from cnas_hpc.config.build import build_section
-from cnas_hpc.config.checks import check_positive_int_attrs
+from cnas_hpc.config.build import Count, Natural, build_section, section
 from cnas_hpc.config.data import DataConfig
 from cnas_hpc.config.protocol import ProtocolConfig
 from cnas_hpc.config.scoring import scoring_setup, setup_digest
 from cnas_hpc.config.settings import Settings, settings_from_config
 
 
-@dataclass(frozen=True)
+@section("fidelity")
 class FidelityConfig:
     """Which cells a fidelity study measures, and how its statistics are computed.
 
@@ -53,42 +54,27 @@ class FidelityConfig:
         unit: Which planned measurement THIS process makes (set by the array sweeper); None: all.
     """
 
-    n_random: int = 24
+    n_random: Natural = 24
     seed: int = 0
     presets: tuple[str, ...] = ()
     genotypes: tuple[str, ...] = ()
-    noise_cells: int = 4
-    noise_seeds: int = 3
-    bootstrap: int = 2000
-    confidence: float = 0.95
-    top_k: int = 5
-    accuracy_fraction: float = 1.0
+    noise_cells: Natural = 4
+    noise_seeds: Natural = 3
+    bootstrap: Count = 2000
+    confidence: Annotated[float, Field(ge=0.5, lt=1)] = 0.95
+    top_k: Count = 5
+    accuracy_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
     reference: str | None = None
-    reference_cells: int = 20
-    reference_channels: int = 36
-    unit: int | None = None
+    reference_cells: Count = 20
+    reference_channels: Count = 36
+    unit: Natural | None = None
 
     def __post_init__(self) -> None:
-        for key in ("n_random", "noise_cells", "noise_seeds"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"fidelity.{key} must be an integer >= 0, got {value!r}")
-        check_positive_int_attrs(
-            "fidelity", self, ("bootstrap", "top_k", "reference_cells", "reference_channels")
-        )
-        if not 0.0 < self.accuracy_fraction <= 1.0:
-            raise ConfigError(
-                f"fidelity.accuracy_fraction must be in (0, 1], got {self.accuracy_fraction}"
-            )
-        if not 0.5 <= self.confidence < 1.0:
-            raise ConfigError(f"fidelity.confidence must be in [0.5, 1), got {self.confidence}")
         if self.reference is None and self.n_random + len(self.presets) + len(self.genotypes) < 3:
             raise ConfigError(
                 "a fidelity study needs at least 3 cells: raise fidelity.n_random or add "
                 "fidelity.presets / fidelity.genotypes"
             )
-        if self.unit is not None and (isinstance(self.unit, bool) or self.unit < 0):
-            raise ConfigError(f"fidelity.unit must be null or an integer >= 0, got {self.unit!r}")
 
 
 @dataclass(frozen=True)
@@ -181,6 +167,6 @@ def fidelity_settings_from_config(cfg: Mapping[str, Any]) -> FidelitySettings:
     search_part = {k: v for k, v in cfg.items() if k not in ("protocol", "fidelity")}
     return FidelitySettings(
         search=settings_from_config(search_part),
-        protocol=build_section(ProtocolConfig, "protocol", cfg.get("protocol")),
-        fidelity=build_section(FidelityConfig, "fidelity", cfg.get("fidelity")),
+        protocol=build_section(ProtocolConfig, cfg.get("protocol")),
+        fidelity=build_section(FidelityConfig, cfg.get("fidelity")),
     )

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from cnas_hpc.config.checks import check_positive_ints
+from cnas_hpc.config.build import Count, section
 
 
-@dataclass(frozen=True)
+@section("model")
 class ProxyConfig:
     """The ``model`` config group: shape of the proxy network (see :class:`ProxyNetwork`).
 
@@ -19,24 +17,14 @@ class ProxyConfig:
         proj_dim: Output dimension of the projection.
 
     Raises:
-        ValueError: One line naming the first field that is not an integer ``>= 1``.
+        ConfigError: One line naming the first field that is not an integer ``>= 1``.
     """
 
-    cells: int = 5
-    channels: int = 8
-    stem_multiplier: int = 3
-    proj_hidden_dim: int | None = 128
-    proj_dim: int = 64
-
-    def __post_init__(self) -> None:
-        check_positive_ints(
-            cells=self.cells,
-            channels=self.channels,
-            stem_multiplier=self.stem_multiplier,
-            proj_dim=self.proj_dim,
-        )
-        if self.proj_hidden_dim is not None:
-            check_positive_ints(proj_hidden_dim=self.proj_hidden_dim)
+    cells: Count = 5
+    channels: Count = 8
+    stem_multiplier: Count = 3
+    proj_hidden_dim: Count | None = 128
+    proj_dim: Count = 64
 
 
 #: The reference code's proxy: 8 cells x 32 channels, one linear projection to 256.

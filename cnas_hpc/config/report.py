@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from cnas_hpc.config.build import build_section
+from cnas_hpc.config.build import Count, build_section, section
 
 
-@dataclass(frozen=True)
+@section("report")
 class ReportConfig:
     """The ``report`` section of ``cnas_hpc/configs/report.yaml``.
 
@@ -21,17 +20,11 @@ class ReportConfig:
         recent: Window (COMPLETE trials) of the recent throughput and the ETA (>= 1).
     """
 
-    top_k: int = 5
+    top_k: Count = 5
     out_dir: str | None = None
     pictures: bool = True
     json: bool = True
-    recent: int = 10
-
-    def __post_init__(self) -> None:
-        for name in ("top_k", "recent"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"report.{name} must be an integer >= 1, got {value!r}")
+    recent: Count = 10
 
     @classmethod
     def from_mapping(cls, values: Mapping[Any, Any] | None) -> ReportConfig:
@@ -43,4 +36,4 @@ class ReportConfig:
         values = dict(values or {})
         if values.get("out_dir") is not None:
             values["out_dir"] = str(values["out_dir"])
-        return build_section(cls, "report", values)
+        return build_section(cls, values)

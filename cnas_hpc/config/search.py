@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from cnas_hpc.common.errors import ConfigError
 from cnas_hpc.common.objectives import (
@@ -15,13 +19,15 @@ from cnas_hpc.common.objectives import (
     is_trained,
     is_zero_cost,
 )
-from cnas_hpc.config.checks import check_choice
+from cnas_hpc.config.build import Count, Natural, section
 
 #: ``none``, or the zero-cost proxy that screens proposals before contrastive training.
-SCREENS = ("none", "naswot", "synflow")
+Screen = Literal["none", "naswot", "synflow"]
+SCREENS: tuple[str, ...] = typing.get_args(Screen)
 
 #: ``none``, or an Optuna pruner asked after every epoch (multi-fidelity search).
-PRUNERS = ("none", "median", "successive_halving", "hyperband")
+Pruner = Literal["none", "median", "successive_halving", "hyperband"]
+PRUNERS: tuple[str, ...] = typing.get_args(Pruner)
 
 
 #: ``search.objectives`` alias of ``search.objective`` (resolved when the section is built).
@@ -77,7 +83,7 @@ def parse_constraint(text: str) -> Constraint:
     return Constraint(name, op, bound)
 
 
-@dataclass(frozen=True)
+@section("search")
 class SearchConfig:
     """The study's budget and objective, shared by every worker.
 
@@ -124,52 +130,32 @@ class SearchConfig:
             avoid it) and does not count toward ``n_trials``.
     """
 
-    n_trials: int = 8
+    n_trials: Annotated[int, Field(gt=0)] = 8
     objective: str = "val_contrastive_loss"
-    max_consecutive_failures: int = 3
+    max_consecutive_failures: Count = 3
     poll_seconds: float = 5.0
     enqueue: tuple[str, ...] = ()
-    pruner: str = "none"
-    pruner_startup_trials: int = 5
-    pruner_warmup_epochs: int = 1
-    pruner_min_epochs: int = 1
-    pruner_reduction_factor: int = 3
-    screen: str = "none"
-    screen_keep: float = 0.5
-    screen_startup: int = 8
+    pruner: Pruner = "none"
+    pruner_startup_trials: Natural = 5
+    pruner_warmup_epochs: Natural = 1
+    pruner_min_epochs: Count = 1
+    pruner_reduction_factor: Annotated[int, Field(ge=2)] = 3
+    screen: Screen = "none"
+    screen_keep: Annotated[float, Field(gt=0, le=1)] = 0.5
+    screen_startup: Natural = 8
     objectives: tuple[str, ...] = ()
     constraints: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.n_trials <= 0:
-            raise ConfigError(f"search.n_trials must be > 0, got {self.n_trials}")
-        check_choice("search.objective", self.objective, OBJECTIVES)
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(
+                f"search.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"
+            )
         if len(self.enqueue) > self.n_trials:
             raise ConfigError(
                 f"search.enqueue lists {len(self.enqueue)} cells, more than search.n_trials="
                 f"{self.n_trials}: the budget would be overshot"
             )
-        if self.max_consecutive_failures < 1:
-            raise ConfigError(
-                f"search.max_consecutive_failures must be >= 1, got {self.max_consecutive_failures}"
-            )
-        check_choice("search.screen", self.screen, SCREENS)
-        if not 0.0 < self.screen_keep <= 1.0:
-            raise ConfigError(f"search.screen_keep must be in (0, 1], got {self.screen_keep}")
-        if isinstance(self.screen_startup, bool) or self.screen_startup < 0:
-            raise ConfigError(
-                f"search.screen_startup must be an integer >= 0, got {self.screen_startup!r}"
-            )
-        check_choice("search.pruner", self.pruner, PRUNERS)
-        for key, minimum in (
-            ("pruner_startup_trials", 0),
-            ("pruner_warmup_epochs", 0),
-            ("pruner_min_epochs", 1),
-            ("pruner_reduction_factor", 2),
-        ):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(f"search.{key} must be an integer >= {minimum}, got {value!r}")
         self._resolve_objectives()
         for text in self.constraints:
             parse_constraint(text)

@@ -99,21 +99,21 @@ def settings_from_config(cfg: Mapping[str, Any]) -> Settings:
         ConfigError: one line naming the first invalid key.
     """
     study_values = dict(cfg.get("study") or {})
-    sampler = build_section(SamplerConfig, "study.sampler", study_values.pop("sampler", None))
-    study = build_section(StudyConfig, "study", {**study_values, "sampler": sampler})
-    space = build_section(SpaceConfig, "space", cfg.get("space"))
+    sampler = build_section(SamplerConfig, study_values.pop("sampler", None))
+    study = build_section(StudyConfig, {**study_values, "sampler": sampler})
+    space = build_section(SpaceConfig, cfg.get("space"))
     return Settings(
         space=space,
-        model=build_section(ProxyConfig, "model", cfg.get("model")),
-        data=build_section(DataConfig, "data", cfg.get("data")),
-        augment=build_section(AugmentConfig, "augment", cfg.get("augment")),
-        train=build_section(TrainConfig, "train", cfg.get("train")),
+        model=build_section(ProxyConfig, cfg.get("model")),
+        data=build_section(DataConfig, cfg.get("data")),
+        augment=build_section(AugmentConfig, cfg.get("augment")),
+        train=build_section(TrainConfig, cfg.get("train")),
         study=study,
-        search=build_section(SearchConfig, "search", cfg.get("search")),
-        checkpoint=build_section(CheckpointConfig, "checkpoint", cfg.get("checkpoint")),
-        wandb=build_section(WandbConfig, "wandb", cfg.get("wandb")),
-        zero_cost=build_section(ZeroCostConfig, "zero_cost", cfg.get("zero_cost")),
-        cost=build_section(CostConfig, "cost", cfg.get("cost")),
+        search=build_section(SearchConfig, cfg.get("search")),
+        checkpoint=build_section(CheckpointConfig, cfg.get("checkpoint")),
+        wandb=build_section(WandbConfig, cfg.get("wandb")),
+        zero_cost=build_section(ZeroCostConfig, cfg.get("zero_cost")),
+        cost=build_section(CostConfig, cfg.get("cost")),
         worker=int(cfg.get("worker", 0)),
         seed=int(cfg.get("seed", 0)),
         device=str(cfg.get("device", "auto")),

@@ -6,10 +6,10 @@ The values are checked against the space itself (known ops, encodings) by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from cnas_hpc.config.build import section
 
 
-@dataclass(frozen=True)
+@section("space")
 class SpaceConfig:
     """The search space: which encoding, how many intermediate nodes, which ops."""
 

@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import typing
+from dataclasses import field
+from typing import Literal
 
 from cnas_hpc.common.errors import ConfigError
 from cnas_hpc.common.storage_url import normalize_storage_url
-from cnas_hpc.config.checks import check_choice
+from cnas_hpc.config.build import section
 
 #: A study name: it names folders (``<output_dir>/<name>/``, Hydra's run folders), so one
 #: plain path component: letters, digits, ``.``, ``_``, ``-``, not starting with a dot.
 STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 #: ``study.sampler.kind``: Optuna's TPE (the method's), or uniform random sampling (a baseline).
-SAMPLERS: tuple[str, ...] = ("tpe", "random")
+SamplerKind = Literal["tpe", "random"]
+SAMPLERS: tuple[str, ...] = typing.get_args(SamplerKind)
 
 
-@dataclass(frozen=True)
+@section("study.sampler")
 class SamplerConfig:
     """The sampler: TPE with every setting explicit (their defaults changed between Optuna 4.x
     and 5.x), or ``kind: random`` (the baseline TPE should beat; the TPE settings are unused)."""
 
-    kind: str = "tpe"
+    kind: SamplerKind = "tpe"
     n_startup_trials: int = 4
     n_ei_candidates: int = 24
     multivariate: bool = True
@@ -34,7 +37,6 @@ class SamplerConfig:
     max_history: int | None = None
 
     def __post_init__(self) -> None:
-        check_choice("study.sampler.kind", self.kind, SAMPLERS)
         if self.max_history is not None and self.max_history < max(4 * self.n_startup_trials, 40):
             raise ConfigError(
                 f"study.sampler.max_history must be null or >= "
@@ -42,7 +44,7 @@ class SamplerConfig:
             )
 
 
-@dataclass(frozen=True)
+@section("study")
 class StudyConfig:
     """Where the study lives. ``storage`` is an SQLAlchemy URL (sqlite or postgresql).
 
@@ -65,8 +67,7 @@ class StudyConfig:
     retry_deadline_s: float = 600.0
 
     def __post_init__(self) -> None:
-        # null is the evaluation's "unused" (its source study is eval.from_study).
-        if isinstance(self.name, str) and not STUDY_NAME.fullmatch(self.name):
+        if not STUDY_NAME.fullmatch(self.name):
             raise ConfigError(
                 f"study.name={self.name!r} is not a plain name: use letters, digits, '.', '_' "
                 "and '-' (it names folders: no '/', no leading '.', at most 128 characters)"

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import typing
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from cnas_hpc.common.errors import ConfigError
-from cnas_hpc.config.checks import check_choice, check_positive
+from cnas_hpc.config.build import Count, section
 
 #: ``train.loss`` values: the names of ``cnas_hpc.ssl.registry`` (this floor cannot import it;
 #: ``tests/test_ssl_loss_contract.py`` keeps the two equal).
-LOSSES = ("ntxent", "membank_nce")
-
+Loss = Literal["ntxent", "membank_nce"]
+LOSSES: tuple[str, ...] = typing.get_args(Loss)
 
 #: ``auto``: fp32, or bf16 autocast where it measures faster (CUDA only; see ``train.perf``).
-AMP_MODES = ("auto", "none", "bf16", "fp16")
+Amp = Literal["auto", "none", "bf16", "fp16"]
+AMP_MODES: tuple[str, ...] = typing.get_args(Amp)
 
 #: Memory layouts of a training step (``nchw`` is PyTorch's default, contiguous).
 LAYOUTS = ("nchw", "channels_last")
@@ -21,10 +25,13 @@ LAYOUTS = ("nchw", "channels_last")
 #: ``train.perf`` values: ``auto`` measures the step variants on the device and keeps the fastest
 #: (cached per device, torch version and model shape); the others fix the layout, optionally
 #: with ``torch.compile`` (``+compile``).
-PERF_MODES = ("auto", *LAYOUTS, *(f"{layout}+compile" for layout in LAYOUTS))
+Perf = Literal["auto", "nchw", "channels_last", "nchw+compile", "channels_last+compile"]
+PERF_MODES: tuple[str, ...] = typing.get_args(Perf)
+
+_Positive = Annotated[int, Field(gt=0)]
 
 
-@dataclass(frozen=True)
+@section("train")
 class TrainConfig:
     """Contrastive training of one candidate (the proxy task).
 
@@ -38,46 +45,29 @@ class TrainConfig:
     as given.
     """
 
-    epochs: int = 2
-    batch_size: int = 128
-    max_steps_per_epoch: int | None = None
-    optimizer: str = "sgd"
-    lr: float = 0.05
+    epochs: _Positive = 2
+    batch_size: _Positive = 128
+    max_steps_per_epoch: Count | None = None
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: Annotated[float, Field(gt=0)] = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: float = 0.0
-    loss: str = "ntxent"
-    temperature: float = 0.5
-    membank_negatives: int = 510
-    membank_momentum: float = 0.5
-    amp: str = "auto"
+    loss: Loss = "ntxent"
+    temperature: Annotated[float, Field(gt=0)] = 0.5
+    membank_negatives: _Positive = 510
+    membank_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    amp: Amp = "auto"
     grad_clip: float | None = 5.0
-    knn_k: int = 20
-    log_every_steps: int = 10
+    knn_k: _Positive = 20
+    log_every_steps: _Positive = 10
     #: torch intra-op threads per rank, kept as given; None sizes them from the allocation
     #: (``SLURM_CPUS_PER_TASK``, the CPU affinity: see ``distributed.env.cpu_budget``), and then
     #: on a CPU under ``perf=auto`` each candidate measures one thread against the allocation's.
-    num_threads: int | None = None
-    perf: str = "auto"
+    num_threads: Count | None = None
+    perf: Perf = "auto"
 
     def __post_init__(self) -> None:
-        check_positive("train", self, ("epochs", "batch_size", "lr", "temperature", "knn_k"))
-        check_positive("train", self, ("membank_negatives", "log_every_steps"))
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ConfigError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ConfigError(
-                f"train.max_steps_per_epoch must be >= 1, got {self.max_steps_per_epoch}"
-            )
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ConfigError(f"train.optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        check_choice("train.loss", self.loss, LOSSES)
-        check_choice("train.amp", self.amp, AMP_MODES)
-        check_choice("train.perf", self.perf, PERF_MODES)
-        if not 0.0 <= self.membank_momentum < 1.0:
-            raise ConfigError(
-                f"train.membank_momentum must be in [0, 1), got {self.membank_momentum}"
-            )
         if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
             raise ConfigError(
                 f"train.warmup_epochs must be in [0, epochs], got {self.warmup_epochs}"

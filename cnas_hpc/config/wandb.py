@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import typing
+from typing import Annotated, Literal
 
-MODES: tuple[str, ...] = ("disabled", "offline", "online")
+from pydantic import Field
+
+from cnas_hpc.config.build import Natural, section
+
+Mode = Literal["disabled", "offline", "online"]
+MODES: tuple[str, ...] = typing.get_args(Mode)
+_Text = Annotated[str, Field(min_length=1, pattern=r"\S")]
 
 
-@dataclass(frozen=True)
+@section("wandb")
 class WandbConfig:
     """How (and whether) a search reports to W&B; the ``wandb`` config group.
 
@@ -23,40 +30,15 @@ class WandbConfig:
             best and at the end of the budget).
 
     Raises:
-        ValueError: A field is invalid (one line naming the ``wandb.<key>``).
+        ConfigError: A field is invalid (one line naming the ``wandb.<key>``).
     """
 
-    mode: str = "disabled"
-    project: str = "cnas-hpc"
-    entity: str | None = None
-    dir: str | None = None
-    tags: tuple[str, ...] = ()
-    study_view_every: int = 0
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"wandb.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if not isinstance(self.project, str) or not self.project.strip():
-            raise ValueError(f"wandb.project must be a non-empty string, got {self.project!r}")
-        if self.entity is not None and (not isinstance(self.entity, str) or not self.entity):
-            raise ValueError(
-                f"wandb.entity must be null or a non-empty string, got {self.entity!r}"
-            )
-        if self.dir is not None and (not isinstance(self.dir, str) or not self.dir):
-            raise ValueError(f"wandb.dir must be null or a non-empty path, got {self.dir!r}")
-        if isinstance(self.tags, str) or not all(
-            isinstance(tag, str) and tag.strip() for tag in self.tags
-        ):
-            raise ValueError(f"wandb.tags must be a list of non-empty strings, got {self.tags!r}")
-        # bool is an int: reject it explicitly, `study_view_every: true` is a typo, not 1.
-        if (
-            isinstance(self.study_view_every, bool)
-            or not isinstance(self.study_view_every, int)
-            or self.study_view_every < 0
-        ):
-            raise ValueError(
-                f"wandb.study_view_every must be an integer >= 0, got {self.study_view_every!r}"
-            )
+    mode: Mode = "disabled"
+    project: _Text = "cnas-hpc"
+    entity: _Text | None = None
+    dir: _Text | None = None
+    tags: tuple[_Text, ...] = ()
+    study_view_every: Natural = 0
 
     @property
     def enabled(self) -> bool:

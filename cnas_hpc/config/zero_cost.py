@@ -8,13 +8,14 @@ images (NASWOT; synflow is data-free). Seconds per cell on a CPU: every trial re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
 
-from cnas_hpc.common.errors import ConfigError
-from cnas_hpc.config.checks import check_positive
+from pydantic import Field
+
+from cnas_hpc.config.build import Count, section
 
 
-@dataclass(frozen=True)
+@section("zero_cost")
 class ZeroCostConfig:
     """Shape of the network the zero-cost proxies score, and NASWOT's batch.
 
@@ -27,14 +28,7 @@ class ZeroCostConfig:
             ``cnas:synflow``), so a study can be re-ranked by them afterwards.
     """
 
-    cells: int = 8
-    channels: int = 16
-    batch_size: int = 64
+    cells: Count = 8
+    channels: Count = 16
+    batch_size: Annotated[int, Field(ge=2)] = 64
     record: bool = True
-
-    def __post_init__(self) -> None:
-        check_positive("zero_cost", self, ("cells", "channels"))
-        if isinstance(self.batch_size, bool) or self.batch_size < 2:
-            raise ConfigError(
-                f"zero_cost.batch_size must be an integer >= 2, got {self.batch_size!r}"
-            )
