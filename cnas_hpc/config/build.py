@@ -63,18 +63,37 @@ def build_section(cls: Callable[..., T], values: Mapping[Any, Any] | None) -> T:
     return cls(**{str(key): value for key, value in (values or {}).items()})
 
 
+def build_settings(cls: Any, cfg: Mapping[str, Any], **given: Any) -> Any:
+    """Build an app's settings from its composed config (a resolved plain mapping).
+
+    Each field typed as a section is built from ``cfg[field]`` (absent: its defaults), every
+    other field is taken from ``cfg`` where set; ``given`` values are taken as they are.
+    """
+    hints = typing.get_type_hints(cls)
+    values = dict(given)
+    for name in (f.name for f in dataclasses.fields(cls) if f.name not in given):
+        if hasattr(hints[name], "__pydantic_fields__"):
+            values[name] = build_section(hints[name], cfg.get(name))
+        elif name in cfg:
+            values[name] = cfg[name]
+    return cls(**values)
+
+
 def _one_line(name: str, cls: Any, error: Any) -> str:
     """One pydantic error as the project's line, naming ``section.key`` and the value."""
     if error["type"] == "value_error":  # a rule of __post_init__: its message names the key
         return str(error["ctx"]["error"])
-    loc = error["loc"]
+    loc, given = error["loc"], error["input"]
+    if error["type"] == "missing" and loc and isinstance(loc[-1], int):  # a pair of one value
+        loc, error = loc[:-1], {**error, "type": "too_short"}  # (its input: the whole list)
     key = name + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    key = key.removeprefix(".")  # the settings' own fields (``device``) have no section name
     if error["type"] == "unexpected_keyword_argument":
         known = ", ".join(sorted(f.name for f in dataclasses.fields(cls)))
         return f"unknown key {key} (known: {known})"
     info = cls.__pydantic_fields__.get(loc[0]) if loc else None
     kind, metadata = _unwrap(info.annotation if info else None, info.metadata if info else [])
-    got = f", got {error['input']!r}"
+    got = f", got {list(given) if isinstance(given, tuple) else given!r}"  # as Hydra gave it
     if typing.get_origin(kind) is Literal:
         return f"{key} must be one of {', '.join(map(str, typing.get_args(kind)))}{got}"
     bounds = {type(m).__name__: m for m in metadata if type(m).__name__ in _BOUNDS}

@@ -10,7 +10,7 @@ import hashlib
 import json
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -18,10 +18,11 @@ from pydantic import Field
 
 from cnas_hpc.common.errors import ConfigError
 from cnas_hpc.config.augment import AugmentConfig
-from cnas_hpc.config.build import Count, build_section, section
+from cnas_hpc.config.build import Count, build_section, build_settings, section
 from cnas_hpc.config.checkpoint import CheckpointConfig
 from cnas_hpc.config.data import DataConfig
 from cnas_hpc.config.protocol import ProtocolConfig
+from cnas_hpc.config.settings import Device, output_dir_of
 from cnas_hpc.config.study import StudyConfig
 from cnas_hpc.config.wandb import WandbConfig
 
@@ -112,7 +113,7 @@ class ProbeConfig:
     linear_lr: Annotated[float, Field(gt=0)] = 0.1
 
 
-@dataclass(frozen=True)
+@section("")
 class EvalSettings:
     """Everything ``launch/evaluate.py`` needs, validated: see :func:`eval_settings_from_config`.
 
@@ -133,12 +134,8 @@ class EvalSettings:
     study: StudyConfig
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    device: str = "auto"
+    device: Device = "auto"
     output_dir: str = "runs"
-
-    def __post_init__(self) -> None:
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
     @property
     def name(self) -> str:
@@ -192,21 +189,11 @@ def eval_settings_from_config(cfg: Mapping[str, Any]) -> EvalSettings:
     Raises:
         ConfigError: one line naming the first invalid key.
     """
-    study_values = dict(cfg.get("study") or {})
-    study_values.pop("sampler", None)  # the evaluation never samples
-    if study_values.get("name") is None:
-        study_values.pop(
-            "name", None
-        )  # unused (``study.name: null``): the source is eval.from_study
-    return EvalSettings(
-        eval=build_section(EvalConfig, cfg.get("eval")),
-        protocol=build_section(ProtocolConfig, cfg.get("protocol")),
-        probe=build_section(ProbeConfig, cfg.get("probe")),
-        data=build_section(DataConfig, cfg.get("data")),
-        augment=build_section(AugmentConfig, cfg.get("augment")),
-        study=build_section(StudyConfig, study_values),
-        checkpoint=build_section(CheckpointConfig, cfg.get("checkpoint")),
-        wandb=build_section(WandbConfig, cfg.get("wandb")),
-        device=str(cfg.get("device", "auto")),
-        output_dir=str(Path(str(cfg.get("output_dir", "runs"))).expanduser().absolute()),
+    study = dict(cfg.get("study") or {})
+    study.pop("sampler", None)  # the evaluation never samples
+    if study.get("name") is None:  # unused (``study.name: null``): the source is eval.from_study
+        study.pop("name", None)
+    settings: EvalSettings = build_settings(
+        EvalSettings, cfg, study=build_section(StudyConfig, study), output_dir=output_dir_of(cfg)
     )
+    return settings

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from cnas_hpc.common.errors import ConfigError
 from cnas_hpc.common.objectives import is_zero_cost
-from cnas_hpc.config.build import Count, Natural, build_section, section
+from cnas_hpc.config.build import Count, Natural, build_settings, section
 from cnas_hpc.config.data import DataConfig
 from cnas_hpc.config.protocol import ProtocolConfig
 from cnas_hpc.config.scoring import scoring_setup, setup_digest
@@ -165,8 +165,7 @@ def fidelity_settings_from_config(cfg: Mapping[str, Any]) -> FidelitySettings:
         ConfigError: one line naming the first invalid key.
     """
     search_part = {k: v for k, v in cfg.items() if k not in ("protocol", "fidelity")}
-    return FidelitySettings(
-        search=settings_from_config(search_part),
-        protocol=build_section(ProtocolConfig, cfg.get("protocol")),
-        fidelity=build_section(FidelityConfig, cfg.get("fidelity")),
+    settings: FidelitySettings = build_settings(
+        FidelitySettings, cfg, search=settings_from_config(search_part)
     )
+    return settings

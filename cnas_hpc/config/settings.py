@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cnas_hpc.common.errors import ConfigError
 from cnas_hpc.common.storage_url import mask_url
 from cnas_hpc.config.augment import AugmentConfig
-from cnas_hpc.config.build import build_section
+from cnas_hpc.config.build import build_section, build_settings, section
 from cnas_hpc.config.checkpoint import CheckpointConfig
 from cnas_hpc.config.cost import CostConfig
 from cnas_hpc.config.data import DataConfig
@@ -32,8 +32,11 @@ from cnas_hpc.config.train import TrainConfig
 from cnas_hpc.config.wandb import WandbConfig
 from cnas_hpc.config.zero_cost import ZeroCostConfig
 
+#: Where a worker computes: ``auto`` is CUDA when there is a GPU, else the CPU.
+Device = Literal["auto", "cpu", "cuda"]
 
-@dataclass(frozen=True)
+
+@section("")
 class Settings:
     """Everything a worker needs, validated. Built by :func:`settings_from_config`."""
 
@@ -50,7 +53,7 @@ class Settings:
     cost: CostConfig = field(default_factory=CostConfig)
     worker: int = 0
     seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
     output_dir: str = "runs"
 
     def __post_init__(self) -> None:
@@ -75,8 +78,6 @@ class Settings:
                 f"study.grace_period ({self.study.grace_period} s) must exceed "
                 f"study.heartbeat_interval ({self.study.heartbeat_interval} s)"
             )
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
     @property
     def checkpoint_root(self) -> Path:
@@ -98,27 +99,18 @@ def settings_from_config(cfg: Mapping[str, Any]) -> Settings:
     Raises:
         ConfigError: one line naming the first invalid key.
     """
-    study_values = dict(cfg.get("study") or {})
-    sampler = build_section(SamplerConfig, study_values.pop("sampler", None))
-    study = build_section(StudyConfig, {**study_values, "sampler": sampler})
-    space = build_section(SpaceConfig, cfg.get("space"))
-    return Settings(
-        space=space,
-        model=build_section(ProxyConfig, cfg.get("model")),
-        data=build_section(DataConfig, cfg.get("data")),
-        augment=build_section(AugmentConfig, cfg.get("augment")),
-        train=build_section(TrainConfig, cfg.get("train")),
-        study=study,
-        search=build_section(SearchConfig, cfg.get("search")),
-        checkpoint=build_section(CheckpointConfig, cfg.get("checkpoint")),
-        wandb=build_section(WandbConfig, cfg.get("wandb")),
-        zero_cost=build_section(ZeroCostConfig, cfg.get("zero_cost")),
-        cost=build_section(CostConfig, cfg.get("cost")),
-        worker=int(cfg.get("worker", 0)),
-        seed=int(cfg.get("seed", 0)),
-        device=str(cfg.get("device", "auto")),
-        output_dir=str(Path(str(cfg.get("output_dir", "runs"))).expanduser().absolute()),
+    study = dict(cfg.get("study") or {})
+    study["sampler"] = build_section(SamplerConfig, study.get("sampler"))
+    study_config = build_section(StudyConfig, study)
+    settings: Settings = build_settings(
+        Settings, cfg, study=study_config, output_dir=output_dir_of(cfg)
     )
+    return settings
+
+
+def output_dir_of(cfg: Mapping[str, Any]) -> str:
+    """``output_dir`` of a composed config, absolute (the one place it is made so)."""
+    return str(Path(str(cfg.get("output_dir", "runs"))).expanduser().absolute())
 
 
 def public_hparams(settings: Settings) -> dict[str, Any]:
