@@ -16,7 +16,6 @@ import os
 import re
 import sys
 import tempfile
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -38,11 +37,6 @@ from cnas_hpc.train.memory import training_bytes_floor
 #: Where every command's Hydra configs live: inside the package, so an installed
 #: ``cnas-hpc`` runs from any directory (a clone's ``launch/*.py`` read the same files).
 CONFIG_PATH = "pkg://cnas_hpc.configs"
-
-# Same-named YAML over a plugin schema (cnas_hpc/configs/hydra/launcher/) is Hydra's
-# "automatic schema matching": supported by the pinned hydra-core 1.3, which warns about it
-# on every run.
-warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema")
 
 #: Errors that are the user's input, reported as one line (no traceback).
 USER_ERRORS = (ConfigError, StudyError, WorkerError, FileNotFoundError, ValueError)

@@ -1,9 +1,13 @@
 """Hydra launchers for SLURM clusters, on top of hydra-submitit-launcher.
 
-The presets are YAML files in ``cnas_hpc/configs/hydra/launcher/`` named like the plugin's
-structured configs (``submitit_slurm``, ``submitit_local``), so Hydra validates them against
-the plugin's schema and ``hydra/launcher=submitit_slurm`` gives our GPU-cluster defaults; they point
-``_target_`` at the launchers below. One multirun submits ONE SLURM array
+The presets keep the plugin's names: ``hydra/launcher=submitit_slurm`` and ``submitit_local`` are
+structured configs registered here in Hydra's ConfigStore (:class:`ClusterSlurmConf`,
+:class:`ClusterLocalConf`), subclasses of the plugin's schemas that carry our GPU-cluster
+defaults and point ``_target_`` at the launchers below; they replace the plugin's own entries of
+the same name (this module imports the plugin's config first, so its registration is always the
+later one). No YAML file shares a schema's name, so nothing relies on Hydra's deprecated
+automatic schema matching; ``slurm_cpu.yaml`` extends ``submitit_slurm`` through its defaults
+list. One multirun submits ONE SLURM array
 (``executor.map_array``) whose tasks are the workers.
 
 Differences from the plugin:
@@ -36,15 +40,16 @@ import logging
 import signal
 import sys
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.plugins.search_path_plugin import SearchPathPlugin
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
     BaseSubmititLauncher,
@@ -55,10 +60,6 @@ from omegaconf import OmegaConf
 
 from cnas_hpc.cli.multirun import OUTCOME, WorkerDeath
 from cnas_hpc.distributed.jobs import HELD_STATES, job_state
-
-# Same-named YAML over a plugin schema is Hydra's "automatic schema matching": supported by the
-# pinned hydra-core 1.3, which warns about it on every run. Here it is deliberate.
-warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema")
 
 log = logging.getLogger(__name__)
 
@@ -280,3 +281,18 @@ class ClusterSlurmLauncher(_TolerantLaunch, SlurmLauncher):
 
 class ClusterLocalLauncher(_TolerantLaunch, LocalLauncher):
     """Workers as local subprocesses through submitit, for trying the multirun path."""
+
+
+class LauncherPresets(SearchPathPlugin):
+    """Registers the launcher presets (:mod:`hydra_plugins.cnas_hpc_launcher._presets`).
+
+    Hydra asks every search-path plugin for its paths after it has scanned all plugin modules
+    and before it loads any config: the one moment at which our ``submitit_slurm`` and
+    ``submitit_local`` entries are sure to replace the submitit plugin's (which its scan
+    re-registers). The search path itself is left as it is.
+    """
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        from hydra_plugins.cnas_hpc_launcher._presets import register_presets
+
+        register_presets()
