@@ -264,7 +264,9 @@ def _run_case(
     if case.port is not None:
         storage = storage.set(port=case.port)
     if case.bootstrapped:
-        overrides = ("study=postgres", f"study.storage={url}", f"study.name={STUDY}")
+        # The study as the commands below would make it: the default's two objectives.
+        overrides = ("study=postgres", f"study.storage={url}", f"study.name={STUDY}",
+                     "search.objectives=[score,naswot]")  # fmt: skip
         bootstrap_study(tiny_settings(tmp_path / "bootstrap", *overrides))
     rows_before = table_rows(url)
     assert bool(rows_before) == case.bootstrapped  # a fresh database has no table at all
