@@ -79,7 +79,7 @@ def test_a_two_rank_ddp_worker_trains_on_both_ranks(fresh_pg_url: str, tmp_path:
         assert f"rank {rank}/2 trained trial" in logs, logs[-3000:]
 
 
-@pytest.mark.cost(70)
+@pytest.mark.cost(90)
 def test_sixteen_workers_share_a_fresh_database_through_one_array(
     fresh_pg_url: str, tmp_path: Path
 ) -> None:
@@ -113,6 +113,7 @@ def test_sixteen_workers_share_a_fresh_database_through_one_array(
     assert "IntegrityError" not in logs and "alembic_version" not in logs
 
 
+@pytest.mark.cost(40)
 def test_a_multi_objective_array_is_exact_and_times_each_cell_once(
     fresh_pg_url: str, tmp_path: Path
 ) -> None:
