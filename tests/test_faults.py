@@ -37,10 +37,13 @@ pytestmark = [pytest.mark.slurm, pytest.mark.postgres, pytest.mark.slow]
 
 STUDY = "fault-test"
 #: Trials of ~6 epochs x ~1-3 s on the 2-core node: long enough to interrupt mid-trial. No
-#: train.num_threads: each worker sizes its threads from its allocation (one CPU).
+#: train.num_threads: each worker sizes its threads from its allocation (one CPU). A fixed
+#: layout (train.perf=nchw): the autotuner's measurement took ~6 s of each run's first trial,
+#: longer than its training, and what a resumed trial keeps of it is test_train_checkpoint's.
 SLOW_TINY = (
     "hydra/launcher=slurm_cpu",
     "debug=tiny",
+    "train.perf=nchw",
     "study=postgres",
     f"study.name={STUDY}",
     "search.poll_seconds=1",
