@@ -283,6 +283,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     )
 
 
+class _GroupNodeIds:
+    """Put each test's xdist group into its node id, as ``--dist loadgroup`` expects.
+
+    pytest-xdist (3.8) tells the controller a test's group by rewriting ``item._nodeid`` to
+    ``<nodeid>@<group>``; pytest 9 keeps the id in ``item._id`` and never reads ``_nodeid``, so
+    the groups were silently lost: every test was a unit of its own, spread over the workers,
+    and a module-scoped fixture was set up again on each worker that ran one of its tests
+    (test_launch_evaluate's 60-90 s search up to three times). Runs after xdist's own hook and
+    does nothing where that one worked.
+    """
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            unit = _unit(item)
+            if unit == item.nodeid or item.nodeid.endswith(f"@{unit}"):
+                continue
+            try:
+                from _pytest.nodeid import NodeId  # pytest >= 9
+            except ImportError:  # pragma: no cover - older pytest: xdist's rewrite works
+                return
+            item._id = NodeId.parse(f"{item.nodeid}@{unit}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In an xdist worker of ``--dist loadgroup``: :class:`_GroupNodeIds`."""
+    if getattr(config.option, "loadgroup", False) and hasattr(config, "workerinput"):
+        config.pluginmanager.register(_GroupNodeIds(), "cnas-group-node-ids")
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Note the session's ``slurm_exclusive`` tests (after ``-k``/``-m`` deselection)."""
     session.config.stash[EXCLUSIVE_TESTS] = frozenset(
