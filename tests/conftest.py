@@ -16,7 +16,8 @@ The rules below place every test without special care, new ones included:
   module-scoped fixtures), unless the file is ``slow``: its tests are spread one by one.
   ``@pytest.mark.xdist_group("name")`` on a test or file overrides both. The ``slurm_exclusive``
   tests form one unit of their own.
-* Units run costliest first, after the ``slurm_exclusive`` unit: a unit's cost is the sum of its
+* Units run costliest first, after the ``slurm_exclusive`` unit and, beside it, the costliest
+  units without SLURM tests (one per other worker): a unit's cost is the sum of its
   tests' ``@pytest.mark.cost(seconds)`` (measured on the CI machine; unmarked tests count by their
   markers, :data:`DEFAULT_COST_S`). Mark a new test that takes more than ~20 s.
 * Tests must not share state beyond their own: a database from ``fresh_pg_url``, files under
@@ -237,9 +238,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     a unit alone); a unit's place in the queue is its first test's place in ``items`` (with
     ``--no-loadscope-reorder``). The ``slurm_exclusive`` tests form one unit, queued first, so
     that one worker runs them before anything else and no other worker's SLURM test can hold them
-    up (:func:`_slurm_turn`); then units by their summed cost, most first, so that the long ones
-    start at once and the quick ones fill the end. Without xdist the markers are inert and only
-    the order changes (a file's tests keep their order).
+    up (:func:`_slurm_turn`); then, one for each other worker, the costliest units that need no
+    SLURM (a SLURM test would only wait while the exclusive ones run); then units by their summed
+    cost, most first, so that the long ones start at once and the quick ones fill the end.
+    Without xdist the markers are inert and only the order changes (a file's tests keep their
+    order).
     """
     for item in items:
         if item.get_closest_marker("slurm_exclusive") is not None:
@@ -254,21 +257,60 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     cost: dict[str, float] = {}
     first: dict[str, int] = {}
     exclusive: set[str] = set()
+    needs_slurm: set[str] = set()
     for n, item in enumerate(items):
         unit = _unit(item)
         cost[unit] = cost.get(unit, 0.0) + _cost(item)
         first.setdefault(unit, n)
         if item.get_closest_marker("slurm_exclusive") is not None:
             exclusive.add(unit)
+        if item.get_closest_marker("slurm") is not None:
+            needs_slurm.add(unit)
+    # While the exclusive unit runs, a SLURM test elsewhere would only wait (_slurm_turn): each
+    # other worker starts on one of the costliest units that need no SLURM.
+    others = getattr(config, "workerinput", {}).get("workercount", 1) - 1 if exclusive else 0
+    free = sorted((u for u in cost if u not in needs_slurm), key=lambda u: (-cost[u], first[u]))
+    early = set(free[:others])
     positions = {id(item): n for n, item in enumerate(items)}
     items.sort(
         key=lambda item: (
             _unit(item) not in exclusive,
+            _unit(item) not in early,
             -cost[_unit(item)],
             first[_unit(item)],
             positions[id(item)],
         )
     )
+
+
+class _GroupNodeIds:
+    """Put each test's xdist group into its node id, as ``--dist loadgroup`` expects.
+
+    pytest-xdist (3.8) tells the controller a test's group by rewriting ``item._nodeid`` to
+    ``<nodeid>@<group>``; pytest 9 keeps the id in ``item._id`` and never reads ``_nodeid``, so
+    the groups were silently lost: every test was a unit of its own, spread over the workers,
+    and a module-scoped fixture was set up again on each worker that ran one of its tests
+    (test_launch_evaluate's 60-90 s search up to three times). Runs after xdist's own hook and
+    does nothing where that one worked.
+    """
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            unit = _unit(item)
+            if unit == item.nodeid or item.nodeid.endswith(f"@{unit}"):
+                continue
+            try:
+                from _pytest.nodeid import NodeId  # pytest >= 9
+            except ImportError:  # pragma: no cover - older pytest: xdist's rewrite works
+                return
+            item._id = NodeId.parse(f"{item.nodeid}@{unit}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In an xdist worker of ``--dist loadgroup``: :class:`_GroupNodeIds`."""
+    if getattr(config.option, "loadgroup", False) and hasattr(config, "workerinput"):
+        config.pluginmanager.register(_GroupNodeIds(), "cnas-group-node-ids")
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import ROOT
 
 ROWS = (
@@ -33,6 +35,7 @@ def test_the_gpu_scripts_parse() -> None:
         subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / script)], check=True)
 
 
+@pytest.mark.cost(25)
 def test_gpu_sh_dry_run_runs_every_check_on_the_cpu(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
     result = subprocess.run(

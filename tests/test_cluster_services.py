@@ -170,7 +170,7 @@ def test_sigkilled_submitit_job_ends_in_a_failure_state(executor: submitit.AutoE
 
 
 @pytest.mark.slurm
-@pytest.mark.cost(26)
+@pytest.mark.cost(45)
 def test_launcher_waits_for_a_suspended_worker_instead_of_failing_it(
     executor: submitit.AutoExecutor, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -44,7 +44,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
-@pytest.mark.cost(22)
+@pytest.mark.cost(120)
 def test_the_best_trials_are_trained_beside_a_preset_and_recorded_where_users_look(
     searched: Path,
 ) -> None:
@@ -167,12 +167,12 @@ def test_the_imagenet_mobile_protocol_runs_on_an_image_folder(tmp_path: Path) ->
     assert "COMPLETE" in result.stdout and "cells-imagenet_mobile-supervised" in result.stdout
 
 
-@pytest.mark.cost(27)
+@pytest.mark.cost(45)
 def test_ctrl_c_checkpoints_the_cell_and_the_same_command_resumes_it(tmp_path: Path) -> None:
     # Enough epochs that Ctrl-C, sent once epoch 1 is checkpointed, lands while the cell trains
-    # (an epoch is ~1 s here); the test split is scored once, at the end.
+    # (an epoch is ~1 s here, 5 are left); the test split is scored once, at the end.
     args = [
-        *QUICK_EVAL, "protocol.epochs=10", "protocol.test_every_epochs=10",
+        *QUICK_EVAL, "protocol.epochs=6", "protocol.test_every_epochs=6",
         "eval.presets=[PC_DARTS]", "eval.name=interrupted", "data.fraction=0.5",
     ]  # fmt: skip
     proc = subprocess.Popen(
@@ -246,6 +246,7 @@ def test_cells_spread_along_the_front_are_trained_and_reported_beside_their_cost
     assert all(0.0 <= float(r["test_accuracy"]) <= 1.0 for r in csv_rows)
 
 
+@pytest.mark.cost(30)
 def test_from_front_makes_one_task_per_front_cell_with_m(tmp_path: Path) -> None:
     storage = _cost_aware_home(tmp_path)
     args = ["-m", *QUICK_EVAL, "eval.from_study=mo", "eval.from_front=3", "eval.name=front-array"]

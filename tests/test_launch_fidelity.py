@@ -36,7 +36,7 @@ def _made(output: str) -> list[str]:
     return re.findall(r"measurement \d+: (\w+ seed \d+)", output)
 
 
-@pytest.mark.cost(45)
+@pytest.mark.cost(130)
 def test_a_study_reports_and_a_larger_rerun_measures_only_the_new_cells(tmp_path: Path) -> None:
     first = run_launch("fidelity.py", [*QUICK, "fidelity.n_random=3"], home=tmp_path, env=ENV)
     logs = first.stdout + first.stderr
@@ -89,6 +89,7 @@ def _reference_file(path: Path) -> Path:
     return path
 
 
+@pytest.mark.cost(55)
 def test_reference_mode_ranks_against_the_files_accuracies(tmp_path: Path) -> None:
     reference = _reference_file(tmp_path / "truth.json")
     args = [

@@ -201,6 +201,7 @@ def test_a_rerun_while_the_evaluation_s_array_runs_is_refused_and_submits_nothin
     assert {str(r["worker"]).split(":")[1].split("_")[0] for r in rows} == {array}
 
 
+@pytest.mark.cost(35)
 def test_cells_spread_along_a_front_train_as_one_array(fresh_pg_url: str, tmp_path: Path) -> None:
     # A cost-aware study as a constrained search leaves it (front: trials 0, 1, 3).
     make_study(fresh_pg_url, "mo-front", ("val_contrastive_loss", "params"),

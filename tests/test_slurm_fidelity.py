@@ -12,7 +12,7 @@ from tests.helpers import completed_array, query_rows, run_launch
 pytestmark = [pytest.mark.slurm, pytest.mark.postgres, pytest.mark.slow]
 
 
-@pytest.mark.cost(40)
+@pytest.mark.cost(65)
 def test_the_measurements_run_as_one_array_and_a_rerun_submits_nothing(
     fresh_pg_url: str, tmp_path: Path
 ) -> None:
