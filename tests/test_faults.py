@@ -43,6 +43,7 @@ STUDY = "fault-test"
 SLOW_TINY = (
     "hydra/launcher=slurm_cpu",
     "debug=tiny",
+    "search.objectives=[]",  # one objective, as tests.helpers.TINY: the mechanics under test
     "train.perf=nchw",
     "study=postgres",
     f"study.name={STUDY}",

@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.postgres, pytest.mark.slow]
 CLUSTER_TINY = (
     "hydra/launcher=slurm_cpu",
     "debug=tiny",
+    "search.objectives=[]",  # one objective, as tests.helpers.TINY: the mechanics under test
     "train.perf=nchw",
     "study=postgres",
     "study.name=slurm-test",

@@ -60,6 +60,7 @@ from omegaconf import OmegaConf
 
 from cnas_hpc.cli.multirun import OUTCOME, WorkerDeath
 from cnas_hpc.distributed.jobs import HELD_STATES, job_state
+from hydra_plugins.cnas_hpc_launcher._presets import register_presets
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +294,4 @@ class LauncherPresets(SearchPathPlugin):
     """
 
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        from hydra_plugins.cnas_hpc_launcher._presets import register_presets
-
         register_presets()
