@@ -50,6 +50,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from tabulate import tabulate
 
+from cnas_hpc.analysis.study_view import StudyViewObserver
 from cnas_hpc.analysis.summary import best_trials, format_table, write_best_genotypes
 from cnas_hpc.cli.common import (
     CONFIG_PATH,
@@ -347,10 +348,6 @@ def make_observers(settings: Settings, study: optuna.Study) -> list[TrialObserve
         # The study view ranks one value; a multi-objective study's trial runs log every
         # objective (summary ``objective/<name>``) and launch/report.py draws its front.
         if not settings.search.multi_objective:
-            # Imported here: it draws with matplotlib, which every other worker would load
-            # for nothing (about a second of each process's start).
-            from cnas_hpc.analysis.study_view import StudyViewObserver
-
             observers.append(StudyViewObserver(settings, study=lambda: study))
     return observers
 
