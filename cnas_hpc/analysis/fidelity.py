@@ -31,10 +31,10 @@ from tabulate import tabulate
 
 from cnas_hpc.analysis.plots import new_figure, save_figure, write_html
 from cnas_hpc.common.objectives import (
-    OBJECTIVES,
     ZERO_COST_OBJECTIVES,
     direction_of,
     is_zero_cost,
+    ranked_by_mean_rank,
 )
 from cnas_hpc.fidelity.app import FidelityPlan
 from cnas_hpc.fidelity.reference import Reference
@@ -311,12 +311,6 @@ def _file_ranking(name: str) -> Callable[[CellRow], float | None]:
 COMBINED = (("val_contrastive_loss", "naswot"), ("train_contrastive_loss", "naswot"))
 
 
-def _ranks_by_mean(objectives: Sequence[str]) -> bool:
-    """Several label-free objectives (no cost): the search ranks its cells by their rank mean
-    (:func:`cnas_hpc.study.pareto.primary_ranking`)."""
-    return len(objectives) > 1 and all(name in OBJECTIVES for name in objectives)
-
-
 def _rank_mean(rows: Sequence[CellRow], names: Sequence[str]) -> Callable[[CellRow], float | None]:
     """Per cell: the mean over ``names`` of its rank among the cells measured on all of them
     (each objective made "higher is better" first). A statistic of the SET of cells, not of one
@@ -444,7 +438,7 @@ def summarise(
         interval = _tau_of(rows, _at_epoch(objective, e), sign, 1, confidence)
         by_epoch.append(interval.value if interval is not None else math.nan)
     noisy = [np.std(r.score_seeds) for r in rows if len(r.score_seeds) > 1]
-    search = tuple(search_objectives) if _ranks_by_mean(search_objectives) else ()
+    search = tuple(search_objectives) if ranked_by_mean_rank(search_objectives) else ()
     combined = COMBINED if not search or search in COMBINED else (*COMBINED, search)
     rankings = ranking_rows(
         plan,

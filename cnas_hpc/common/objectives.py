@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final, Literal
 
 Direction = Literal["minimize", "maximize"]
@@ -38,6 +39,12 @@ STATIC_COSTS: Final = ("params", "macs")
 
 #: Every name ``search.objectives`` may list (besides ``score``, the alias of search.objective).
 SEARCH_OBJECTIVES: Final[dict[str, Direction]] = {**OBJECTIVES, **COST_OBJECTIVES}
+
+
+def ranked_by_mean_rank(objectives: Sequence[str]) -> bool:
+    """Whether a study of ``objectives`` ranks its cells by their mean rank over them: several
+    label-free objectives, no cost (the default ``[val_contrastive_loss, naswot]``)."""
+    return len(objectives) > 1 and all(name in OBJECTIVES for name in objectives)
 
 
 def is_cost(objective: str) -> bool:

@@ -39,6 +39,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from cnas_hpc.common import attrs
+from cnas_hpc.common.objectives import ranked_by_mean_rank
 from cnas_hpc.study.optuna_internals import constraint_values_of
 
 #: The costs a trial can record, in display order, and the user attribute holding each.
@@ -328,6 +329,12 @@ def tied_ranks(keys: Sequence[float]) -> list[float]:
     return ranks
 
 
+def average_ranks(columns: Sequence[Sequence[float]]) -> list[float]:
+    """Per item: its :func:`tied_ranks` in each column (lower is better), averaged."""
+    ranks = [tied_ranks(column) for column in columns]
+    return [sum(r[i] for r in ranks) / len(ranks) for i in range(len(columns[0]))]
+
+
 def mean_ranks(view: ParetoView) -> dict[int, float]:
     """Per candidate (trial number): its rank on each objective among all candidates (1 = best;
     ties share their mean rank), averaged over the objectives. Empty for one objective.
@@ -340,13 +347,11 @@ def mean_ranks(view: ParetoView) -> dict[int, float]:
     if not view.multi_objective:
         return {}
     candidates = _candidates(view.points, view.objectives)
-    total = {p.number: 0.0 for p in candidates}
-    for name in view.objectives:
-        sign = -1.0 if view.maximize(name) else 1.0
-        ranks = tied_ranks([sign * p.values[name] for p in candidates])
-        for p, rank in zip(candidates, ranks, strict=True):
-            total[p.number] += rank
-    return {n: t / len(view.objectives) for n, t in total.items()}
+    if not candidates:
+        return {}
+    signs = {name: -1.0 if view.maximize(name) else 1.0 for name in view.objectives}
+    columns = [[signs[n] * p.values[n] for p in candidates] for n in view.objectives]
+    return {p.number: r for p, r in zip(candidates, average_ranks(columns), strict=True)}
 
 
 def best_mean_rank(view: ParetoView, ranks: dict[int, float] | None = None) -> Point | None:
@@ -362,23 +367,10 @@ def best_mean_rank(view: ParetoView, ranks: dict[int, float] | None = None) -> P
 
 
 def ranks_by_mean(study: optuna.Study) -> bool:
-    """Whether the study's "best trials" are ranked by their mean rank over the objectives:
-    several objectives, none of them a cost (label-free scores only, e.g. the default
-    ``[val_contrastive_loss, naswot]``). A cost-aware study ranks by its primary objective."""
-    objectives = objectives_of(study)
-    return len(objectives) > 1 and not any(o in COST_ATTRS for o in objectives)
-
-
-def _mean_rank_order(trials: list[FrozenTrial], study: optuna.Study) -> dict[int, float]:
-    """Per trial number: its rank on each objective among ``trials`` (1 = best, ties share
-    their mean rank), averaged over the objectives."""
-    total = {t.number: 0.0 for t in trials}
-    for index, direction in enumerate(study.directions):
-        sign = -1.0 if direction == StudyDirection.MAXIMIZE else 1.0
-        ranks = tied_ranks([sign * float(t.values[index]) for t in trials])
-        for t, rank in zip(trials, ranks, strict=True):
-            total[t.number] += rank
-    return {n: v / len(study.directions) for n, v in total.items()}
+    """Whether the study's "best trials" are ranked by their mean rank over the objectives
+    (:func:`cnas_hpc.common.objectives.ranked_by_mean_rank`: several label-free objectives,
+    none a cost). A cost-aware study ranks by its primary objective."""
+    return ranked_by_mean_rank(objectives_of(study))
 
 
 def primary_ranking(study: optuna.Study) -> list[FrozenTrial]:
@@ -403,6 +395,10 @@ def primary_ranking(study: optuna.Study) -> list[FrozenTrial]:
         and attrs.GENOTYPE in t.user_attrs
         and is_feasible(t)
     ]
-    ranks = _mean_rank_order(done, study) if ranks_by_mean(study) else {}
+    ranks: dict[int, float] = {}
+    if ranks_by_mean(study) and done:
+        signs = [-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in study.directions]
+        columns = [[sign * float(t.values[i]) for t in done] for i, sign in enumerate(signs)]
+        ranks = {t.number: r for t, r in zip(done, average_ranks(columns), strict=True)}
     done.sort(key=lambda t: (ranks.get(t.number, 0.0), sign * float(t.values[index]), t.number))
     return done
