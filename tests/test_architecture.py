@@ -9,6 +9,8 @@ module-level import graph has no cycle.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,3 +192,20 @@ def test_tests_mirror_the_packages() -> None:
         if path.stem.split("_")[1] not in packages | cross_cutting
     ]
     assert not strays, f"name tests test_<package>_<module>.py: {strays}"
+
+
+#: Libraries only a picture or a ranking needs, each ~0.4-0.5 s of a process start on the CI
+#: machine: the commands and every worker they start must not pay for them (analysis imports
+#: them inside the functions that draw or rank).
+DRAWING_AND_STATISTICS = ("matplotlib", "scipy")
+
+
+def test_starting_a_command_imports_no_drawing_or_statistics_library() -> None:
+    commands = ", ".join(f"cnas_hpc.cli.{name}" for name in ("search", "evaluate", "fidelity"))
+    probe = f"import sys, {commands}; print(sorted(sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    loaded = {name.split(".")[0] for name in ast.literal_eval(out.strip())}
+    assert "torch" in loaded  # the probe imported the commands for real
+    assert not loaded & set(DRAWING_AND_STATISTICS), sorted(loaded & set(DRAWING_AND_STATISTICS))

@@ -24,13 +24,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Circle, FancyArrowPatch
+from typing import TYPE_CHECKING
 
 from cnas_hpc.space.genotype import Genotype, validate_genotype
 from cnas_hpc.space.primitives import CELL_KINDS
+
+# matplotlib is imported by the functions that draw, not here: every search worker and command
+# imports this module (through the W&B study view), and matplotlib cost ~0.4 s of each process
+# start on the CI machine, where a cell is drawn by a few processes only.
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +287,9 @@ def _layout(genotype: Genotype, cell: str) -> _Layout:
 
 def _label_sizes(ops: set[str]) -> dict[str, tuple[float, float]]:
     """Width and height of each op's label in data units, measured with the Agg renderer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     scratch = Figure(dpi=_DPI)
     canvas = FigureCanvasAgg(scratch)
     renderer = canvas.get_renderer()
@@ -313,6 +319,10 @@ def cell_figure(genotype: Genotype, cell: str, title: str | None = None) -> Figu
     Raises:
         ValueError: ``cell`` is not a cell kind, or the genotype fails ``validate_genotype``.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Circle, FancyArrowPatch
+
     _check(genotype, cell)
     layout = _layout(genotype, cell)
     ops = {edge.op for edge in layout.edges if edge.op is not None}

@@ -26,19 +26,21 @@ import textwrap
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib.pyplot as plt
 import optuna
-import optuna.visualization.matplotlib as optuna_plots
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from cnas_hpc.common import attrs
 from cnas_hpc.study.pareto import objectives_of, primary_of
+
+# matplotlib is imported by the functions that draw, not here: every search worker and command
+# imports this module (through the W&B study view), and matplotlib cost ~0.4 s of each process
+# start on the CI machine, where a picture is drawn by a few processes only.
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ IMPORTANCE_PLACEHOLDER = "needs >= 2 complete trials with varying params"
 
 def new_figure(width: float = 7.5, height: float = 4.2) -> tuple[Figure, Axes]:
     """A headless (Agg) figure with one axes; no pyplot state is touched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), dpi=_DPI)
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()
@@ -169,6 +174,9 @@ def plot_history(study: optuna.Study, path: str | Path) -> Path:
         ax.set_title(f"{study.study_name}: objective per trial")
         _placeholder(ax, "no complete trial yet")
         return save_figure(fig, path)
+    import optuna.visualization.matplotlib as optuna_plots
+    from matplotlib.ticker import MaxNLocator
+
     ax = optuna_plots.plot_optimization_history(
         study, target=_target(study), target_name=_objective_label(study)
     )
@@ -183,6 +191,9 @@ def plot_history(study: optuna.Study, path: str | Path) -> Path:
 
 def _save_optuna(ax: Axes, path: str | Path) -> Path:
     """Save a figure Optuna drew (through pyplot) and drop it from pyplot's registry."""
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
     fig = ax.get_figure()
     assert isinstance(fig, Figure)
     fig.set_size_inches(7.5, 4.2)
@@ -287,6 +298,8 @@ def plot_importances(study: optuna.Study, path: str | Path) -> Path:
         return save_figure(fig, path)
     shown = [name for name, _ in sorted(importances.items(), key=lambda kv: -kv[1])]
     shown = shown[:MAX_IMPORTANCES]
+    import optuna.visualization.matplotlib as optuna_plots
+
     ax = optuna_plots.plot_param_importances(
         study,
         evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
@@ -317,6 +330,8 @@ def _retitle(ax: Axes, text: str) -> None:
     printed over Optuna's, and not cut off when long tick labels push the axes right."""
     for loc in ("left", "center", "right"):
         ax.set_title("", loc=loc)
+    from matplotlib.figure import Figure
+
     fig = ax.get_figure()
     assert isinstance(fig, Figure)
     fig.suptitle(textwrap.fill(text, 80), x=0.01, ha="left", fontsize=11)
