@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,14 @@ import torch
 from PIL import Image
 
 from cnas_hpc.config.data import DataConfig
-from cnas_hpc.data.datasets import ImageArrays, check_available, load_images, resize_images
+from cnas_hpc.data import datasets
+from cnas_hpc.data.datasets import (
+    ImageArrays,
+    check_available,
+    digits_arrays,
+    load_images,
+    resize_images,
+)
 
 # The real-CIFAR-10 copy next to the checkout (see its README.md). CI always has it.
 SHARED_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
@@ -96,6 +105,25 @@ def test_digits_are_the_real_1797_images() -> None:
     expected = np.rint(load_digits().images * 255 / 16).astype(np.uint8)
     assert torch.equal(native.images[:, 0], torch.from_numpy(expected))
     assert torch.equal(native.labels, data.labels)  # type: ignore[arg-type]
+    assert torch.equal(data.labels, torch.from_numpy(load_digits().target).long())
+
+
+def test_digits_are_read_without_importing_scikit_learn_and_equal_its_loader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sklearn.datasets import load_digits
+
+    probe = "import sys; from cnas_hpc.data.datasets import digits_arrays; digits_arrays(); "
+    probe += "print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # the file, not the package (~1.3 CPU-s of a start)
+    images, labels = digits_arrays()
+    reference = load_digits()
+    assert np.array_equal(images, reference.images) and np.array_equal(labels, reference.target)
+    # Where scikit-learn's file is not found, its loader gives the same arrays.
+    monkeypatch.setattr(datasets.importlib.util, "find_spec", lambda name: None)
+    fallback_images, fallback_labels = digits_arrays()
+    assert np.array_equal(fallback_images, images) and np.array_equal(fallback_labels, labels)
 
 
 # ---------------------------------------------------------------- resize

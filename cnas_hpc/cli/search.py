@@ -74,6 +74,7 @@ from cnas_hpc.data.datasets import (
     ImageArrays,
     check_available,
     check_folder_images,
+    digits_arrays,
     inspect_npz,
 )
 from cnas_hpc.data.splits import make_search_data
@@ -106,9 +107,7 @@ def _source_size(cfg: DataConfig) -> tuple[int, bool] | None:
         ValueError: the npz file is not an npz archive of images the loader accepts.
     """
     if cfg.source == "digits":
-        from sklearn.datasets import load_digits
-
-        return int(load_digits().target.shape[0]), True
+        return int(digits_arrays()[1].shape[0]), True
     if cfg.source != "npz" or cfg.path is None:
         return None
     contents = inspect_npz(Path(cfg.path).expanduser().absolute())

@@ -21,6 +21,7 @@ interpolation, batched in torch; grayscale is replicated to three channels.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -332,13 +333,31 @@ def _from_nhwc(
     return ImageArrays(images.contiguous(), label_tensor, name)
 
 
-def _load_digits(cfg: DataConfig) -> ImageArrays:
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: ``(images [1797, 8, 8] float64 in 0..16, labels [1797] int)``.
+
+    The same arrays as ``sklearn.datasets.load_digits()`` (a test holds them equal), read from
+    the CSV file scikit-learn ships, without importing scikit-learn: the import (with SciPy)
+    cost ~1.3 CPU-s of each worker's start on the CI machine, where loading the file costs
+    ~0.03 s. Where the file is not found (a scikit-learn that moved it), ``load_digits`` is used.
+    """
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+    if spec is not None and spec.origin is not None:
+        csv = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+        if csv.is_file():
+            table = np.loadtxt(csv, delimiter=",")
+            return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
     from sklearn.datasets import load_digits
 
     digits = load_digits()
+    return digits.images, digits.target
+
+
+def _load_digits(cfg: DataConfig) -> ImageArrays:
+    images, labels = digits_arrays()
     # 17 grey levels 0..16 -> 0..255.
-    grey = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    return _from_nhwc(grey[..., None], digits.target, "digits", cfg)
+    grey = np.rint(images * (255.0 / 16.0)).astype(np.uint8)
+    return _from_nhwc(grey[..., None], labels, "digits", cfg)
 
 
 @dataclass(frozen=True)
