@@ -50,7 +50,7 @@ SOURCE = (*TINY, "search.objective=naswot")
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("evaluate")
-    result = run_search([*SOURCE, "search.n_trials=3"], home=home)
+    result = run_search([*SOURCE, "search.n_trials=3"], home=home, env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     return home
 

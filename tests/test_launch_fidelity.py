@@ -13,9 +13,12 @@ from cnas_hpc.cli.fidelity import main as fidelity_main
 from cnas_hpc.space.genotype import PRESETS, genotype_to_dict
 from tests.helpers import run_here, run_launch
 
-#: A toy study on the embedded digits: a few steps per measurement.
+#: A toy study on the embedded digits: a few steps per measurement. The scores train under one
+#: fixed step plan (``train.perf=nchw``, which no score depends on): no layout or thread count is
+#: measured per cell (a fifth of a run's CPU).
 QUICK = (
     "debug=tiny",
+    "train.perf=nchw",
     "fidelity.presets=[DARTS_V2]",
     "fidelity.noise_cells=1",
     "fidelity.noise_seeds=2",
