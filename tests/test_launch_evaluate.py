@@ -55,7 +55,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
-@pytest.mark.cost(120)
+@pytest.mark.cost(40)
 def test_the_best_trials_are_trained_beside_a_preset_and_recorded_where_users_look(
     searched: Path,
 ) -> None:
@@ -187,11 +187,11 @@ def test_the_imagenet_mobile_protocol_runs_on_an_image_folder(tmp_path: Path) ->
     assert "COMPLETE" in result.stdout and "cells-imagenet_mobile-supervised" in result.stdout
 
 
-@pytest.mark.cost(45)
+@pytest.mark.cost(35)
 def test_ctrl_c_checkpoints_the_cell_and_the_same_command_resumes_it(tmp_path: Path) -> None:
     # Enough epochs that Ctrl-C, sent once epoch 1 is checkpointed, lands while the cell trains
-    # (an epoch is 4 steps, ~0.5 s here, 5 are left: 20 steps); the test split is scored once,
-    # at the end. Batches of 32: half the CPU of 64 per step, as many steps of margin.
+    # (an epoch is 4 steps, under a second here; 5 are left: 20 steps); the test split is scored
+    # once, at the end. Batches of 32: about half the CPU of 64 a step, as many steps of margin.
     args = [
         *QUICK_EVAL, "protocol.epochs=6", "protocol.test_every_epochs=6",
         "protocol.batch_size=32", "eval.presets=[PC_DARTS]", "eval.name=interrupted",
@@ -268,7 +268,7 @@ def test_cells_spread_along_the_front_are_trained_and_reported_beside_their_cost
     assert all(0.0 <= float(r["test_accuracy"]) <= 1.0 for r in csv_rows)
 
 
-@pytest.mark.cost(30)
+@pytest.mark.cost(15)
 def test_from_front_makes_one_task_per_front_cell_with_m(tmp_path: Path) -> None:
     storage = _cost_aware_home(tmp_path)
     args = ["-m", *QUICK_EVAL, *ONE_STEP, "eval.from_study=mo", "eval.from_front=3",

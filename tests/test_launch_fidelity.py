@@ -40,7 +40,7 @@ def _made(output: str) -> list[str]:
     return re.findall(r"measurement \d+: (\w+ seed \d+)", output)
 
 
-@pytest.mark.cost(130)
+@pytest.mark.cost(105)
 def test_a_study_reports_and_a_larger_rerun_measures_only_the_new_cells(tmp_path: Path) -> None:
     first = run_launch("fidelity.py", [*QUICK, "fidelity.n_random=3"], home=tmp_path, env=ENV)
     logs = first.stdout + first.stderr
@@ -93,7 +93,7 @@ def _reference_file(path: Path) -> Path:
     return path
 
 
-@pytest.mark.cost(55)
+@pytest.mark.cost(25)
 # The in-process rerun's report warns here as the first run's did on its own stderr (a ranking
 # of constant values has no correlation: reported as nan).
 @pytest.mark.filterwarnings("ignore:An input array is constant")

@@ -1,4 +1,5 @@
-"""``launch/search.py`` end to end, as a user runs it (subprocesses, real SQLite study)."""
+"""``launch/search.py`` end to end, as a user runs it (subprocesses, real SQLite study; the
+refusals, which end before any work, in this process: :func:`tests.helpers.run_here`)."""
 
 from __future__ import annotations
 
