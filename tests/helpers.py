@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import socket
 import subprocess
@@ -15,6 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from sqlalchemy.engine import make_url
@@ -96,6 +99,63 @@ def run_launch(
         timeout=timeout,
         check=False,
     )
+
+
+def run_here(
+    script: str,
+    main: Callable[[], object],
+    args: Sequence[str],
+    *,
+    home: Path,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command's entry point ``main`` (what ``launch/<script>`` calls) in THIS process, as
+    ``python launch/<script> *args`` would: ``sys.argv``, ``CNAS_HOME`` (and ``env``) and the
+    working directory set, stdout and stderr captured, the exit status taken from
+    ``SystemExit`` (0 when ``main`` returns).
+
+    For checks that need no fresh process: a refusal of bad input (it ends before any work), a
+    rerun that finds its work done, a read-only report. A process start costs ~3.5 CPU-s (torch,
+    Hydra) and proves nothing the real processes of the end-to-end tests do not. What the command
+    changes in this process is undone: ``sys.argv``, the environment, the logging setup (Hydra
+    configures the root logger; the handlers it added are closed), torch's threads.
+    """
+    manager = logging.Logger.manager
+    loggers = [logging.root, *manager.loggerDict.values()]
+    kept = [
+        (x, x.level, list(x.handlers), x.propagate, x.disabled)
+        for x in loggers
+        if isinstance(x, logging.Logger)
+    ]
+    threads = torch.get_num_threads()
+    out, err = io.StringIO(), io.StringIO()
+    code: int | str | None = 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", [str(ROOT / "launch" / script), *args])
+        for key, value in {"CNAS_HOME": str(home), **(env or {})}.items():
+            patch.setenv(key, value)
+        patch.chdir(cwd)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                main()
+        except SystemExit as exc:
+            code = exc.code
+        finally:
+            before = {id(h) for _, _, handlers, _, _ in kept for h in handlers}
+            for logger in [logging.root, *manager.loggerDict.values()]:
+                if isinstance(logger, logging.Logger):
+                    for handler in logger.handlers:
+                        if id(handler) not in before:  # Hydra's (a job's log file among them)
+                            handler.close()
+                    logger.handlers[:] = [h for h in logger.handlers if id(h) in before]
+            for logger, level, handlers, propagate, disabled in kept:
+                logger.setLevel(level)
+                logger.handlers[:] = handlers
+                logger.propagate, logger.disabled = propagate, disabled
+            torch.set_num_threads(threads)
+    returncode = code if isinstance(code, int) else (0 if code is None else 1)
+    return subprocess.CompletedProcess([script, *args], returncode, out.getvalue(), err.getvalue())
 
 
 def run_search(

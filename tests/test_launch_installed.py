@@ -8,11 +8,13 @@ own environment, as they would from a site's module system) and run with only th
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,17 +66,54 @@ def test_the_wheel_ships_the_configs_and_the_commands(installed: Path) -> None:
         assert (installed / "bin" / f"cnas-{command}").is_file(), command
 
 
+#: ``python -m cnas_hpc <args>`` for each ``args`` of ``sys.argv[1]`` (a JSON list), in ONE
+#: process: the package's ``__main__`` run as ``-m`` runs it (:func:`runpy.run_module`), each in a
+#: fresh empty folder; prints, as JSON, each one's exit status, stdout, stderr and what it left in
+#: its folder. A process per command imported torch and the package again (~4 CPU-s each).
+COMMANDS_IN_ONE_PROCESS = """
+import contextlib, io, json, os, runpy, sys
+runs = []
+for n, args in enumerate(json.loads(sys.argv[1])):
+    folder = os.path.abspath(str(n))
+    os.mkdir(folder)
+    os.chdir(folder)
+    sys.argv = ["cnas_hpc", *args]
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_module("cnas_hpc", run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    os.chdir("..")
+    runs.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue(),
+                 "wrote": os.listdir(folder)})
+print(json.dumps(runs))
+"""
+
+
+@pytest.fixture(scope="module")
+def helps(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """``python -m cnas_hpc <command> --help`` of every command, from an empty directory."""
+    where = tmp_path_factory.mktemp("helps")
+    argvs = [[command, "--help"] for command in COMMANDS]
+    result = _run(
+        [sys.executable, "-c", COMMANDS_IN_ONE_PROCESS, json.dumps(argvs)], installed, where
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(zip(COMMANDS, json.loads(result.stdout.splitlines()[-1]), strict=True))
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_s_help_lists_its_config_groups(
-    installed: Path, tmp_path: Path, command: str
+    helps: dict[str, dict[str, Any]], command: str
 ) -> None:
-    result = _run([sys.executable, "-m", "cnas_hpc", command, "--help"], installed, tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "== Configuration groups ==" in result.stdout
-    assert "model: proxy_csnas, proxy_small" in result.stdout  # every command composes it
+    result = helps[command]
+    assert result["code"] == 0, result["stderr"][-2000:]
+    assert "== Configuration groups ==" in result["stdout"]
+    assert "model: proxy_csnas, proxy_small" in result["stdout"]  # every command composes it
     if command == "evaluate":
-        assert "protocol: darts_cifar, debug, imagenet_mobile" in result.stdout
-    assert not list(tmp_path.iterdir())  # --help writes nothing
+        assert "protocol: darts_cifar, debug, imagenet_mobile" in result["stdout"]
+    assert result["wrote"] == []  # --help writes nothing
 
 
 def test_a_default_search_runs_from_an_empty_directory(installed: Path, tmp_path: Path) -> None:

@@ -1,9 +1,12 @@
-"""``launch/search.py`` end to end, as a user runs it (subprocesses, real SQLite study)."""
+"""``launch/search.py`` end to end, as a user runs it (subprocesses, real SQLite study; the
+refusals, which end before any work, in this process: :func:`tests.helpers.run_here`)."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.helpers import TINY, run_search
+from cnas_hpc.cli.search import main as search_main
+from tests.helpers import TINY, run_here, run_search
+
+#: One CPU allotted, as to an array task on a shared node: torch runs one thread and the worker
+#: measures no thread count per candidate. For the searches whose threads are not what they
+#: test (the default search below measures them): ~4 CPU-s less per search on this 2-core VM.
+ONE_CPU = {"OMP_NUM_THREADS": "1", "SLURM_CPUS_PER_TASK": "1"}
 
 
 def complete_trials(home: Path, name: str = "cnas-digits-compact") -> int:
@@ -19,17 +28,36 @@ def complete_trials(home: Path, name: str = "cnas-digits-compact") -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
-def test_search_runs_resumes_and_writes_the_best_genotype(tmp_path: Path) -> None:
-    first = run_search([*TINY, "search.n_trials=2"], home=tmp_path)
+@dataclass(frozen=True)
+class Resumed:
+    """A default search of 2 trials, then the same command with a budget of 3 (it resumes)."""
+
+    home: Path
+    first: subprocess.CompletedProcess[str]
+    complete_after_first: int
+    second: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory: pytest.TempPathFactory) -> Resumed:
+    """The study of :class:`Resumed`, which several tests read (a search process each saved)."""
+    home = tmp_path_factory.mktemp("search")
+    first = run_search([*TINY, "search.n_trials=2"], home=home)
+    after_first = complete_trials(home) if first.returncode == 0 else -1
+    second = run_search([*TINY, "search.n_trials=3"], home=home)
+    return Resumed(home, first, after_first, second)
+
+
+def test_search_runs_resumes_and_writes_the_best_genotype(resumed: Resumed) -> None:
+    first, second, home = resumed.first, resumed.second, resumed.home
     assert first.returncode == 0, first.stderr[-3000:]
-    assert complete_trials(tmp_path) == 2
-    second = run_search([*TINY, "search.n_trials=3"], home=tmp_path)
+    assert resumed.complete_after_first == 2
     assert second.returncode == 0, second.stderr[-3000:]
-    assert complete_trials(tmp_path) == 3  # resumed: added one, did not start over
+    assert complete_trials(home) == 3  # resumed: added one, did not start over
     output = second.stdout + second.stderr
     assert "resumed, 2/3 trials complete" in output
     assert "Best genotype" in second.stdout and "Genotype(normal=" in second.stdout
-    best = json.loads((tmp_path / "cnas-digits-compact" / "best_genotype.json").read_text())
+    best = json.loads((home / "cnas-digits-compact" / "best_genotype.json").read_text())
     assert best["study"] == "cnas-digits-compact"
     assert len(best["genotype"]["normal"]) == 8
     # Not a terminal: plain log lines, no progress-bar redraws or escape codes.
@@ -45,6 +73,7 @@ def test_a_zero_cost_search_trains_nothing_and_records_its_proxy(
     result = run_search(
         [*TINY, f"search.objective={objective}", "search.n_trials=3", f"study.name={name}"],
         home=tmp_path,
+        env=ONE_CPU,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/cnas.db")
@@ -63,7 +92,7 @@ def test_a_screened_search_trains_only_what_its_zero_cost_screen_lets_through(
         *TINY, "search.screen=naswot", "search.screen_startup=2", "search.screen_keep=0.5",
         "search.n_trials=4", "study.name=zc-screen", "study.sampler.n_startup_trials=10",
     ]  # fmt: skip
-    result = run_search(args, home=tmp_path)
+    result = run_search(args, home=tmp_path, env=ONE_CPU)
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name="zc-screen", storage=f"sqlite:///{tmp_path}/cnas.db")
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -77,13 +106,18 @@ def test_a_screened_search_trains_only_what_its_zero_cost_screen_lets_through(
         assert trial.user_attrs["cnas:naswot"] < sorted(earlier)[len(earlier) // 2]
 
 
-def test_a_contrastive_search_records_the_zero_cost_proxies_of_every_trial(tmp_path: Path) -> None:
-    result = run_search([*TINY, "search.n_trials=1", "study.name=zc-record"], home=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    study = optuna.load_study(study_name="zc-record", storage=f"sqlite:///{tmp_path}/cnas.db")
-    (trial,) = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    assert {"cnas:naswot", "cnas:synflow", "cnas:zero_cost_s"} <= set(trial.user_attrs)
-    assert trial.user_attrs["cnas:epochs_done"] == 1
+def test_a_contrastive_search_records_the_zero_cost_proxies_of_every_trial(
+    resumed: Resumed,
+) -> None:
+    # The default (contrastive) search of the resume test, both of its runs.
+    study = optuna.load_study(
+        study_name="cnas-digits-compact", storage=f"sqlite:///{resumed.home}/cnas.db"
+    )
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert len(trials) == 3
+    for trial in trials:
+        assert {"cnas:naswot", "cnas:synflow", "cnas:zero_cost_s"} <= set(trial.user_attrs)
+        assert trial.user_attrs["cnas:epochs_done"] == 1
 
 
 def test_the_paper_preset_runs_end_to_end_with_tiny_overrides(tmp_path: Path) -> None:
@@ -96,12 +130,15 @@ def test_the_paper_preset_runs_end_to_end_with_tiny_overrides(tmp_path: Path) ->
             "train.epochs=1",
             "train.batch_size=64",
             "train.max_steps_per_epoch=2",
-            "search.n_trials=2",
+            # One trial: the preset composes, trains and is recorded; a second adds nothing of
+            # the preset (~2.5 CPU-s).
+            "search.n_trials=1",
         ],
         home=tmp_path,
+        env=ONE_CPU,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert complete_trials(tmp_path, "csnas-paper-digits") == 2
+    assert complete_trials(tmp_path, "csnas-paper-digits") == 1
 
 
 @pytest.mark.parametrize(
@@ -122,7 +159,9 @@ def test_the_paper_preset_runs_end_to_end_with_tiny_overrides(tmp_path: Path) ->
     ],
 )
 def test_bad_input_exits_non_zero_with_one_line(tmp_path: Path, override: str, needle: str) -> None:
-    result = run_search([*TINY, override], home=tmp_path, timeout=120)
+    # In this process (run_here): a refusal ends before any work; the tests above start the
+    # real command.
+    result = run_here("search.py", search_main, [*TINY, override], home=tmp_path)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and needle in errors[0], result.stderr[-2000:]
@@ -134,7 +173,8 @@ def test_bad_input_exits_non_zero_with_one_line(tmp_path: Path, override: str, n
 def test_an_npz_without_images_is_named_as_such(tmp_path: Path) -> None:
     empty = tmp_path / "empty.npz"
     np.savez(empty, images=np.zeros((0, 32, 32, 3), dtype=np.uint8))
-    result = run_search([*TINY, "data=npz", f"data.path={empty}"], home=tmp_path, timeout=120)
+    args = [*TINY, "data=npz", f"data.path={empty}"]
+    result = run_here("search.py", search_main, args, home=tmp_path)  # a refusal: no process
     assert result.returncode == 2
     assert (
         result.stderr.strip()
@@ -149,13 +189,18 @@ SLURM_RUN = ("-m", "hydra/launcher=slurm_cpu", *TINY)
 
 
 @pytest.mark.slurm
-def test_a_rerun_of_a_complete_study_submits_nothing(tmp_path: Path) -> None:
-    first = run_search([*TINY, "search.n_trials=1"], home=tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
-    again = run_search([*SLURM_RUN, "search.n_trials=1", "worker=range(2)"], home=tmp_path)
+def test_a_rerun_of_a_complete_study_submits_nothing(resumed: Resumed) -> None:
+    # The resume test's complete study (3/3). The multirun ends in the submitting process before
+    # anything is queued: in this process (run_here).
+    assert complete_trials(resumed.home) == 3
+    again = run_here(
+        "search.py", search_main, [*SLURM_RUN, "search.n_trials=3", "worker=range(2)"],
+        home=resumed.home,
+    )  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "study 'cnas-digits-compact' is complete (1/1 trials): nothing submitted" in again.stdout
-    assert not list(tmp_path.rglob(".submitit"))  # no array
+    assert "study 'cnas-digits-compact' is complete (3/3 trials): nothing submitted" in again.stdout
+    assert not list(resumed.home.rglob(".submitit"))  # no array
+    assert complete_trials(resumed.home) == 3
 
 
 def test_a_constrained_multi_objective_search_never_trains_a_cell_over_its_limit(
@@ -172,6 +217,7 @@ def test_a_constrained_multi_objective_search_never_trains_a_cell_over_its_limit
             "study.name=budget",
         ],
         home=tmp_path,
+        env=ONE_CPU,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Pareto front of study 'budget'" in result.stdout

@@ -7,11 +7,12 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from cnas_hpc.common import attrs
@@ -22,6 +23,19 @@ from cnas_hpc.study.lifecycle import bootstrap_study, load_study
 from cnas_hpc.tracking.progress import SearchProgress
 from cnas_hpc.train.checkpoint import TrainState
 from tests.helpers import tiny_settings
+
+
+@pytest.fixture(autouse=True)
+def _one_cpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each worker is allotted one CPU, as on a shared node (``SLURM_CPUS_PER_TASK=1``): torch
+    runs one thread and the worker measures no thread count per candidate. What these tests
+    check does not depend on threads (the bound itself is
+    :func:`test_a_one_cpu_allocation_bounds_the_measured_threads`); two threads on this 2-core VM
+    cost 40 % more CPU. The worker sets torch's threads process-wide: restored after."""
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_a_short_search_completes_its_budget_with_everything_recorded(tmp_path: Path) -> None:

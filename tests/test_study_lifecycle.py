@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 import sqlalchemy
+import torch
 from optuna.trial import TrialState
 
 from cnas_hpc.common import attrs
@@ -36,6 +38,24 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/study.db"
     return str(request.getfixturevalue("fresh_pg_url"))
+
+
+#: The start method of the concurrent processes below: fork (as tests/test_study_budget.py),
+#: so that each starts with what this process imported; a spawned one imported torch and the
+#: project again (~3 CPU-s each). They share nothing but the database: each composes its own
+#: settings and opens its own connections (no engine is open here when they fork).
+CONCURRENT = mp.get_context("fork")
+
+
+@pytest.fixture
+def one_cpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A worker allotted one CPU (``SLURM_CPUS_PER_TASK=1``): one torch thread, no thread count
+    measured per candidate (which these tests do not check; it cost 40 % more CPU here). The
+    worker sets torch's threads process-wide: restored after."""
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def settings_for(tmp_path: Path, url: str, *overrides: str) -> Settings:
@@ -96,6 +116,7 @@ def test_sampler_settings_are_explicit(tmp_path: Path) -> None:
     assert isinstance(random, optuna.samplers.RandomSampler)
 
 
+@pytest.mark.usefixtures("one_cpu")
 def test_known_cells_are_enqueued_once_and_evaluated_first(tmp_path: Path) -> None:
     s = tiny_settings(tmp_path, "search.n_trials=3", "search.enqueue=[DARTS_V2,PC_DARTS]")
     bootstrap_study(s)
@@ -238,10 +259,11 @@ def _bootstrap_together(url: str, tmp: str, start: Any, results: Any) -> None:
 def test_two_bootstraps_started_together_on_a_new_database_both_succeed(
     storage_url: str, tmp_path: Path
 ) -> None:
-    ctx = mp.get_context("spawn")
-    start, results = ctx.Barrier(2), ctx.Queue()
+    start, results = CONCURRENT.Barrier(2), CONCURRENT.Queue()
     processes = [
-        ctx.Process(target=_bootstrap_together, args=(storage_url, str(tmp_path), start, results))
+        CONCURRENT.Process(
+            target=_bootstrap_together, args=(storage_url, str(tmp_path), start, results)
+        )
         for _ in range(2)
     ]
     for process in processes:
@@ -258,8 +280,7 @@ def test_two_bootstraps_started_together_on_a_new_database_both_succeed(
 def test_concurrent_claims_never_overshoot_the_budget(storage_url: str, tmp_path: Path) -> None:
     bootstrap_study(settings_for(tmp_path, storage_url))
     n_trials, n_workers = 13, 6
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(n_workers) as pool:
+    with CONCURRENT.Pool(n_workers) as pool:
         done = pool.starmap(
             _claim_and_finish, [(storage_url, str(tmp_path), n_trials, w) for w in range(n_workers)]
         )
@@ -289,6 +310,7 @@ def test_a_stale_trial_is_failed_and_retried_with_the_same_params(
     assert count_budget(handle).running == 1
 
 
+@pytest.mark.usefixtures("one_cpu")
 def test_a_retried_known_cell_keeps_its_identity_and_the_one_arch_hash(tmp_path: Path) -> None:
     s = tiny_settings(
         tmp_path, "search.n_trials=1", "search.enqueue=[DARTS_V2]",
