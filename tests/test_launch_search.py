@@ -30,7 +30,7 @@ def complete_trials(home: Path, name: str = "cnas-digits-compact") -> int:
 
 @dataclass(frozen=True)
 class Resumed:
-    """A default search of 2 trials, then the same command with a budget of 3 (it resumes)."""
+    """A default search of 1 trial, then the same command with a budget of 2 (it resumes)."""
 
     home: Path
     first: subprocess.CompletedProcess[str]
@@ -42,27 +42,27 @@ class Resumed:
 def resumed(tmp_path_factory: pytest.TempPathFactory) -> Resumed:
     """The study of :class:`Resumed`, which several tests read (a search process each saved)."""
     home = tmp_path_factory.mktemp("search")
-    first = run_search([*TINY, "search.n_trials=2"], home=home)
+    first = run_search([*TINY, "search.n_trials=1"], home=home)
     after_first = complete_trials(home) if first.returncode == 0 else -1
-    second = run_search([*TINY, "search.n_trials=3"], home=home)
+    second = run_search([*TINY, "search.n_trials=2"], home=home)
     return Resumed(home, first, after_first, second)
 
 
 def test_search_runs_resumes_and_writes_the_best_genotype(resumed: Resumed) -> None:
     first, second, home = resumed.first, resumed.second, resumed.home
     assert first.returncode == 0, first.stderr[-3000:]
-    assert resumed.complete_after_first == 2
+    assert resumed.complete_after_first == 1
     assert second.returncode == 0, second.stderr[-3000:]
-    assert complete_trials(home) == 3  # resumed: added one, did not start over
+    assert complete_trials(home) == 2  # resumed: added one, did not start over
     output = second.stdout + second.stderr
-    assert "resumed, 2/3 trials complete" in output
+    assert "resumed, 1/2 trials complete" in output
     assert "Best genotype" in second.stdout and "Genotype(normal=" in second.stdout
     best = json.loads((home / "cnas-digits-compact" / "best_genotype.json").read_text())
     assert best["study"] == "cnas-digits-compact"
     assert len(best["genotype"]["normal"]) == 8
     # Not a terminal: plain log lines, no progress-bar redraws or escape codes.
     assert "\r" not in output and "\x1b[" not in output
-    assert "trial 2: COMPLETE" in output
+    assert "trial 1: COMPLETE" in output
 
 
 @pytest.mark.parametrize("objective", ["naswot", "synflow"])
@@ -114,7 +114,7 @@ def test_a_contrastive_search_records_the_zero_cost_proxies_of_every_trial(
         study_name="cnas-digits-compact", storage=f"sqlite:///{resumed.home}/cnas.db"
     )
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    assert len(trials) == 3
+    assert len(trials) == 2
     for trial in trials:
         assert {"cnas:naswot", "cnas:synflow", "cnas:zero_cost_s"} <= set(trial.user_attrs)
         assert trial.user_attrs["cnas:epochs_done"] == 1
@@ -190,17 +190,17 @@ SLURM_RUN = ("-m", "hydra/launcher=slurm_cpu", *TINY)
 
 @pytest.mark.slurm
 def test_a_rerun_of_a_complete_study_submits_nothing(resumed: Resumed) -> None:
-    # The resume test's complete study (3/3). The multirun ends in the submitting process before
+    # The resume test's complete study (2/2). The multirun ends in the submitting process before
     # anything is queued: in this process (run_here).
-    assert complete_trials(resumed.home) == 3
+    assert complete_trials(resumed.home) == 2
     again = run_here(
-        "search.py", search_main, [*SLURM_RUN, "search.n_trials=3", "worker=range(2)"],
+        "search.py", search_main, [*SLURM_RUN, "search.n_trials=2", "worker=range(2)"],
         home=resumed.home,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "study 'cnas-digits-compact' is complete (3/3 trials): nothing submitted" in again.stdout
+    assert "study 'cnas-digits-compact' is complete (2/2 trials): nothing submitted" in again.stdout
     assert not list(resumed.home.rglob(".submitit"))  # no array
-    assert complete_trials(resumed.home) == 3
+    assert complete_trials(resumed.home) == 2
 
 
 def test_a_constrained_multi_objective_search_never_trains_a_cell_over_its_limit(
