@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -156,6 +156,30 @@ def run_here(
             torch.set_num_threads(threads)
     returncode = code if isinstance(code, int) else (0 if code is None else 1)
     return subprocess.CompletedProcess([script, *args], returncode, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def thread_counts_set(node_cores: int) -> Iterator[list[int]]:
+    """Every intra-op thread count set in the body (``torch.set_num_threads``), on a node that
+    seems to have ``node_cores`` cores (what a step plan's thread measurement may try without a
+    cap). The test process runs one thread meanwhile, so that :func:`run_here`'s restore adds no
+    count of its own; its threads are given back after."""
+    before = torch.get_num_threads()
+    real = torch.set_num_threads
+    real(1)
+    seen: list[int] = []
+
+    def record(threads: int) -> None:
+        seen.append(threads)
+        real(threads)
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("cnas_hpc.train.plan.available_cores", lambda: node_cores)
+            patch.setattr(torch, "set_num_threads", record)
+            yield seen
+    finally:
+        real(before)
 
 
 def run_search(

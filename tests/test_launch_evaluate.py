@@ -27,6 +27,7 @@ from tests.helpers import (
     run_evaluate,
     run_here,
     run_search,
+    thread_counts_set,
 )
 from tests.mo_studies import SCORE_PARAMS, Cell, make_study
 from tests.wandb_offline import offline_runs
@@ -94,8 +95,13 @@ def test_the_label_free_probe_gives_a_number_without_training_on_labels(searched
         # (kNN ~57 %, linear ~14 % here); the whole set cost 8 CPU-s more.
         "data.fraction=0.2",
     ]  # fmt: skip
-    result = run_evaluate(args, home=searched, env=ENV)
+    # In this process (run_here), where the node's cores can be faked: whatever they are (8
+    # here), a task allotted one CPU trains its probe on one thread (the probe's step-plan
+    # measurement chooses within the allocation, as a search trial's does).
+    with thread_counts_set(node_cores=8) as threads:
+        result = run_here("evaluate.py", evaluate_main, args, home=searched, env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert threads and set(threads) == {1}, threads
     ((knn, linear, supervised, state),) = query_rows(
         f"sqlite:///{searched / 'cnas.db'}",
         "SELECT probe_knn_accuracy, probe_linear_accuracy, test_accuracy, state "

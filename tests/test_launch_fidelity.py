@@ -11,7 +11,7 @@ import pytest
 
 from cnas_hpc.cli.fidelity import main as fidelity_main
 from cnas_hpc.space.genotype import PRESETS, genotype_to_dict
-from tests.helpers import run_here, run_launch
+from tests.helpers import run_here, run_launch, thread_counts_set
 
 #: A toy study on the embedded digits: a few steps per measurement. The scores train under one
 #: fixed step plan (``train.perf=nchw``, which no score depends on): no layout or thread count is
@@ -125,6 +125,24 @@ def test_reference_mode_ranks_against_the_files_accuracies(tmp_path: Path) -> No
     logs = again.stdout + again.stderr
     assert again.returncode == 0, logs[-3000:]
     assert "4 cells, 9 measurements, 0 to make" in logs and _made(logs) == []  # all reused
+
+
+def test_a_task_given_one_cpu_scores_its_cells_on_one_thread(tmp_path: Path) -> None:
+    # Whatever the node's cores (8 here), a task allotted one CPU scores every cell on one
+    # thread: the score's step-plan measurement (train.perf=auto) chooses within the allocation,
+    # as a search trial's does. In this process (run_here), where the node's cores can be faked.
+    reference = _reference_file(tmp_path / "truth.json")
+    args = [
+        "debug=tiny", f"fidelity.reference={reference}", "fidelity.noise_cells=0",
+        "fidelity.bootstrap=10", "fidelity.reference_cells=3", "fidelity.reference_channels=4",
+        "train.perf=auto",
+    ]  # fmt: skip
+    with thread_counts_set(node_cores=8) as threads:
+        result = run_here("fidelity.py", fidelity_main, args, home=tmp_path, env=ENV)
+    logs = result.stdout + result.stderr
+    assert result.returncode == 0, logs[-3000:]
+    assert sum(m.startswith("score") for m in _made(logs)) == 4  # the contrastive score trained
+    assert threads and set(threads) == {1}, threads
 
 
 @pytest.mark.parametrize(

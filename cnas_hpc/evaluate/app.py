@@ -83,14 +83,14 @@ def run_evaluation(
     device = select_device(env, settings.device)
     # Threads from the allocation: an evaluation task with a thread per core of a shared node
     # would oversubscribe it as much as search workers once did.
-    size_cpu_threads(env)
+    threads = size_cpu_threads(env).intra_op
     with distributed_session(env, device):
         engine = store.connect(settings.study) if env.is_main else None
         try:
             rows = broadcast_object(_my_rows(engine, settings) if engine is not None else [])
             group = ObserverGroup(observers() if observers and env.is_main else ())
             try:
-                return _evaluate(rows, settings, env, device, engine, group)
+                return _evaluate(rows, settings, env, device, engine, group, threads)
             finally:
                 group.notify("close")
         finally:
@@ -122,6 +122,7 @@ def _evaluate(
     device: torch.device,
     engine: sqlalchemy.Engine | None,
     observers: ObserverGroup,
+    threads: int,
 ) -> EvalReport:
     report = EvalReport()
     todo = [row for row in rows if row.state != store.COMPLETE]
@@ -137,7 +138,10 @@ def _evaluate(
             if claim is not None and not claim.claimed:
                 _busy(report, settings, row, claim)
                 continue
-            runner = CellRunner(row, settings, env, device, data, engine, observers, preemption)
+            runner = CellRunner(
+                row, settings, env, device, data, engine, observers, preemption,
+                max_threads=threads,
+            )  # fmt: skip
             try:
                 with _heartbeat(engine, settings, row, env):
                     outcome = runner.run()

@@ -80,8 +80,13 @@ class CellRunner:
         engine: sqlalchemy.Engine | None,
         observers: ObserverGroup,
         preemption: Preemption,
+        *,
+        max_threads: int | None = None,
     ) -> None:
+        """``max_threads``: the task's intra-op threads from its allocation, the most the
+        probe's measured step plan may try (``None``: the cores the process can see)."""
         self.row, self.settings, self.env, self.device = row, settings, env, device
+        self.max_threads = max_threads
         self.data, self.engine = data, engine
         self.observers, self.preemption = observers, preemption
         self.genotype: Genotype = genotype_from_json(row.genotype)
@@ -224,7 +229,11 @@ class CellRunner:
             log_every_steps=max(1, probe.epochs),
         )
         task = ProxyTask(
-            train, self.settings.augment, self.settings.protocol.image_size, self.settings.eval.seed
+            train,
+            self.settings.augment,
+            self.settings.protocol.image_size,
+            self.settings.eval.seed,
+            max_threads=self.max_threads,
         )
         return task, ProxyConfig(cells=probe.cells, channels=probe.channels)
 

@@ -161,6 +161,7 @@ def _make(
     device: torch.device,
     engine: sqlalchemy.Engine | None,
     data: _Data,
+    max_threads: int,
 ) -> str | None:
     """Make one unit on every rank; rank 0 records it. Returns the failure reason, if any."""
     started = time.perf_counter()
@@ -171,6 +172,7 @@ def _make(
             device,
             search_data=data.search() if unit.kind in (store.SCORE, store.ZERO_COST) else None,
             labeled_data=data.labeled() if _needs_labels(unit, settings) else None,
+            max_threads=max_threads,
         )
     except (TrainingAbortedError, ValueError, RuntimeError) as exc:
         reason = f"{getattr(exc, 'reason', type(exc).__name__)}: {exc}".splitlines()[0]
@@ -225,7 +227,7 @@ def run_fidelity(settings: FidelitySettings, env: DistEnv | None = None) -> Fide
     env = env or DistEnv.from_environment()
     device = select_device(env, settings.search.device)
     # The search's thread policy: from the allocation, or train.num_threads when it is set.
-    size_cpu_threads(env, settings.search.train.num_threads)
+    budget = size_cpu_threads(env, settings.search.train.num_threads)
     report = FidelityReport()
     with distributed_session(env, device):
         engine = connect_engine(settings.search.study) if env.is_main else None
@@ -239,7 +241,7 @@ def run_fidelity(settings: FidelitySettings, env: DistEnv | None = None) -> Fide
                     log.warning("measurement %d is %s: left to it", unit.id, claim.reason)
                     continue
                 with _heartbeat(engine, settings, unit, env):
-                    reason = _make(unit, settings, env, device, engine, data)
+                    reason = _make(unit, settings, env, device, engine, data, budget.intra_op)
                 if reason is None:
                     report.made.append(unit.id)
                 else:

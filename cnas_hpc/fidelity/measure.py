@@ -46,7 +46,11 @@ class Result:
 
 
 def _score(
-    unit: Measurement, settings: FidelitySettings, data: SearchData, device: torch.device
+    unit: Measurement,
+    settings: FidelitySettings,
+    data: SearchData,
+    device: torch.device,
+    max_threads: int | None,
 ) -> Result:
     search = settings.search
     started = time.perf_counter()
@@ -54,7 +58,9 @@ def _score(
     model = build_candidate(genotype, search.model, unit.seed, device)
     image = (3, search.data.image_size, search.data.image_size)
     params, macs = count_parameters(model), count_macs(model, image)
-    task = ProxyTask(search.train, search.augment, search.data.image_size, unit.seed)
+    task = ProxyTask(
+        search.train, search.augment, search.data.image_size, unit.seed, max_threads=max_threads
+    )
     result = train_candidate(model, data, task, device)
     extra = {
         "train_contrastive_loss": result.train_loss,
@@ -138,8 +144,12 @@ def measure(
     *,
     search_data: SearchData | None,
     labeled_data: LabeledData | None,
+    max_threads: int | None = None,
 ) -> Result:
     """Make ``unit``'s measurement (the matching data must be given).
+
+    ``max_threads`` is the task's intra-op threads from its allocation: the most a score's
+    measured step plan may try (as a search worker's trial; ``None``: the cores it can see).
 
     Raises:
         TrainingAbortedError: the cell diverged or ran out of memory.
@@ -147,7 +157,7 @@ def measure(
     """
     if unit.kind == SCORE:
         assert search_data is not None
-        return _score(unit, settings, search_data, device)
+        return _score(unit, settings, search_data, device, max_threads)
     if unit.kind == ZERO_COST:
         assert search_data is not None
         return _zero_cost(unit, settings, search_data, device)

@@ -65,8 +65,9 @@ class ProxyTask:
         seed: seed of model initialisation, augmentation and the memory bank's negatives.
         autotune_dir: where the measured step plans are cached (a folder every worker sees);
             ``None`` measures once per process.
-        max_threads: the most intra-op CPU threads a measured step plan may use: a search
-            worker's allocation (``distributed.env.cpu_budget``); ``None``: the CPU affinity.
+        max_threads: the most intra-op CPU threads a measured step plan may use: a
+            task's allocation (``distributed.env.size_cpu_threads``: a search trial, a fidelity
+            score, an evaluation probe); ``None``: the CPU affinity.
     """
 
     train: TrainConfig
