@@ -29,6 +29,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -114,9 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         "print('floors in use:', *(f'{n}=={m.version(n)}' for n in sys.argv[1:]))"
     )
     subprocess.run([sys.executable, "-c", check, *sorted(pins)], env=env, check=True)
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
-    command += ["-m", "not slurm and not postgres and not slow", *args.tests, *pytest_args]
-    return subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
+    # Its own base temporary folder: `make test` runs this beside the main suite, and two
+    # sessions numbering folders in the same /tmp/pytest-of-<user>/ may clean up each other's.
+    with tempfile.TemporaryDirectory(prefix="cnas-floors-") as basetemp:
+        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
+        command += ["--basetemp", basetemp]
+        command += ["-m", "not slurm and not postgres and not slow", *args.tests, *pytest_args]
+        return subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
 
 
 if __name__ == "__main__":

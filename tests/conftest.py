@@ -308,7 +308,17 @@ class _GroupNodeIds:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """In an xdist worker of ``--dist loadgroup``: :class:`_GroupNodeIds`."""
+    """Every process of the session waits for OpenMP work without spinning; in an xdist worker
+    of ``--dist loadgroup``: :class:`_GroupNodeIds`.
+
+    The suite oversubscribes its machine by design (three workers, their commands, DDP ranks and
+    SLURM jobs on two cores): an OpenMP thread that spins at a barrier (libgomp's default) burns
+    the core that the thread it waits for needs. ``OMP_WAIT_POLICY=PASSIVE`` makes it sleep: 12 %
+    less CPU for the same training tests (benchmarks/RESULTS.md, issue 20 item 9). Set here,
+    before any test module imports torch (libgomp reads it when loaded); the commands, ranks and
+    SLURM jobs the tests start inherit it. A value the caller set is kept.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if getattr(config.option, "loadgroup", False) and hasattr(config, "workerinput"):
         config.pluginmanager.register(_GroupNodeIds(), "cnas-group-node-ids")
 
