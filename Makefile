@@ -1,7 +1,7 @@
 # Two commands do all the set-up from a fresh clone (see README.md):
 #   make search   # install into .venv, run the default search on the embedded data
 #   make test     # install, start the local SLURM + PostgreSQL dev cluster (as root), run every test
-#                 # (beside them: lint, and the unit tests on the dependencies' floors: make floors)
+#                 # (and, before them, lint beside the unit tests on the dependencies' floors)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -16,12 +16,16 @@ XDIST := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 SHELL := /bin/bash
 export TIMEFORMAT := [phase] %R s wall, %U s user, %S s sys
 
-.PHONY: install search test lint services floors bytecode
+.PHONY: install search test lint services floors bytecode checks
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	time $(PY) -m pip install --quiet -e '.[dev,dashboard]'
+	time $(PY) -m pip install --quiet --no-compile -e '.[dev,dashboard]'
+	@# pip compiles every module it installs on one core; this uses them all (half the time on
+	@# two). As with pip, a file this Python cannot compile (torch ships 3.12-only test helpers)
+	@# is left to import time.
+	time $(PY) -m compileall -q -j0 $(VENV)/lib > /dev/null || true
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -55,15 +59,11 @@ floors: $(STAMP)
 bytecode:
 	$(PY) -m compileall -q cnas_hpc hydra_plugins tests benchmarks > /dev/null
 
-# lint and floors need no service and share nothing with the tests: they run BESIDE them, at the
-# lowest CPU priority, in the CPU the tests leave idle while they wait for SLURM and PostgreSQL
-# (~15 % of it on the 2-core machine); their output follows the tests'. Either failing fails
-# `make test`. Saves their ~100 s in a row (benchmarks/RESULTS.md, issue 20 item 9).
-SIDE_LOG := .ci-side.log
-test: $(STAMP) services bytecode
-	@nice -n 19 $(MAKE) --no-print-directory lint floors > $(SIDE_LOG) 2>&1 & side=$$!; \
-	time $(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),$(XDIST)) $(ARGS); tests=$$?; \
-	wait $$side; checks=$$?; \
-	echo "--- lint and floors (run beside the tests) ---"; cat $(SIDE_LOG); \
-	if [ $$checks != 0 ]; then echo "lint or floors FAILED (exit $$checks): see above"; fi; \
-	[ $$tests = 0 ] && [ $$checks = 0 ]
+# lint and floors share nothing: they run side by side (mypy and pip use one core each, the
+# floors' tests two), each target's output kept together. Measured against one after the other:
+# benchmarks/RESULTS.md (issue 20 item 9).
+checks: $(STAMP)
+	$(MAKE) --no-print-directory -j2 --output-sync=target lint floors
+
+test: $(STAMP) services bytecode checks
+	time $(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),$(XDIST)) $(ARGS)

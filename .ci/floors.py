@@ -91,8 +91,12 @@ def install(pins: dict[str, str], target: Path) -> None:
     requirements = target.parent / f"{target.name}.txt"
     requirements.write_text(wanted)
     print(f"installing the floors into {target}:\n{wanted}", flush=True)
-    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--upgrade"]
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--upgrade", "--no-compile"]
     subprocess.run([*pip, "--target", str(target), "-r", str(requirements)], check=True)
+    # The bytecode on every core (pip compiles on one); a file that does not compile for this
+    # Python is left to import time, as pip leaves it.
+    compileall = [sys.executable, "-m", "compileall", "-q", "-j0", str(target)]
+    subprocess.run(compileall, stdout=subprocess.DEVNULL, check=False)
     stamp.write_text(wanted)
 
 
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "print('floors in use:', *(f'{n}=={m.version(n)}' for n in sys.argv[1:]))"
     )
     subprocess.run([sys.executable, "-c", check, *sorted(pins)], env=env, check=True)
-    # Its own base temporary folder: `make test` runs this beside the main suite, and two
+    # Its own base temporary folder: `make test` runs this beside other work, and two pytest
     # sessions numbering folders in the same /tmp/pytest-of-<user>/ may clean up each other's.
     with tempfile.TemporaryDirectory(prefix="cnas-floors-") as basetemp:
         command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]

@@ -116,7 +116,8 @@ def run_here(
     ``SystemExit`` (0 when ``main`` returns).
 
     For checks that need no fresh process: a refusal of bad input (it ends before any work), a
-    rerun that finds its work done, a read-only report. A process start costs ~3.5 CPU-s (torch,
+    rerun that finds its work done, a read-only report, a further run of a command whose first
+    run in the same test went through a real process. A process start costs ~3.5 CPU-s (torch,
     Hydra) and proves nothing the real processes of the end-to-end tests do not. What the command
     changes in this process is undone: ``sys.argv``, the environment, the logging setup (Hydra
     configures the root logger; the handlers it added are closed), torch's threads.

@@ -38,6 +38,7 @@ from cnas_hpc.analysis.report import (
     format_status,
     run_report,
 )
+from cnas_hpc.cli.report import main as report_main
 from cnas_hpc.common import attrs
 from cnas_hpc.common.errors import StudyError
 from cnas_hpc.config import Settings
@@ -47,7 +48,7 @@ from cnas_hpc.space.encoding import encoding_from_config
 from cnas_hpc.space.genotype import genotype_from_dict, genotype_from_json, genotype_to_json
 from cnas_hpc.study.handle import StudyHandle
 from cnas_hpc.study.lifecycle import bootstrap_study, load_study
-from tests.helpers import TINY, run_launch, tiny_settings
+from tests.helpers import TINY, run_here, run_launch, tiny_settings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PICTURES = ("history", "best_vs_time", "importances", "best_normal", "best_reduce")
@@ -337,6 +338,11 @@ def test_the_report_command_prints_the_status_and_writes_the_report(
     out = tmp_path / "cli"
     cwd = tmp_path / "cwd"
     cwd.mkdir()
+    # The live trial's worker beats again, as it would every heartbeat interval: on a slow
+    # machine the module's earlier tests may take longer than the grace period.
+    handle = load_study(report_settings(searched.home), worker=0, scoring=False)
+    handle.storage.record_heartbeat(trial_id_of(handle, searched.alive))
+    handle.engine.dispose()
     result = run_report_cli(
         [*TINY, "search.n_trials=6", f"report.out_dir={out}", "report.top_k=3"],
         home=searched.home,
@@ -354,7 +360,8 @@ def test_the_report_command_prints_the_status_and_writes_the_report(
 
 
 def test_the_report_command_refuses_a_missing_study(tmp_path: Path) -> None:
-    result = run_report_cli([*TINY], home=tmp_path, cwd=tmp_path, timeout=120)
+    # In this process (run_here): a refusal ends before any work.
+    result = run_here("report.py", report_main, [*TINY], home=tmp_path, cwd=tmp_path)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "cnas-digits-compact" in errors[0], result.stderr[-2000:]

@@ -8,7 +8,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.helpers import run_launch
+from cnas_hpc.cli.compare_samplers import main as compare_main
+from tests.helpers import run_here, run_launch
 
 QUICK = (
     "debug=tiny",
@@ -59,7 +60,8 @@ def test_every_method_and_seed_runs_its_budget_and_the_report_compares_them(
     ],
 )
 def test_bad_input_is_refused_with_one_line(tmp_path: Path, override: str, needle: str) -> None:
-    result = run_launch("compare_samplers.py", [*QUICK, override], home=tmp_path)
+    # In this process (run_here): a refusal ends before any work.
+    result = run_here("compare_samplers.py", compare_main, [*QUICK, override], home=tmp_path)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0]
