@@ -31,7 +31,9 @@ def test_what_start_up_built_is_frozen_and_later_cycles_are_still_collected() ->
     startup = _Node()
     assert id(startup) in _tracked_ids()
     frozen = freeze_startup_heap()
-    assert frozen == gc.get_freeze_count() > 0
+    # Frozen objects can only leave the permanent generation (another thread of the process, an
+    # xdist or W&B one, may free some meanwhile), never join it without another freeze.
+    assert 0 < gc.get_freeze_count() <= frozen
     assert id(startup) not in _tracked_ids()  # out of every generation the collector walks
 
     later = _Node()

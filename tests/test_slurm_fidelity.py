@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import completed_array, query_rows, run_launch
+from cnas_hpc.cli.fidelity import main as fidelity_main
+from tests.helpers import completed_array, query_rows, run_here, run_launch
 
 pytestmark = [pytest.mark.slurm, pytest.mark.postgres, pytest.mark.slow]
 
@@ -36,6 +37,7 @@ def test_the_measurements_run_as_one_array_and_a_rerun_submits_nothing(
     assert {str(w[0]).split(":")[1].split("_")[0] for w in workers} == {array_id}
     (folder,) = (tmp_path / "fidelity").iterdir()
     assert json.loads((folder / "fidelity.json").read_text())["n_measured"] == 3
-    again = run_launch("fidelity.py", args, home=tmp_path)
+    # The rerun in this process (run_here): it submits nothing, a process start proves no more.
+    again = run_here("fidelity.py", fidelity_main, args, home=tmp_path)
     assert again.returncode == 0 and "submitted array" not in again.stdout
     assert "nothing left to do" in again.stdout + again.stderr
