@@ -43,8 +43,10 @@ def test_an_outage_past_the_deadline_raises_one_clear_error() -> None:
     started = time.monotonic()
     with pytest.raises(DatabaseUnavailableError, match=r"unreachable for \d s during tell trial 3"):
         with_db_retry(down, what="tell trial 3", deadline_s=1, base_delay_s=0.05, max_delay_s=0.2)
-    # It gives up when the next attempt would come after the deadline: never sleeps past it.
-    assert 0.6 <= time.monotonic() - started <= 1.0
+    # It gives up when the next attempt would come after the deadline: never sleeps past it. The
+    # 0.1 s over the deadline is the last wake-up's latency on a loaded machine (1.0000006 s
+    # once under the full suite); a sleep past the deadline overshoots by up to max_delay_s.
+    assert 0.6 <= time.monotonic() - started <= 1.1
 
 
 def test_a_bug_is_not_retried() -> None:
