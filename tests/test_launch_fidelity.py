@@ -99,17 +99,23 @@ def _reference_file(path: Path) -> Path:
     return path
 
 
+def _reference_args(tmp_path: Path, *extra: str) -> list[str]:
+    """A reference-mode study of :func:`_reference_file`'s cells, counted at a toy size."""
+    reference = _reference_file(tmp_path / "truth.json")
+    return [
+        "debug=tiny", f"fidelity.reference={reference}", "fidelity.bootstrap=100",
+        "fidelity.reference_cells=3", "fidelity.reference_channels=4", *extra,
+    ]  # fmt: skip
+
+
 @pytest.mark.cost(25)
 # The in-process rerun's report warns here as the first run's did on its own stderr (a ranking
 # of constant values has no correlation: reported as nan).
 @pytest.mark.filterwarnings("ignore:An input array is constant")
 def test_reference_mode_ranks_against_the_files_accuracies(tmp_path: Path) -> None:
-    reference = _reference_file(tmp_path / "truth.json")
-    args = [
-        "debug=tiny", f"fidelity.reference={reference}", "fidelity.noise_cells=1",
-        "fidelity.noise_seeds=1", "fidelity.bootstrap=100", "fidelity.reference_cells=3",
-        "fidelity.reference_channels=4", "search.objective=naswot",
-    ]  # fmt: skip
+    args = _reference_args(
+        tmp_path, "fidelity.noise_cells=1", "fidelity.noise_seeds=1", "search.objective=naswot"
+    )
     first = run_launch("fidelity.py", args, home=tmp_path, env=ENV)
     logs = first.stdout + first.stderr
     assert first.returncode == 0, logs[-3000:]
@@ -140,12 +146,7 @@ def test_a_task_given_one_cpu_scores_its_cells_on_one_thread(tmp_path: Path) -> 
     # Whatever the node's cores (8 here), a task allotted one CPU scores every cell on one
     # thread: the score's step-plan measurement (train.perf=auto) chooses within the allocation,
     # as a search trial's does. In this process (run_here), where the node's cores can be faked.
-    reference = _reference_file(tmp_path / "truth.json")
-    args = [
-        "debug=tiny", f"fidelity.reference={reference}", "fidelity.noise_cells=0",
-        "fidelity.bootstrap=10", "fidelity.reference_cells=3", "fidelity.reference_channels=4",
-        "train.perf=auto",
-    ]  # fmt: skip
+    args = _reference_args(tmp_path, "fidelity.noise_cells=0", "train.perf=auto")
     with thread_counts_set(node_cores=8) as threads:
         result = run_here("fidelity.py", fidelity_main, args, home=tmp_path, env=ENV)
     logs = result.stdout + result.stderr
