@@ -119,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         "print('floors in use:', *(f'{n}=={m.version(n)}' for n in sys.argv[1:]))"
     )
     subprocess.run([sys.executable, "-c", check, *sorted(pins)], env=env, check=True)
-    # Its own base temporary folder: `make test` runs this beside other work, and two pytest
-    # sessions numbering folders in the same /tmp/pytest-of-<user>/ may clean up each other's.
+    # Its own base temporary folder: another pytest session of the same user (the main suite,
+    # run by hand meanwhile) numbers folders in the same /tmp/pytest-of-<user>/ and may clean
+    # up this one's.
     with tempfile.TemporaryDirectory(prefix="cnas-floors-") as basetemp:
         command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
         command += ["--basetemp", basetemp]
