@@ -98,7 +98,11 @@ def test_the_measured_plan_is_cached_and_applied(tmp_path: Path) -> None:
     payload = json.loads(cached.read_text())
     assert payload["choice"] == replace(plan, threads=None).name and len(payload["seconds"]) == 2
     result = train_candidate(model, data, task, CPU)
-    assert result.plan == plan.name
+    # Training reuses the cached layout but measures its threads again (1 and 2 threads can
+    # swap places between two measurements on a busy 2-core node), so compare the layout.
+    layout, _, threads = result.plan.partition("+threads=")
+    assert layout == replace(plan, threads=None).name
+    assert (int(threads) if threads else None) in (*thread_counts_for(settings.train, CPU), None)
     conv = model.body.stem[0]
     assert isinstance(conv, torch.nn.Conv2d)
     assert conv.weight.is_contiguous(memory_format=plan.memory_format)
