@@ -109,7 +109,7 @@ def _stored(rank: int, settings: Settings, threads: int) -> str | None:
     plan_module.available_cores = lambda: 4  # a 4-core node (this spawned process only)
     try:
         # Rank 1's allocation is one CPU, rank 0's the node's four.
-        task = proxy_task(settings, max_threads=1 if rank == 1 else None)
+        task = proxy_task(settings, max_threads=1 if rank == 1 else 4)
         record = plan_record(StepPlan("channels_last", threads=threads), cpu)
         plan = stored_plan(record, task, cpu)
     finally:

@@ -38,11 +38,28 @@ CPU = torch.device("cpu")
 def test_measured_threads_stay_within_the_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
     # The worker's allocation (cpu_budget) is the upper bound: measurement chooses within it.
     monkeypatch.setattr("cnas_hpc.train.plan.available_cores", lambda: 8)
-    assert thread_counts_for(TrainConfig(), CPU) == (1, 8)
+    assert thread_counts_for(TrainConfig(), CPU, max_threads=8) == (1, 8)
     assert thread_counts_for(TrainConfig(), CPU, max_threads=3) == (1, 3)
     assert thread_counts_for(TrainConfig(), CPU, max_threads=16) == (1, 8)  # affinity caps too
     assert thread_counts_for(TrainConfig(), CPU, max_threads=1) == ()  # nothing to choose
     assert thread_counts_for(TrainConfig(num_threads=4), CPU, max_threads=2) == ()  # override
+
+
+@pytest.mark.parametrize(("applied", "counts"), [(3, (1, 3)), (1, ()), (16, (1, 8))])
+def test_without_an_allocation_the_threads_the_process_runs_cap_the_measurement(
+    monkeypatch: pytest.MonkeyPatch, applied: int, counts: tuple[int, ...]
+) -> None:
+    # A caller that passes no allocation (max_threads=None) measures within what the app
+    # applied at start (size_cpu_threads sets torch's pool), not the node's every core.
+    monkeypatch.setattr("cnas_hpc.train.plan.available_cores", lambda: 8)
+    before = torch.get_num_threads()
+    torch.set_num_threads(applied)
+    try:
+        assert thread_counts_for(TrainConfig(), CPU) == counts
+        over = StepPlan("nchw", threads=4)
+        assert (why_unfit(over, "cpu", TrainConfig(), CPU) is None) == (applied >= 4)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_stored_plan_fits_only_where_measurement_could_have_chosen_it(
@@ -52,7 +69,7 @@ def test_a_stored_plan_fits_only_where_measurement_could_have_chosen_it(
     plan = StepPlan("channels_last", threads=4)
     assert plan_from_record(plan_record(plan, CPU)) == (plan, "cpu")  # what a checkpoint holds
     auto = TrainConfig()
-    assert why_unfit(plan, "cpu", auto, CPU) is None
+    assert why_unfit(plan, "cpu", auto, CPU, max_threads=4) is None
     assert why_unfit(StepPlan("nchw"), "cpu", auto, CPU) is None  # the allocation's threads
     # Never more threads than the allocation gives: a plan measured on a bigger one is re-measured.
     assert "exceed this allocation's 2" in str(why_unfit(plan, "cpu", auto, CPU, max_threads=2))
@@ -68,8 +85,8 @@ def test_a_stored_plan_fits_only_where_measurement_could_have_chosen_it(
 
 def test_auto_measures_layouts_and_cpu_threads_explicit_values_are_kept() -> None:
     assert {p.name for p in eager_plans(TrainConfig(), CPU)} == {"nchw", "channels_last"}
-    cores = available_cores()
-    assert thread_counts_for(TrainConfig(), CPU) == (() if cores == 1 else (1, cores))
+    cap = min(available_cores(), torch.get_num_threads())
+    assert thread_counts_for(TrainConfig(), CPU) == (() if cap == 1 else (1, cap))
     # bf16 autocast is a CUDA option; on a CPU every plan is fp32 whatever train.amp says.
     assert all(p.precision == "fp32" for p in eager_plans(TrainConfig(amp="bf16"), CPU))
     fixed = TrainConfig(perf="channels_last", num_threads=1)

@@ -130,9 +130,9 @@ def thread_counts_for(
     cfg: TrainConfig, device: torch.device, max_threads: int | None = None
 ) -> tuple[int, ...]:
     """Intra-op thread counts to choose from, per candidate: on a CPU under ``perf=auto`` with
-    ``num_threads`` null, one thread or every core the process may use, at most ``max_threads``
-    (a search worker's CPU allocation, see ``distributed.env.cpu_budget``: measurement chooses
-    WITHIN the allocation, never above it); empty when there is nothing to choose.
+    ``num_threads`` null, one thread or :func:`thread_cap` threads (a task's CPU allocation,
+    see ``distributed.env.cpu_budget``: measurement chooses WITHIN the allocation, never above
+    it); empty when there is nothing to choose.
 
     Unlike the layout, the best count depends on the node's load at the moment (on a shared
     2-core node two threads run 1.8x faster when it is idle and several times slower when
@@ -147,10 +147,14 @@ def thread_counts_for(
 
 def thread_cap(max_threads: int | None = None) -> int:
     """The most intra-op threads a plan may use here without an explicit ``train.num_threads``:
-    the cores this process may run on, at most ``max_threads`` (the worker's allocation), >= 1.
+    the cores this process may run on, at most ``max_threads`` (the task's allocation), >= 1.
+
+    ``None`` caps at the intra-op threads this process runs now (``torch.get_num_threads()``):
+    every app applies its allocation there at start (``distributed.env.size_cpu_threads``), so
+    a caller that forgets to pass the allocation still never measures above it.
     """
-    cores = available_cores()
-    return cores if max_threads is None else max(1, min(cores, max_threads))
+    allowed = torch.get_num_threads() if max_threads is None else max_threads
+    return max(1, min(available_cores(), allowed))
 
 
 def eager_plans(cfg: TrainConfig, device: torch.device) -> list[StepPlan]:

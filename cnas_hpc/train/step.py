@@ -67,7 +67,8 @@ class ProxyTask:
             ``None`` measures once per process.
         max_threads: the most intra-op CPU threads a measured step plan may use: a
             task's allocation (``distributed.env.size_cpu_threads``: a search trial, a fidelity
-            score, an evaluation probe); ``None``: the CPU affinity.
+            score, an evaluation probe); ``None``: the threads the process runs now
+            (``torch.get_num_threads()``, which every app sets from its allocation).
     """
 
     train: TrainConfig
