@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import warnings
 
 import numpy as np
 import pytest
@@ -27,6 +29,14 @@ def test_rank_correlations_and_their_intervals() -> None:
     assert perfect.value == pytest.approx(1.0) and perfect.low == pytest.approx(1.0)
     noisy = bootstrap(x, [3, 1, 4, 1, 5, 9, 2, 6], kendall_tau, resamples=300, confidence=0.9)
     assert noisy.low < noisy.value < noisy.high
+
+
+def test_a_ranking_of_one_repeated_value_is_nan_without_a_warning() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # SciPy's ConstantInputWarning would raise here
+        assert math.isnan(spearman_rho([0.5, 0.5, 0.5], [1.0, 2.0, 3.0]))
+        assert math.isnan(spearman_rho([1.0, 2.0, 3.0], [7.0, 7.0, 7.0]))
+    assert spearman_rho([1.0, 2.0, 3.0], [1.0, 1.0, 2.0]) > 0  # ties alone are defined
 
 
 def test_top_k_overlap_counts_shared_best_cells() -> None:

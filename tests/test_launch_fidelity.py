@@ -41,9 +41,6 @@ def _made(output: str) -> list[str]:
 
 
 @pytest.mark.cost(80)
-# The in-process reruns' reports warn as the first run's did on its own stderr (a toy ranking
-# may hold constant values: its correlation is reported as nan).
-@pytest.mark.filterwarnings("ignore:An input array is constant")
 def test_a_study_reports_and_a_larger_rerun_measures_only_the_new_cells(tmp_path: Path) -> None:
     first = run_launch("fidelity.py", [*QUICK, "fidelity.n_random=3"], home=tmp_path, env=ENV)
     logs = first.stdout + first.stderr
@@ -109,9 +106,6 @@ def _reference_args(tmp_path: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.cost(25)
-# The in-process rerun's report warns here as the first run's did on its own stderr (a ranking
-# of constant values has no correlation: reported as nan).
-@pytest.mark.filterwarnings("ignore:An input array is constant")
 def test_reference_mode_ranks_against_the_files_accuracies(tmp_path: Path) -> None:
     args = _reference_args(
         tmp_path, "fidelity.noise_cells=1", "fidelity.noise_seeds=1", "search.objective=naswot"
@@ -139,9 +133,6 @@ def test_reference_mode_ranks_against_the_files_accuracies(tmp_path: Path) -> No
     assert "4 cells, 9 measurements, 0 to make" in logs and _made(logs) == []  # all reused
 
 
-# Reference mode ranks the file's four cells; a toy ranking may hold constant values (reported
-# as nan), and SciPy warns in this process.
-@pytest.mark.filterwarnings("ignore:An input array is constant")
 def test_a_task_given_one_cpu_scores_its_cells_on_one_thread(tmp_path: Path) -> None:
     # Whatever the node's cores (8 here), a task allotted one CPU scores every cell on one
     # thread: the score's step-plan measurement (train.perf=auto) chooses within the allocation,

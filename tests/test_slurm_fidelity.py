@@ -14,9 +14,6 @@ pytestmark = [pytest.mark.slurm, pytest.mark.postgres, pytest.mark.slow]
 
 
 @pytest.mark.cost(65)
-# The in-process rerun reports as the first run did on its own stderr, where SciPy warned: three
-# toy cells may rank constant values (reported as nan).
-@pytest.mark.filterwarnings("ignore:An input array is constant")
 def test_the_measurements_run_as_one_array_and_a_rerun_submits_nothing(
     fresh_pg_url: str, tmp_path: Path
 ) -> None:

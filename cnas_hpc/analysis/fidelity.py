@@ -67,9 +67,15 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rho; NaN when undefined."""
+    """Spearman's rho; NaN when undefined.
+
+    An input of one repeated value has no ranking to correlate (a toy study, a bootstrap draw of
+    one pair): NaN without SciPy's ``ConstantInputWarning``, which the report already shows as nan.
+    """
     from scipy import stats
 
+    if len(set(x)) < 2 or len(set(y)) < 2:
+        return math.nan
     return float(stats.spearmanr(x, y).statistic)
 
 
